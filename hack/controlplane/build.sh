@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# Build (or reuse) a local Kubernetes control plane from published Go modules.
+#
+# Usage: hack/controlplane/build.sh [COMPONENT...]
+#   COMPONENT: kube-apiserver etcd kubectl etcdctl helm kwok
+#              kube-controller-manager kube-scheduler   (default: all)
+#
+# Progress goes to stderr. The LAST stdout line is the bin dir, so callers do:
+#   BIN=$(hack/controlplane/build.sh | tail -1)
+#
+# Environment:
+#   BULKHEAD_CACHE_DIR  cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/bulkhead)
+#   BULKHEAD_ASSETS     optional dir with prebuilt binaries (at least etcd and
+#                       kube-apiserver, like setup-envtest's KUBEBUILDER_ASSETS);
+#                       binaries found there are used as-is, the rest is built.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+log() { printf '[build.sh] %s\n' "$*" >&2; }
+die() { printf '[build.sh] ERROR: %s\n' "$*" >&2; exit 1; }
+
+command -v go >/dev/null 2>&1 || die "go is not on PATH (need Go >= 1.26)"
+
+# Versions are read from the wrapper go.mod files (single source of truth).
+modver() { # modver DIR MODULE
+  awk -v m="$2" '($1 == m || ($1 == "require" && $2 == m)) { v = ($1 == "require") ? $3 : $2; print v; exit }' "$HERE/$1/go.mod"
+}
+K8S_VERSION="$(modver kubernetes k8s.io/kubernetes)"
+ETCD_VERSION="$(modver etcd go.etcd.io/etcd/server/v3)"
+ETCDCTL_VERSION="$(modver etcd go.etcd.io/etcd/etcdctl/v3)"
+HELM_VERSION="$(modver helm helm.sh/helm/v3)"
+KWOK_VERSION="$(modver kwok sigs.k8s.io/kwok)"
+for v in K8S_VERSION ETCD_VERSION ETCDCTL_VERSION HELM_VERSION KWOK_VERSION; do
+  [[ -n "${!v}" ]] || die "could not determine $v from $HERE/*/go.mod"
+done
+
+CACHE_ROOT="${BULKHEAD_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/bulkhead}/controlplane"
+KEY="k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}-helm-${HELM_VERSION}-kwok-${KWOK_VERSION}"
+BUILD_BIN="$CACHE_ROOT/$KEY/bin"
+
+ALL=(kube-apiserver etcd kubectl etcdctl helm kwok kube-controller-manager kube-scheduler)
+if [[ $# -gt 0 ]]; then
+  WANT=("$@")
+  for c in "${WANT[@]}"; do
+    [[ " ${ALL[*]} " == *" $c "* ]] || die "unknown component '$c' (known: ${ALL[*]})"
+  done
+else
+  WANT=("${ALL[@]}")
+fi
+
+# ---------------------------------------------------------------- metadata
+k8s_minor="${K8S_VERSION#v}"; k8s_minor="${k8s_minor#*.}"; k8s_minor="${k8s_minor%%.*}"
+k8s_major="${K8S_VERSION#v}"; k8s_major="${k8s_major%%.*}"
+
+component_module_dir() {
+  case "$1" in
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl) echo kubernetes ;;
+    etcd|etcdctl) echo etcd ;;
+    helm) echo helm ;;
+    kwok) echo kwok ;;
+  esac
+}
+
+component_pkg() {
+  case "$1" in
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl) echo "k8s.io/kubernetes/cmd/$1" ;;
+    etcd) echo "go.etcd.io/etcd/server/v3" ;;          # module root is package main
+    etcdctl) echo "go.etcd.io/etcd/etcdctl/v3" ;;      # module root is package main
+    helm) echo "helm.sh/helm/v3/cmd/helm" ;;
+    kwok) echo "sigs.k8s.io/kwok/cmd/kwok" ;;
+  esac
+}
+
+component_version() {
+  case "$1" in
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl) echo "$K8S_VERSION" ;;
+    etcd) echo "$ETCD_VERSION" ;;
+    etcdctl) echo "$ETCDCTL_VERSION" ;;
+    helm) echo "$HELM_VERSION" ;;
+    kwok) echo "$KWOK_VERSION" ;;
+  esac
+}
+
+component_ldflags() {
+  local ld="-s -w" p
+  case "$1" in
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl)
+      # Build date = publication time of the release on the Go module proxy
+      # (keeps builds reproducible); the git commit is not known from modules.
+      for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=$k8s_major -X $p.gitMinor=$k8s_minor"
+        ld+=" -X $p.gitTreeState=clean -X $p.buildDate=${K8S_BUILD_DATE:-1970-01-01T00:00:00Z}"
+      done ;;
+    helm)
+      ld+=" -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+      ld+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+      # Same as helm's Makefile: k8s version derived from the client-go it is built with.
+      ld+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=${HELM_K8S_MAJOR:-1}"
+      ld+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${HELM_K8S_MINOR:-0}"
+      ld+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=${HELM_K8S_MAJOR:-1}"
+      ld+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${HELM_K8S_MINOR:-0}" ;;
+    kwok)
+      ld+=" -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" ;;
+  esac
+  echo "$ld"
+}
+
+# Prints the version line of a binary; non-zero exit if it does not run.
+bin_version() { # bin_version NAME PATH
+  local out
+  case "$1" in
+    kubectl) out="$(timeout 30 "$2" version --client 2>&1)" ;;
+    etcdctl) out="$(timeout 30 "$2" version 2>&1)" ;;
+    helm)    out="$(timeout 30 "$2" version --short 2>&1)" ;;
+    *)       out="$(timeout 30 "$2" --version 2>&1)" ;;
+  esac || return 1
+  printf '%s\n' "$out" | head -1
+}
+
+# A cached binary is valid if it runs and reports the expected version.
+bin_ok() { # bin_ok NAME PATH
+  local out want
+  [[ -x "$2" ]] || return 1
+  out="$(bin_version "$1" "$2")" || return 1
+  want="$(component_version "$1")"; want="${want#v}"
+  [[ "$out" == *"$want"* ]]
+}
+
+# ---------------------------------------------------------------- locking
+mkdir -p "$BUILD_BIN"
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$CACHE_ROOT/$KEY/.lock"
+  if ! flock -n 9; then
+    log "another build.sh is running for $KEY; waiting for its lock…"
+    flock 9
+  fi
+fi
+
+export GOWORK=off CGO_ENABLED=0
+unset GOFLAGS   # e.g. -mod=vendor from the caller's environment must not leak in
+
+build_one() { # build_one NAME
+  local name="$1" dir pkg ver ld tmp start rc
+  dir="$(component_module_dir "$name")"; pkg="$(component_pkg "$name")"
+  ver="$(component_version "$name")"
+  if [[ -z "${K8S_BUILD_DATE:-}" && "$dir" == kubernetes ]]; then
+    K8S_BUILD_DATE="$(cd "$HERE/kubernetes" && { go list -m -f '{{if .Time}}{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}{{end}}' k8s.io/kubernetes 2>/dev/null || true; })"
+    K8S_BUILD_DATE="${K8S_BUILD_DATE:-1970-01-01T00:00:00Z}"
+  fi
+  if [[ "$name" == helm && -z "${HELM_K8S_MINOR:-}" ]]; then
+    local cg
+    cg="$(cd "$HERE/helm" && go list -m -f '{{.Version}}' k8s.io/client-go)"   # v0.MINOR.PATCH
+    cg="${cg#v}"; HELM_K8S_MAJOR=$(( ${cg%%.*} + 1 )); cg="${cg#*.}"; HELM_K8S_MINOR="${cg%%.*}"
+  fi
+  ld="$(component_ldflags "$name")"
+  tmp="$BUILD_BIN/.$name.tmp.$$"
+  log "building $name $ver (cold builds take minutes)…"
+  start=$(date +%s)
+  rc=0
+  (cd "$HERE/$dir" && go build -trimpath -ldflags "$ld" -o "$tmp" "$pkg") >&2 || rc=$?
+  if [[ $rc -ne 0 ]]; then
+    rm -f "$tmp"
+    die "go build of $name ($pkg in $HERE/$dir) failed with exit code $rc"
+  fi
+  mv -f "$tmp" "$BUILD_BIN/$name"
+  log "built $name in $(( $(date +%s) - start ))s: $(bin_version "$name" "$BUILD_BIN/$name" || echo '?')"
+}
+
+trap 'rm -f "$BUILD_BIN"/.*.tmp.$$' EXIT
+
+# ---------------------------------------------------------------- assets
+OUT_BIN="$BUILD_BIN"
+if [[ -n "${BULKHEAD_ASSETS:-}" ]]; then
+  [[ -d "$BULKHEAD_ASSETS" ]] || die "BULKHEAD_ASSETS=$BULKHEAD_ASSETS is not a directory"
+  ASSETS="$(cd "$BULKHEAD_ASSETS" && pwd -P)"
+  [[ -x "$ASSETS/etcd" && -x "$ASSETS/kube-apiserver" ]] \
+    || die "BULKHEAD_ASSETS=$ASSETS must contain executable etcd and kube-apiserver"
+  # A per-assets-dir bin dir of symlinks: asset binaries where present, our
+  # builds (in the version-keyed cache) for the rest.
+  hash="$(printf '%s' "$ASSETS" | sha256sum | cut -c1-12)"
+  OUT_BIN="$CACHE_ROOT/assets-$hash-$KEY/bin"
+  mkdir -p "$OUT_BIN"
+  printf '%s\n' "$ASSETS" > "$CACHE_ROOT/assets-$hash-$KEY/ASSETS_DIR"
+fi
+
+# Build order: apiserver + etcd + kubectl first (enough for most tests).
+for name in "${WANT[@]}"; do
+  if [[ "$OUT_BIN" != "$BUILD_BIN" && -x "$ASSETS/$name" ]]; then
+    bin_version "$name" "$ASSETS/$name" >/dev/null || die "$ASSETS/$name does not run"
+    ln -sfn "$ASSETS/$name" "$OUT_BIN/$name"
+    log "using $name from BULKHEAD_ASSETS: $(bin_version "$name" "$ASSETS/$name")"
+    continue
+  fi
+  if bin_ok "$name" "$BUILD_BIN/$name"; then
+    log "cached $name $(component_version "$name")"
+  else
+    build_one "$name"
+    bin_ok "$name" "$BUILD_BIN/$name" \
+      || die "built $name but '$BUILD_BIN/$name' does not report version $(component_version "$name")"
+  fi
+  if [[ "$OUT_BIN" != "$BUILD_BIN" ]]; then
+    ln -sfn "$BUILD_BIN/$name" "$OUT_BIN/$name"
+  fi
+done
+
+echo "$OUT_BIN"
