@@ -3,6 +3,8 @@
 //! each module for the why.
 
 pub mod api;
+pub mod provider;
+pub mod reconcile;
 pub mod run;
 pub mod telemetry;
 

@@ -1,0 +1,1 @@
+//! In-cluster backend: needs no credentials.

@@ -1,0 +1,276 @@
+//! The external-client shape every backend implements, after Crossplane's
+//! managed resources: a backend knows how to *look* (`observe`) and *act*
+//! (`create`, `update`, `delete`, all idempotent); the reconciler in
+//! `reconcile::managed` decides *when*.
+//!
+//! Controllers turn a custom resource and its parents into a plain
+//! `Desired…` value (names resolved, defaults applied, secrets read), so a
+//! backend never reads the Kubernetes object itself.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+use crate::api::database_cluster::{CopyMode, DatabaseSpec, Endpoint, ResolvedSize, Sanitize, UserSpec};
+use crate::api::environment::{AccessGrant, EnvironmentConfig, Tier};
+use crate::api::organization::{Billing, Member, MemberStatus};
+
+pub mod kubernetes;
+pub mod postgres;
+
+/// How a provider call failed, which decides what the reconciler does next.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    /// Worth retrying soon (conflict, timeout, rate limit): per-object backoff.
+    #[error("{message}")]
+    Transient { reason: &'static str, message: String },
+    /// Retrying will not help until the spec (or something it points at)
+    /// changes: reported as a condition, no hot loop.
+    #[error("{message}")]
+    Terminal { reason: &'static str, message: String },
+    /// The backend cannot be reached or refuses service: Synced=False with
+    /// ProviderUnavailable and backoff; recovers on its own.
+    #[error("{message}")]
+    Unavailable { message: String },
+}
+
+impl ProviderError {
+    pub fn transient(reason: &'static str, message: impl Into<String>) -> Self {
+        ProviderError::Transient { reason, message: message.into() }
+    }
+    pub fn terminal(reason: &'static str, message: impl Into<String>) -> Self {
+        ProviderError::Terminal { reason, message: message.into() }
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ProviderError::Unavailable { message: message.into() }
+    }
+
+    /// The CamelCase reason a condition shows for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProviderError::Transient { reason, .. } | ProviderError::Terminal { reason, .. } => reason,
+            ProviderError::Unavailable { .. } => crate::reconcile::reasons::PROVIDER_UNAVAILABLE,
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, ProviderError::Terminal { .. })
+    }
+}
+
+/// Whether the external object is serving.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    pub ready: bool,
+    /// CamelCase reason for Ready.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Readiness {
+    pub fn ready(message: impl Into<String>) -> Self {
+        Readiness { ready: true, reason: crate::reconcile::reasons::AVAILABLE, message: message.into() }
+    }
+    pub fn not_ready(reason: &'static str, message: impl Into<String>) -> Self {
+        Readiness { ready: false, reason, message: message.into() }
+    }
+}
+
+/// What `observe` found.
+#[derive(Clone, Debug)]
+pub enum Observation<O> {
+    /// Nothing at the provider under the desired external name.
+    Missing,
+    /// The external object exists.
+    Exists {
+        /// `false` when an `update` is needed to converge it.
+        up_to_date: bool,
+        /// What differs, for the event and the log (never secret values).
+        drift: Vec<String>,
+        readiness: Readiness,
+        observed: O,
+    },
+}
+
+/// One backend's client for one kind.
+#[async_trait]
+pub trait ExternalClient: Send + Sync {
+    type Desired: Send + Sync;
+    type Observed: Send + Sync;
+
+    /// Looks at the provider. Never writes.
+    async fn observe(&self, desired: &Self::Desired) -> Result<Observation<Self::Observed>, ProviderError>;
+    /// Creates the external object. Must be safe to call again after a crash
+    /// (create what is missing, leave what exists).
+    async fn create(&self, desired: &Self::Desired) -> Result<(), ProviderError>;
+    /// Converges an existing external object to `desired`.
+    async fn update(&self, desired: &Self::Desired, observed: &Self::Observed) -> Result<(), ProviderError>;
+    /// Deletes the external object; succeeds when it is already gone.
+    async fn delete(&self, desired: &Self::Desired) -> Result<(), ProviderError>;
+    /// Whether the external name is chosen by us (so after a crash between a
+    /// create-pending write and the create, `observe` alone tells whether the
+    /// create happened). Backends whose provider picks the name return false,
+    /// and the reconciler then refuses to create blindly.
+    fn deterministic_names(&self) -> bool {
+        true
+    }
+}
+
+/// Identity of the Kubernetes object a desired state was built from, for
+/// owner references and labels on in-cluster children.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Owner {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub uid: String,
+    /// Namespace for namespaced kinds.
+    pub namespace: Option<String>,
+}
+
+/// An Organization with its references resolved.
+#[derive(Clone, Debug)]
+pub struct DesiredOrganization {
+    pub owner: Owner,
+    pub slug: String,
+    pub display_name: Option<String>,
+    /// Members whose access has not expired.
+    pub members: Vec<Member>,
+    pub billing: Option<Billing>,
+    /// Namespaces of every Environment bound to the organization (its
+    /// private network), with the tier of each.
+    pub namespaces: BTreeMap<String, Tier>,
+}
+
+/// What a backend reports about an Organization.
+#[derive(Clone, Debug, Default)]
+pub struct ObservedOrganization {
+    pub external_id: Option<String>,
+    pub members: Vec<MemberStatus>,
+}
+
+/// An Environment with its references resolved.
+#[derive(Clone, Debug)]
+pub struct DesiredEnvironment {
+    pub owner: Owner,
+    pub tier: Tier,
+    pub organization: String,
+    pub organization_slug: String,
+    pub namespaces: Vec<String>,
+    /// Grants whose access has not expired, with the tier default applied.
+    pub access: Vec<AccessGrant>,
+    /// Organization members, who get tier-dependent default access.
+    pub members: Vec<Member>,
+    pub allowed_cidrs: Vec<String>,
+    pub config: EnvironmentConfig,
+}
+
+/// What a backend reports about an Environment.
+#[derive(Clone, Debug, Default)]
+pub struct ObservedEnvironment {
+    pub namespaces: Vec<String>,
+}
+
+/// A DatabaseCluster with its Environment, size and secrets resolved.
+#[derive(Clone, Debug)]
+pub struct DesiredDatabaseCluster {
+    pub owner: Owner,
+    /// Namespace of the DatabaseCluster object (in-cluster children live here).
+    pub namespace: String,
+    /// Name at the provider: metadata.name plus the Environment's suffix.
+    pub external_name: String,
+    pub environment: String,
+    pub tier: Tier,
+    pub organization: String,
+    pub version: String,
+    pub regions: Vec<String>,
+    pub size: ResolvedSize,
+    pub databases: Vec<DatabaseSpec>,
+    pub users: Vec<UserSpec>,
+    /// Current password of every user in `users` (generated by the
+    /// reconciler and kept in a Secret it owns). Never logged.
+    pub passwords: BTreeMap<String, Secret>,
+}
+
+/// What a backend reports about a DatabaseCluster.
+#[derive(Clone, Debug, Default)]
+pub struct ObservedDatabaseCluster {
+    pub endpoint: Option<Endpoint>,
+    pub replicas_desired: i32,
+    pub replicas_ready: i32,
+    pub version: Option<String>,
+}
+
+/// A copy from one DatabaseCluster into another (`spec.source`).
+#[derive(Clone, Debug)]
+pub struct CopyRequest {
+    /// The source cluster, resolved like any other desired cluster.
+    pub source: DesiredDatabaseCluster,
+    pub mode: CopyMode,
+    pub sanitize: Sanitize,
+}
+
+/// What a copy did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CopyReport {
+    pub tables: i64,
+    pub rows: i64,
+}
+
+/// DatabaseCluster backends also know how to fill one cluster from another.
+#[async_trait]
+pub trait DatabaseClusterClient:
+    ExternalClient<Desired = DesiredDatabaseCluster, Observed = ObservedDatabaseCluster>
+{
+    /// Copies `request.source` into `target` as the mode says. Replaces what
+    /// the target databases hold.
+    async fn copy_from(
+        &self,
+        target: &DesiredDatabaseCluster,
+        request: &CopyRequest,
+    ) -> Result<CopyReport, ProviderError> {
+        let _ = (target, request);
+        Err(ProviderError::terminal(
+            crate::reconcile::reasons::UNSUPPORTED,
+            "this provider cannot copy between clusters",
+        ))
+    }
+}
+
+/// A secret string: its Debug and Display never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The value, for the one place that must send it (a provider call, a Secret's data).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Generates a password: 32 characters from an alphabet safe in URIs and
+/// shells, from the OS's CSPRNG.
+pub fn generate_password() -> Secret {
+    use rand::RngExt;
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut rng = rand::rng();
+    let value: String = (0..32)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    Secret(value)
+}

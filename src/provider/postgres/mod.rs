@@ -1,0 +1,1 @@
+//! Shared-server PostgreSQL backend.
