@@ -3,6 +3,8 @@
 //! each module for the why.
 
 pub mod api;
+pub mod controller;
+pub mod metrics;
 pub mod provider;
 pub mod reconcile;
 pub mod run;

@@ -1,9 +1,24 @@
-//! `bulkhead run`: connect to the cluster, check the CRDs, run the controllers.
+//! `bulkhead run`: connect to the cluster, check the CRDs, serve health and
+//! metrics, win the leader lease, run the controllers, and shut down cleanly
+//! on SIGTERM (in-flight reconciles finish, the lease is released).
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{Api, Client};
-use tracing::info;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
 
+use crate::controller::{self, Context, Settings};
+use crate::metrics::Metrics;
+use crate::reconcile::managed::FailPoint;
 use crate::telemetry::{self, LogFormat};
 use crate::{Error, Result};
 
@@ -13,9 +28,40 @@ pub struct RunArgs {
     /// Log level directive (e.g. info, debug, bulkhead=debug,kube=warn).
     #[arg(long, env = "BULKHEAD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
-    /// Log format.
+    /// Log format: text for people, json for log pipelines.
     #[arg(long, env = "BULKHEAD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, env = "BULKHEAD_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Elect a leader through a Lease so several replicas can run and
+    /// exactly one reconciles.
+    #[arg(long, env = "BULKHEAD_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Namespace of the leader Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "bulkhead-system")]
+    pub lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, env = "BULKHEAD_LEASE_NAME", default_value = "bulkhead-leader")]
+    pub lease_name: String,
+    /// Seconds a leader holds the Lease without renewing it.
+    #[arg(long, env = "BULKHEAD_LEASE_DURATION", default_value_t = 15)]
+    pub lease_duration: u64,
+    /// This replica's identity in the Lease (defaults to the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Seconds between full resyncs, which find and correct drift.
+    #[arg(long, env = "BULKHEAD_RESYNC_SECONDS", default_value_t = 300)]
+    pub resync_seconds: u64,
+    /// Image repository for in-cluster PostgreSQL; the tag is spec.version.
+    #[arg(long, env = "BULKHEAD_POSTGRES_IMAGE", default_value = "postgres")]
+    pub postgres_image: String,
+    /// Reconciles running at once per kind.
+    #[arg(long, env = "BULKHEAD_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: u16,
+    /// Crash on purpose at a point of the create path (crash-safety tests).
+    #[arg(long, env = "BULKHEAD_FAIL_POINT", value_enum, hide = true)]
+    pub fail_point: Option<FailPoint>,
 }
 
 /// Names of the CRDs bulkhead needs.
@@ -44,6 +90,75 @@ pub async fn check_crds(client: &Client) -> Result<()> {
     }
 }
 
+#[derive(Clone)]
+struct HttpState {
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+async fn serve_http(
+    addr: SocketAddr,
+    state: HttpState,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(s): State<HttpState>| async move {
+                if s.ready.load(Ordering::Acquire) {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(s): State<HttpState>| async move {
+                (
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    s.metrics.encode(),
+                )
+            }),
+        )
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn termination() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
 pub async fn run(args: RunArgs) -> Result<()> {
     telemetry::init(args.log_format, &args.log_level);
     let client = Client::try_default()
@@ -51,5 +166,146 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .map_err(|e| Error::Config(e.to_string()))?;
     check_crds(&client).await?;
     info!("bulkhead CRDs installed");
-    Ok(())
+
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let http = tokio::spawn(serve_http(
+        args.http_addr,
+        HttpState {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        },
+        stop_rx.clone(),
+    ));
+    tokio::spawn({
+        let stop_tx = stop_tx.clone();
+        async move {
+            termination().await;
+            info!("termination signal: finishing in-flight reconciles");
+            let _ = stop_tx.send(true);
+        }
+    });
+
+    let settings = Settings {
+        resync: Duration::from_secs(args.resync_seconds.max(1)),
+        postgres_image: args.postgres_image.clone(),
+        fail_point: args.fail_point,
+        concurrency: args.concurrency.max(1),
+    };
+    let ctx = Context::new(client.clone(), settings, metrics.clone());
+    let stopped = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let outcome = if args.leader_election {
+        run_with_lease(
+            &args,
+            client,
+            ctx,
+            ready.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        )
+        .await
+    } else {
+        metrics.leader.set(1);
+        run_controllers(ctx, ready.clone(), stopped).await;
+        Ok(())
+    };
+    let _ = stop_tx.send(true);
+    match http.await {
+        Ok(Err(e)) => warn!(error = %e, "HTTP server stopped with an error"),
+        Err(e) => warn!(error = %e, "HTTP server task failed"),
+        Ok(Ok(())) => {}
+    }
+    outcome
+}
+
+/// Runs the controllers until `shutdown`, marking the process ready once
+/// every controller's cache has synced.
+async fn run_controllers(
+    ctx: Arc<Context>,
+    ready: Arc<AtomicBool>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let controllers = controller::run(ctx.clone(), shutdown);
+    let synced = async {
+        ctx.caches_synced().await;
+        ready.store(true, Ordering::Release);
+        info!("caches synced; ready");
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = controllers => {}
+        _ = synced => {}
+    }
+    ready.store(false, Ordering::Release);
+}
+
+async fn run_with_lease(
+    args: &RunArgs,
+    client: Client,
+    ctx: Arc<Context>,
+    ready: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "bulkhead".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client, &args.lease_name)
+        .with_namespace(&args.lease_namespace)
+        .with_identity(&identity)
+        .with_duration(args.lease_duration.max(2))
+        .with_grace((args.lease_duration / 3).max(1))
+        .with_field_manager("bulkhead-leader-election")
+        .build()
+        .await
+        .map_err(|e| {
+            Error::Config(format!(
+                "leader election on Lease {}/{}: {e}",
+                args.lease_namespace, args.lease_name
+            ))
+        })?;
+    let (mut leader, lease_task) = manager.watch().await;
+    info!(identity, lease = %args.lease_name, namespace = %args.lease_namespace, "waiting for leadership");
+    // A standby is healthy and ready: it serves nothing until it leads.
+    ready.store(true, Ordering::Release);
+    let became_leader = tokio::select! {
+        r = leader.wait_for(|l| *l) => r.is_ok(),
+        _ = stop.wait_for(|s| *s) => false,
+    };
+    let mut result = Ok(());
+    if became_leader {
+        info!(identity, "became leader; starting controllers");
+        metrics.leader.set(1);
+        ready.store(false, Ordering::Release);
+        let mut lost = leader.clone();
+        let mut stop_for_controllers = stop.clone();
+        let shutdown = async move {
+            tokio::select! {
+                _ = lost.wait_for(|l| !*l) => { error!("lost the leader lease; stopping controllers"); }
+                _ = stop_for_controllers.wait_for(|s| *s) => {}
+            }
+        };
+        run_controllers(ctx, ready.clone(), shutdown).await;
+        metrics.leader.set(0);
+        if !*stop.borrow() {
+            result = Err(Error::Config("lost the leader lease".into()));
+        }
+    }
+    // Closing the channel makes the lease task release the lease.
+    drop(leader);
+    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+        Ok(Ok(Ok(_))) => info!("released the leader lease"),
+        Ok(Ok(Err(e))) => warn!(error = %e, "releasing the leader lease failed"),
+        Ok(Err(e)) => warn!(error = %e, "lease task failed"),
+        Err(_) => warn!("timed out releasing the leader lease"),
+    }
+    result
 }

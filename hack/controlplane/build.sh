@@ -20,8 +20,6 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 log() { printf '[build.sh] %s\n' "$*" >&2; }
 die() { printf '[build.sh] ERROR: %s\n' "$*" >&2; exit 1; }
 
-command -v go >/dev/null 2>&1 || die "go is not on PATH (need Go >= 1.26)"
-
 # Versions are read from the wrapper go.mod files (single source of truth).
 modver() { # modver DIR MODULE
   awk -v m="$2" '($1 == m || ($1 == "require" && $2 == m)) { v = ($1 == "require") ? $3 : $2; print v; exit }' "$HERE/$1/go.mod"
@@ -38,6 +36,10 @@ done
 CACHE_ROOT="${BULKHEAD_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/bulkhead}/controlplane"
 KEY="k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}-helm-${HELM_VERSION}-kwok-${KWOK_VERSION}"
 BUILD_BIN="$CACHE_ROOT/$KEY/bin"
+
+# Bump RECIPE whenever the way a binary is built changes (ldflags, tags, …):
+# cached binaries with an older recipe stamp are rebuilt.
+RECIPE=2
 
 ALL=(kube-apiserver etcd kubectl etcdctl helm kwok kube-controller-manager kube-scheduler)
 if [[ $# -gt 0 ]]; then
@@ -90,7 +92,9 @@ component_ldflags() {
       # (keeps builds reproducible); the git commit is not known from modules.
       for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
         ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=$k8s_major -X $p.gitMinor=$k8s_minor"
-        ld+=" -X $p.gitTreeState=clean -X $p.buildDate=${K8S_BUILD_DATE:-1970-01-01T00:00:00Z}"
+        # gitCommit is not recorded in the module zip; blank it instead of
+        # leaving the "$Format:%H$" placeholder.
+        ld+=" -X $p.gitCommit= -X $p.gitTreeState=clean -X $p.buildDate=${K8S_BUILD_DATE:-1970-01-01T00:00:00Z}"
       done ;;
     helm)
       ld+=" -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
@@ -118,10 +122,12 @@ bin_version() { # bin_version NAME PATH
   printf '%s\n' "$out" | head -1
 }
 
-# A cached binary is valid if it runs and reports the expected version.
+# A cached binary is valid if it was built with the current recipe, runs,
+# and reports the expected version.
 bin_ok() { # bin_ok NAME PATH
   local out want
   [[ -x "$2" ]] || return 1
+  [[ "$(cat "$(dirname "$2")/.$1.recipe" 2>/dev/null)" == "$RECIPE" ]] || return 1
   out="$(bin_version "$1" "$2")" || return 1
   want="$(component_version "$1")"; want="${want#v}"
   [[ "$out" == *"$want"* ]]
@@ -137,6 +143,9 @@ if command -v flock >/dev/null 2>&1; then
   fi
 fi
 
+# Leftovers of builds that were killed hard (we hold the lock, so none is live).
+rm -f "$BUILD_BIN"/.*.tmp.* 2>/dev/null || true
+
 export GOWORK=off CGO_ENABLED=0
 unset GOFLAGS   # e.g. -mod=vendor from the caller's environment must not leak in
 
@@ -144,6 +153,7 @@ build_one() { # build_one NAME
   local name="$1" dir pkg ver ld tmp start rc
   dir="$(component_module_dir "$name")"; pkg="$(component_pkg "$name")"
   ver="$(component_version "$name")"
+  command -v go >/dev/null 2>&1 || die "go is not on PATH (needed to build $name; Go >= 1.26, or GOTOOLCHAIN=auto)"
   if [[ -z "${K8S_BUILD_DATE:-}" && "$dir" == kubernetes ]]; then
     K8S_BUILD_DATE="$(cd "$HERE/kubernetes" && { go list -m -f '{{if .Time}}{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}{{end}}' k8s.io/kubernetes 2>/dev/null || true; })"
     K8S_BUILD_DATE="${K8S_BUILD_DATE:-1970-01-01T00:00:00Z}"
@@ -164,10 +174,14 @@ build_one() { # build_one NAME
     die "go build of $name ($pkg in $HERE/$dir) failed with exit code $rc"
   fi
   mv -f "$tmp" "$BUILD_BIN/$name"
+  echo "$RECIPE" > "$BUILD_BIN/.$name.recipe"
   log "built $name in $(( $(date +%s) - start ))s: $(bin_version "$name" "$BUILD_BIN/$name" || echo '?')"
 }
 
 trap 'rm -f "$BUILD_BIN"/.*.tmp.$$' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 
 # ---------------------------------------------------------------- assets
 OUT_BIN="$BUILD_BIN"

@@ -16,7 +16,10 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 T0=$(date +%s%N)
 
-log() { printf '[start.sh] %s\n' "$*" >&2; }
+# fd 4 = our real stderr. log() uses it so messages are not lost when a
+# signal trap fires inside a command whose stderr is redirected.
+exec 4>&2
+log() { printf '[start.sh] %s\n' "$*" >&4; }
 elapsed() { local n; n=$(date +%s%N); printf '%d.%01d' $(( (n - T0) / 1000000000 )) $(( (n - T0) / 100000000 % 10 )); }
 
 usage() {
@@ -71,16 +74,20 @@ SUCCESS=0
 on_exit() {
   if [[ $SUCCESS -ne 1 ]]; then
     log "startup failed after $(elapsed)s; stopping what was started (logs kept in $DIR/logs)"
-    "$HERE/stop.sh" --dir "$DIR" >&2 || true
+    "$HERE/stop.sh" --dir "$DIR" >&4 2>&4 || true
   fi
 }
 trap on_exit EXIT
+# Make the EXIT trap (cleanup) run when we are interrupted too.
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 
 fail() { # fail COMPONENT MESSAGE
   log "ERROR: $1: $2"
   if [[ -f "$DIR/logs/$1.log" ]]; then
     log "---- last 40 lines of $DIR/logs/$1.log ----"
-    tail -n 40 "$DIR/logs/$1.log" >&2 || true
+    tail -n 40 "$DIR/logs/$1.log" >&4 || true
     log "---- end of $1.log ----"
   fi
   exit 1
@@ -124,11 +131,12 @@ free_port() {
 # ------------------------------------------------------------------ processes
 # start_bg NAME BINARY ARGS... : starts detached (own session, no tty, stdio to
 # the log so callers capturing our stdout never hang), records the pid.
-LAST_PID=""
+LAST_PID="" LOG_OFFSET=1
 start_bg() {
   local name="$1"; shift
+  LOG_OFFSET=$(( $(stat -c %s "$DIR/logs/$name.log" 2>/dev/null || echo 0) + 1 ))
   printf '\n==== %s starting at %s: %s\n' "$name" "$(date -Is)" "$*" >> "$DIR/logs/$name.log"
-  setsid "$@" </dev/null >>"$DIR/logs/$name.log" 2>&1 &
+  setsid "$@" </dev/null >>"$DIR/logs/$name.log" 2>&1 4>&- &
   LAST_PID=$!
   echo "$LAST_PID" >> "$DIR/pids"
 }
@@ -147,7 +155,7 @@ kill_started() {
 }
 
 port_collision() { # port_collision NAME : did the last attempt die on a busy port?
-  tail -n 60 "$DIR/logs/$1.log" | grep -qiE 'address already in use|bind: address|failed to listen'
+  tail -c +"$LOG_OFFSET" "$DIR/logs/$1.log" | grep -qiE 'address already in use|bind: address|failed to listen'
 }
 
 # wait_for NAME PID TIMEOUT CHECK... : poll CHECK until it succeeds.
@@ -217,13 +225,25 @@ subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kuberne
   sign admin "/O=system:masters/CN=bulkhead-admin" "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=clientAuth"
+  # front-proxy (request-header) CA + client, so aggregated APIs work and
+  # controllers do not complain about a missing requestheader CA.
+  openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/front-proxy-ca.key" 2>/dev/null
+  openssl req -x509 -new -key "$PKI/front-proxy-ca.key" -sha256 -days 3650 -subj "/CN=bulkhead-front-proxy-ca" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+    -out "$PKI/front-proxy-ca.crt" 2>/dev/null
+  printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=clientAuth" > "$ext"
+  openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/front-proxy-client.key" 2>/dev/null
+  openssl req -new -key "$PKI/front-proxy-client.key" -subj "/CN=front-proxy-client" -out "$PKI/front-proxy-client.csr" 2>/dev/null
+  openssl x509 -req -in "$PKI/front-proxy-client.csr" -CA "$PKI/front-proxy-ca.crt" -CAkey "$PKI/front-proxy-ca.key" \
+    -CAcreateserial -sha256 -days 3650 -extfile "$ext" -out "$PKI/front-proxy-client.crt" 2>/dev/null
+  rm -f "$PKI/front-proxy-client.csr"
   # service-account token signing key pair
   openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
   openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
   rm -f "$ext"
   chmod 600 "$PKI"/*.key
 }
-if [[ -s "$PKI/ca.crt" && -s "$PKI/ca.key" && -s "$PKI/apiserver.crt" && -s "$PKI/admin.crt" && -s "$PKI/sa.key" && -s "$PKI/sa.pub" ]]; then
+if [[ -s "$PKI/ca.crt" && -s "$PKI/ca.key" && -s "$PKI/apiserver.crt" && -s "$PKI/admin.crt" && -s "$PKI/sa.key" && -s "$PKI/sa.pub" && -s "$PKI/front-proxy-client.crt" ]]; then
   log "reusing certificates in $PKI"
 else
   gen_certs || { log "ERROR: openssl failed to generate certificates"; exit 1; }
@@ -277,6 +297,13 @@ launch_kube_apiserver() {
     --tls-cert-file="$PKI/apiserver.crt" \
     --tls-private-key-file="$PKI/apiserver.key" \
     --client-ca-file="$PKI/ca.crt" \
+    --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" \
+    --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User \
+    --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$PKI/front-proxy-client.crt" \
+    --proxy-client-key-file="$PKI/front-proxy-client.key" \
     --authorization-mode=Node,RBAC \
     --service-account-key-file="$PKI/sa.pub" \
     --service-account-signing-key-file="$PKI/sa.key" \
@@ -434,6 +461,11 @@ metadata:
     type: kwok
 spec: {}
 status:
+  addresses:
+  - address: 10.1.0.$((i + 1))
+    type: InternalIP
+  - address: kwok-node-$i
+    type: Hostname
   allocatable:
     cpu: \"32\"
     memory: 256Gi
@@ -487,7 +519,7 @@ if [[ -n "$OWNER_PID" ]]; then
     echo "watchdog $$: owner $owner gone at $(date -Is); running stop.sh"
     exec "$stop" --dir "$dir" --from-watchdog
   ' bulkhead-cp-watchdog "$OWNER_PID" "$owner_start" "$DIR" "$HERE/stop.sh" \
-    </dev/null >>"$DIR/logs/watchdog.log" 2>&1 &
+    </dev/null >>"$DIR/logs/watchdog.log" 2>&1 4>&- &
   echo $! > "$DIR/watchdog.pid"
   log "watchdog (pid $!) will run stop.sh when pid $OWNER_PID exits"
 fi

@@ -2,8 +2,9 @@
 # Stop a control plane started by start.sh. Idempotent.
 #
 # Usage: hack/controlplane/stop.sh --dir DIR [--clean]
-#   Sends TERM to every pid in DIR/pids (newest first), waits up to 10 s,
-#   then KILLs what is left; stops the --owner-pid watchdog too.
+#   Sends TERM to every pid in DIR/pids (newest first, the first line = etcd
+#   last), waits up to 10 s, then KILLs what is left; stops the --owner-pid
+#   watchdog too.
 #   --clean also removes DIR (only if start.sh created it: DIR/.bulkhead-controlplane).
 # A pid is only signalled if its command line mentions DIR, so a stale pid
 # file can never hit an unrelated process that reused the pid.
@@ -46,22 +47,35 @@ for p in "${PIDS[@]}"; do
   if ours "$p"; then TARGETS+=("$p"); fi
 done
 
-if [[ ${#TARGETS[@]} -gt 0 ]]; then
-  log "stopping ${#TARGETS[@]} process(es) in $DIR: ${TARGETS[*]}"
-  for p in "${TARGETS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  deadline=$(( $(date +%s) + 10 ))
+# stop_wave TIMEOUT PID... : TERM, wait up to TIMEOUT s, then KILL.
+stop_wave() {
+  local timeout="$1" deadline p left; shift
+  [[ $# -gt 0 ]] || return 0
+  for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
+  deadline=$(( $(date +%s) + timeout ))
   while :; do
     left=()
-    for p in "${TARGETS[@]}"; do if alive "$p"; then left+=("$p"); fi; done
-    [[ ${#left[@]} -gt 0 ]] || break
+    for p in "$@"; do if alive "$p"; then left+=("$p"); fi; done
+    [[ ${#left[@]} -gt 0 ]] || return 0
     if [[ $(date +%s) -ge $deadline ]]; then
-      log "still running after 10s, sending KILL: ${left[*]}"
+      log "still running after ${timeout}s, sending KILL: ${left[*]}"
       for p in "${left[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
       sleep 0.5
-      break
+      return 0
     fi
-    sleep 0.2
+    sleep 0.1
   done
+}
+
+if [[ ${#TARGETS[@]} -gt 0 ]]; then
+  log "stopping ${#TARGETS[@]} process(es) in $DIR: ${TARGETS[*]}"
+  # DIR/pids lists etcd first. Stop everything else before it (newest first),
+  # so kube-apiserver can shut down cleanly instead of hanging on a dead etcd.
+  last="${PIDS[${#PIDS[@]}-1]}"
+  rest=()
+  for p in "${TARGETS[@]}"; do [[ "$p" == "$last" ]] || rest+=("$p"); done
+  stop_wave 10 "${rest[@]}"
+  if [[ " ${TARGETS[*]} " == *" $last "* ]]; then stop_wave 10 "$last"; fi
 fi
 # Keep the pid list for reference but make it inert for the next stop/start.
 if [[ -f "$DIR/pids" ]]; then mv -f "$DIR/pids" "$DIR/pids.stopped"; fi

@@ -69,7 +69,7 @@ pub struct DatabaseClusterSpec {
     pub version: String,
     /// Regions to run in, where the provider has regions. The first is primary.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 10), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(length(max = 10), inner(length(min = 1, max = 32), regex(pattern = r"^[a-z0-9-]+$")), extend("x-kubernetes-list-type" = "set"))]
     pub regions: Vec<String>,
     /// Size: a preset, or a custom shape. Defaults by tier: production gets
     /// the production preset, every other tier the development preset.
@@ -223,8 +223,7 @@ pub struct UserSpec {
     pub name: String,
     /// Databases (of this cluster) the user may connect to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "set"))]
-    #[x_kube(validation = Rule::new("self.all(d, d.matches('^[a-z_][a-z0-9_]*$') && size(d) <= 63)").message("databases entries must be database names of this cluster"))]
+    #[schemars(length(max = 100), inner(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]*$")), extend("x-kubernetes-list-type" = "set"))]
     pub databases: Vec<String>,
     /// readOnly, readWrite or owner.
     pub privileges: Privileges,
@@ -270,11 +269,11 @@ pub enum MaskAction {
 pub struct Sanitize {
     /// Tables (`table` or `schema.table`) left out of the copy entirely.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(length(max = 500), inner(length(min = 1, max = 127), regex(pattern = r"^([a-z_][a-z0-9_]*\.)?[a-z_][a-z0-9_]*$")), extend("x-kubernetes-list-type" = "set"))]
     pub exclude_tables: Vec<String>,
     /// Columns (`table.column` or `schema.table.column`) to rewrite.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[x_kube(validation = Rule::new("self.all(k, k.matches('^([a-z_][a-z0-9_]*\\\\.){1,2}[a-z_][a-z0-9_]*$'))").message("sanitize.columns keys must be table.column or schema.table.column"))]
+    #[schemars(extend("maxProperties" = 500))]
     pub columns: BTreeMap<String, MaskAction>,
 }
 

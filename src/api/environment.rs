@@ -64,8 +64,7 @@ pub struct EnvironmentSpec {
     /// the Environment. Each is labelled bulkhead.dev/environment,
     /// bulkhead.dev/tier and bulkhead.dev/organization.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 50), extend("x-kubernetes-list-type" = "set"))]
-    #[x_kube(validation = Rule::new("self.all(n, size(n) <= 63 && n.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))").message("namespaces must be DNS labels (lowercase letters, digits and '-', at most 63 characters)"))]
+    #[schemars(length(max = 50), inner(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")), extend("x-kubernetes-list-type" = "set"))]
     pub namespaces: Vec<String>,
     /// Who may do what in the environment's namespaces. Production defaults
     /// to least privilege: organization members get read-only access there.
@@ -139,7 +138,9 @@ impl Tier {
 
 /// Roles in an environment; each maps to a ClusterRole bulkhead ships
 /// (`bulkhead-environment-<role>`).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema, PartialOrd, Ord,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum EnvironmentRole {
     /// Everything in the namespaces, including RBAC within them.
@@ -231,8 +232,33 @@ pub struct NetworkSpec {
         skip_serializing_if = "Vec::is_empty"
     )]
     #[schemars(length(max = 100))]
-    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("allowedCIDRs entries must be CIDRs such as 10.0.0.0/8 or 2001:db8::/32"))]
-    pub allowed_cidrs: Vec<String>,
+    pub allowed_cidrs: Vec<Cidr>,
+}
+
+/// An IPv4 or IPv6 CIDR, checked by the apiserver (`isCIDR`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Cidr(pub String);
+
+impl JsonSchema for Cidr {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Cidr".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "maxLength": 49,
+            "x-kubernetes-validations": [{
+                "rule": "isCIDR(self)",
+                "message": "must be a CIDR such as 10.0.0.0/8 or 2001:db8::/32",
+            }],
+        })
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
 }
 
 /// Environment-specific settings for apps.
@@ -259,7 +285,7 @@ pub struct Naming {
     /// my-app-db-stage). Defaults by tier: "" production, -stage staging,
     /// -test testing, -dev development, -preview preview.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 20), regex(pattern = r"^(-[a-z0-9]+)*$"))]
+    #[schemars(length(max = 12), regex(pattern = r"^(-[a-z0-9]+)*$"))]
     pub suffix: Option<String>,
 }
 

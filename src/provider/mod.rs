@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
-use crate::api::database_cluster::{CopyMode, DatabaseSpec, Endpoint, ResolvedSize, Sanitize, UserSpec};
+use crate::api::database_cluster::{
+    CopyMode, DatabaseSpec, Endpoint, ResolvedSize, Sanitize, UserSpec,
+};
 use crate::api::environment::{AccessGrant, EnvironmentConfig, Tier};
 use crate::api::organization::{Billing, Member, MemberStatus};
 
@@ -23,11 +25,17 @@ pub mod postgres;
 pub enum ProviderError {
     /// Worth retrying soon (conflict, timeout, rate limit): per-object backoff.
     #[error("{message}")]
-    Transient { reason: &'static str, message: String },
+    Transient {
+        reason: &'static str,
+        message: String,
+    },
     /// Retrying will not help until the spec (or something it points at)
     /// changes: reported as a condition, no hot loop.
     #[error("{message}")]
-    Terminal { reason: &'static str, message: String },
+    Terminal {
+        reason: &'static str,
+        message: String,
+    },
     /// The backend cannot be reached or refuses service: Synced=False with
     /// ProviderUnavailable and backoff; recovers on its own.
     #[error("{message}")]
@@ -36,19 +44,29 @@ pub enum ProviderError {
 
 impl ProviderError {
     pub fn transient(reason: &'static str, message: impl Into<String>) -> Self {
-        ProviderError::Transient { reason, message: message.into() }
+        ProviderError::Transient {
+            reason,
+            message: message.into(),
+        }
     }
     pub fn terminal(reason: &'static str, message: impl Into<String>) -> Self {
-        ProviderError::Terminal { reason, message: message.into() }
+        ProviderError::Terminal {
+            reason,
+            message: message.into(),
+        }
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
-        ProviderError::Unavailable { message: message.into() }
+        ProviderError::Unavailable {
+            message: message.into(),
+        }
     }
 
     /// The CamelCase reason a condition shows for this error.
     pub fn reason(&self) -> &'static str {
         match self {
-            ProviderError::Transient { reason, .. } | ProviderError::Terminal { reason, .. } => reason,
+            ProviderError::Transient { reason, .. } | ProviderError::Terminal { reason, .. } => {
+                reason
+            }
             ProviderError::Unavailable { .. } => crate::reconcile::reasons::PROVIDER_UNAVAILABLE,
         }
     }
@@ -69,10 +87,18 @@ pub struct Readiness {
 
 impl Readiness {
     pub fn ready(message: impl Into<String>) -> Self {
-        Readiness { ready: true, reason: crate::reconcile::reasons::AVAILABLE, message: message.into() }
+        Readiness {
+            ready: true,
+            reason: crate::reconcile::reasons::AVAILABLE,
+            message: message.into(),
+        }
     }
     pub fn not_ready(reason: &'static str, message: impl Into<String>) -> Self {
-        Readiness { ready: false, reason, message: message.into() }
+        Readiness {
+            ready: false,
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -99,12 +125,19 @@ pub trait ExternalClient: Send + Sync {
     type Observed: Send + Sync;
 
     /// Looks at the provider. Never writes.
-    async fn observe(&self, desired: &Self::Desired) -> Result<Observation<Self::Observed>, ProviderError>;
+    async fn observe(
+        &self,
+        desired: &Self::Desired,
+    ) -> Result<Observation<Self::Observed>, ProviderError>;
     /// Creates the external object. Must be safe to call again after a crash
     /// (create what is missing, leave what exists).
     async fn create(&self, desired: &Self::Desired) -> Result<(), ProviderError>;
     /// Converges an existing external object to `desired`.
-    async fn update(&self, desired: &Self::Desired, observed: &Self::Observed) -> Result<(), ProviderError>;
+    async fn update(
+        &self,
+        desired: &Self::Desired,
+        observed: &Self::Observed,
+    ) -> Result<(), ProviderError>;
     /// Deletes the external object; succeeds when it is already gone.
     async fn delete(&self, desired: &Self::Desired) -> Result<(), ProviderError>;
     /// Whether the external name is chosen by us (so after a crash between a
@@ -137,9 +170,8 @@ pub struct DesiredOrganization {
     /// Members whose access has not expired.
     pub members: Vec<Member>,
     pub billing: Option<Billing>,
-    /// Namespaces of every Environment bound to the organization (its
-    /// private network), with the tier of each.
-    pub namespaces: BTreeMap<String, Tier>,
+    /// Environments bound to the organization.
+    pub environments: Vec<String>,
 }
 
 /// What a backend reports about an Organization.
@@ -161,6 +193,8 @@ pub struct DesiredEnvironment {
     pub access: Vec<AccessGrant>,
     /// Organization members, who get tier-dependent default access.
     pub members: Vec<Member>,
+    /// The organization's billing plan (a ResourceQuota per namespace).
+    pub plan: Option<crate::api::organization::BillingPlan>,
     pub allowed_cidrs: Vec<String>,
     pub config: EnvironmentConfig,
 }
@@ -188,9 +222,17 @@ pub struct DesiredDatabaseCluster {
     pub databases: Vec<DatabaseSpec>,
     pub users: Vec<UserSpec>,
     /// Current password of every user in `users` (generated by the
-    /// reconciler and kept in a Secret it owns). Never logged.
+    /// reconciler and kept in a Secret it owns), plus one under
+    /// [`SUPERUSER`] for backends that run their own server. Never logged.
     pub passwords: BTreeMap<String, Secret>,
+    /// What happens to in-cluster storage when the cluster is deleted.
+    pub deletion_policy: crate::api::DeletionPolicy,
 }
+
+/// Key in [`DesiredDatabaseCluster::passwords`] of the superuser password
+/// for backends that run their own server (not a user name: user names
+/// cannot contain '@').
+pub const SUPERUSER: &str = "@superuser";
 
 /// What a backend reports about a DatabaseCluster.
 #[derive(Clone, Debug, Default)]
@@ -222,6 +264,18 @@ pub struct CopyReport {
 pub trait DatabaseClusterClient:
     ExternalClient<Desired = DesiredDatabaseCluster, Observed = ObservedDatabaseCluster>
 {
+    /// The login name and database name a client uses for a declared user
+    /// and database (a backend may prefix names on a shared server).
+    fn connection_names(
+        &self,
+        target: &DesiredDatabaseCluster,
+        user: &str,
+        database: &str,
+    ) -> (String, String) {
+        let _ = target;
+        (user.to_string(), database.to_string())
+    }
+
     /// Copies `request.source` into `target` as the mode says. Replaces what
     /// the target databases hold.
     async fn copy_from(

@@ -3,6 +3,8 @@
 
 pub mod managed;
 
+pub use managed::{ErrorCategory, ReconcileError};
+
 /// Condition reasons shared by every kind. Kind-specific reasons live next to
 /// the kind in `api::*::reasons`.
 pub mod reasons {

@@ -1,0 +1,732 @@
+//! DatabaseCluster controller: finds its Environment, names the cluster
+//! with the Environment's suffix, keeps generated passwords in a Secret it
+//! owns (rotating them on schedule), converges the provider, copies from a
+//! source cluster when asked, and publishes the connection Secret.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret as KubeSecret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use super::organization::flatten_finalizer_error;
+use super::{Context, managed_children, owner_of, trigger_stream};
+use crate::api::database_cluster::{
+    CONDITION_PROVISIONED, CopyStatus, Endpoint, ReplicaStatus, reasons as dbc_reasons,
+};
+use crate::api::{
+    ANNOTATION_EXTERNAL_NAME, ANNOTATION_PAUSED, CONDITION_READY, CONDITION_SYNCED,
+    ConditionStatus, DatabaseCluster, DatabaseClusterStatus, Environment, FINALIZER,
+    LABEL_DATABASE_CLUSTER, LABEL_MANAGED_BY, MANAGER, ManagementPolicy, Organization,
+    ProviderSpec, ProviderType, annotation_is_true, is_condition_true, set_condition,
+};
+use crate::provider::{
+    CopyRequest, DatabaseClusterClient, DesiredDatabaseCluster, SUPERUSER, Secret,
+    generate_password,
+};
+use crate::reconcile::managed::{
+    FIELD_MANAGER, Policies, ReconcileError, converge, error_action, finalize, patch_status,
+    publish, set_converged_conditions, set_error_conditions,
+};
+use crate::reconcile::reasons;
+
+const KIND: &str = "DatabaseCluster";
+/// Key of the superuser password in the credentials Secret (user names
+/// cannot start with '.').
+const SUPERUSER_KEY: &str = ".superuser";
+/// Annotation on the credentials Secret: when its passwords were generated.
+const ANNOTATION_ROTATED_AT: &str = "bulkhead.dev/rotated-at";
+
+/// Name of the Secret holding a cluster's generated passwords.
+pub fn credentials_secret(name: &str) -> String {
+    format!("{name}-credentials")
+}
+
+pub fn controller(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> impl Stream<Item = ()> {
+    let client = ctx.client.clone();
+    let (reader, stream) = trigger_stream(Api::<DatabaseCluster>::all(client.clone()));
+    ctx.track_sync(reader.clone());
+    let by_env = reader.clone();
+    Controller::for_stream(stream, reader)
+        .owns(Api::<StatefulSet>::all(client.clone()), managed_children())
+        .owns(Api::<Service>::all(client.clone()), managed_children())
+        .owns(Api::<KubeSecret>::all(client.clone()), managed_children())
+        .owns(Api::<ConfigMap>::all(client.clone()), managed_children())
+        // An Environment becoming ready (or changing suffix) requeues the
+        // DatabaseClusters in its namespaces.
+        .watches(
+            Api::<Environment>::all(client),
+            Default::default(),
+            move |env| {
+                let namespaces = env.namespaces();
+                let name = env.name_any();
+                by_env
+                    .state()
+                    .into_iter()
+                    .filter(|d| match &d.spec.environment_ref {
+                        Some(r) => r.name == name,
+                        None => d.namespace().is_some_and(|ns| namespaces.contains(&ns)),
+                    })
+                    .map(|d| ObjectRef::from_obj(d.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .map(|_| ())
+}
+
+fn error_policy(dbc: Arc<DatabaseCluster>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error(KIND, error);
+    error_action(&ctx.backoff, &dbc.uid().unwrap_or_default(), error)
+}
+
+pub async fn reconcile(
+    dbc: Arc<DatabaseCluster>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let _timer = ctx.metrics.reconcile_started(KIND);
+    let ns = dbc.namespace().unwrap_or_default();
+    let api: Api<DatabaseCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    if annotation_is_true(&dbc.metadata, ANNOTATION_PAUSED) {
+        let mut status = dbc.status.clone().unwrap_or_default();
+        set_condition(
+            &mut status.conditions,
+            CONDITION_SYNCED,
+            ConditionStatus::False,
+            reasons::RECONCILE_PAUSED,
+            format!("{ANNOTATION_PAUSED} is \"true\""),
+            dbc.metadata.generation,
+            Timestamp::now(),
+        );
+        write_status(&api, &dbc, status).await?;
+        return Ok(Action::await_change());
+    }
+    finalizer(&api, FINALIZER, dbc, |event| async {
+        match event {
+            FinalizerEvent::Apply(dbc) => apply(dbc, &api, &ctx).await,
+            FinalizerEvent::Cleanup(dbc) => cleanup(dbc, &ctx).await,
+        }
+    })
+    .await
+    .map_err(flatten_finalizer_error)
+}
+
+/// The Environment a DatabaseCluster belongs to: `spec.environmentRef`, or
+/// the Environment that owns its namespace.
+pub async fn find_environment(
+    dbc: &DatabaseCluster,
+    ctx: &Context,
+) -> Result<Environment, ReconcileError> {
+    let envs: Api<Environment> = Api::all(ctx.client.clone());
+    if let Some(r) = &dbc.spec.environment_ref {
+        return envs.get_opt(&r.name).await?.ok_or_else(|| {
+            ReconcileError::waiting(
+                dbc_reasons::ENVIRONMENT_NOT_FOUND,
+                format!("Environment {} does not exist", r.name),
+            )
+        });
+    }
+    let ns = dbc.namespace().unwrap_or_default();
+    let mut owners: Vec<Environment> = envs
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.namespaces().contains(&ns))
+        .collect();
+    owners.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
+    owners.into_iter().next().ok_or_else(|| {
+        ReconcileError::waiting(
+            dbc_reasons::NO_ENVIRONMENT,
+            format!("no Environment owns namespace {ns}; add it to an Environment's spec.namespaces or set spec.environmentRef"),
+        )
+    })
+}
+
+/// The provider: the cluster's own override, else its Organization's.
+async fn provider_spec(
+    dbc: &DatabaseCluster,
+    env: &Environment,
+    ctx: &Context,
+) -> Result<ProviderSpec, ReconcileError> {
+    if let Some(p) = &dbc.spec.provider {
+        return Ok(p.clone());
+    }
+    let org = Api::<Organization>::all(ctx.client.clone())
+        .get_opt(&env.spec.organization_ref.name)
+        .await?
+        .ok_or_else(|| {
+            ReconcileError::waiting(
+                dbc_reasons::ENVIRONMENT_NOT_READY,
+                format!(
+                    "Organization {} of Environment {} does not exist",
+                    env.spec.organization_ref.name,
+                    env.name_any()
+                ),
+            )
+        })?;
+    Ok(org.spec.provider.clone())
+}
+
+/// Reads the credentials Secret, generating missing passwords and rotating
+/// all of them when the schedule says so. Returns the passwords and when
+/// they were generated.
+async fn ensure_passwords(
+    dbc: &DatabaseCluster,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<(BTreeMap<String, Secret>, Timestamp), ReconcileError> {
+    let ns = dbc.namespace().unwrap_or_default();
+    let name = credentials_secret(&dbc.name_any());
+    let api: Api<KubeSecret> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = api.get_opt(&name).await?;
+    let mut current: BTreeMap<String, Secret> = existing
+        .as_ref()
+        .and_then(|s| s.data.as_ref())
+        .map(|d| {
+            d.iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        Secret::new(String::from_utf8_lossy(&v.0).into_owned()),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let rotated_at = existing
+        .as_ref()
+        .and_then(|s| s.annotations().get(ANNOTATION_ROTATED_AT).cloned())
+        .and_then(|t| t.parse::<Timestamp>().ok());
+    let rotate = match (&dbc.spec.password_rotation, rotated_at) {
+        (Some(r), Some(at)) => {
+            let interval = SignedDuration::try_from(std::time::Duration::from(r.interval))
+                .unwrap_or(SignedDuration::MAX);
+            at.checked_add(interval).is_ok_and(|due| due <= now)
+        }
+        _ => false,
+    };
+    let mut wanted: Vec<String> = dbc.spec.users.iter().map(|u| u.name.clone()).collect();
+    wanted.push(SUPERUSER_KEY.to_string());
+    let mut changed = rotate || existing.is_none();
+    for user in &wanted {
+        if rotate || !current.contains_key(user) {
+            current.insert(user.clone(), generate_password());
+            changed = true;
+        }
+    }
+    let before = current.len();
+    current.retain(|k, _| wanted.contains(k));
+    changed |= before != current.len();
+    let generated_at = if rotate || rotated_at.is_none() {
+        now
+    } else {
+        rotated_at.unwrap_or(now)
+    };
+    if changed {
+        let owner = owner_of(dbc);
+        let data: BTreeMap<&str, &str> = current
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.expose()))
+            .collect();
+        let body = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": name,
+                "namespace": ns,
+                "labels": { LABEL_MANAGED_BY: MANAGER, LABEL_DATABASE_CLUSTER: dbc.name_any() },
+                "annotations": { ANNOTATION_ROTATED_AT: generated_at.to_string() },
+                "ownerReferences": [{ "apiVersion": owner.api_version, "kind": owner.kind, "name": owner.name,
+                                       "uid": owner.uid, "controller": true, "blockOwnerDeletion": true }],
+            },
+            "type": "Opaque",
+            "stringData": data,
+        });
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    }
+    let mut passwords: BTreeMap<String, Secret> = current;
+    if let Some(su) = passwords.remove(SUPERUSER_KEY) {
+        passwords.insert(SUPERUSER.to_string(), su);
+    }
+    Ok((passwords, generated_at))
+}
+
+fn desired_for(
+    dbc: &DatabaseCluster,
+    env: &Environment,
+    org: &str,
+    passwords: BTreeMap<String, Secret>,
+) -> DesiredDatabaseCluster {
+    let tier = env.spec.tier;
+    DesiredDatabaseCluster {
+        owner: owner_of(dbc),
+        namespace: dbc.namespace().unwrap_or_default(),
+        external_name: format!("{}{}", dbc.name_any(), env.suffix()),
+        environment: env.name_any(),
+        tier,
+        organization: org.to_string(),
+        version: dbc.spec.version.clone(),
+        regions: dbc.spec.regions.clone(),
+        size: dbc.resolved_size(tier == crate::api::Tier::Production),
+        databases: dbc.spec.databases.clone(),
+        users: dbc.spec.users.clone(),
+        passwords,
+        deletion_policy: dbc.spec.deletion_policy,
+    }
+}
+
+struct Built {
+    env: Environment,
+    provider: ProviderSpec,
+    client: Arc<dyn DatabaseClusterClient>,
+    desired: DesiredDatabaseCluster,
+    rotated_at: Timestamp,
+}
+
+async fn build(
+    dbc: &DatabaseCluster,
+    ctx: &Context,
+    now: Timestamp,
+    require_ready: bool,
+) -> Result<Built, ReconcileError> {
+    let env = find_environment(dbc, ctx).await?;
+    if require_ready
+        && !env
+            .status
+            .as_ref()
+            .is_some_and(|s| is_condition_true(&s.conditions, CONDITION_READY))
+    {
+        return Err(ReconcileError::waiting(
+            dbc_reasons::ENVIRONMENT_NOT_READY,
+            format!("waiting for Environment {} to become Ready", env.name_any()),
+        ));
+    }
+    let provider = provider_spec(dbc, &env, ctx).await?;
+    let client = ctx.database_clusters(&provider).await?;
+    let (passwords, rotated_at) = ensure_passwords(dbc, ctx, now).await?;
+    let desired = desired_for(dbc, &env, &env.spec.organization_ref.name, passwords);
+    Ok(Built {
+        env,
+        provider,
+        client,
+        desired,
+        rotated_at,
+    })
+}
+
+/// Copies from spec.source when its refreshGeneration has not been copied yet.
+async fn copy_if_asked(
+    dbc: &DatabaseCluster,
+    built: &Built,
+    ctx: &Context,
+    status: &mut DatabaseClusterStatus,
+) -> Result<(), ReconcileError> {
+    let Some(source) = &dbc.spec.source else {
+        return Ok(());
+    };
+    if status
+        .copy
+        .as_ref()
+        .is_some_and(|c| c.refresh_generation == source.refresh_generation)
+    {
+        return Ok(());
+    }
+    let src_ns = source
+        .cluster_ref
+        .namespace
+        .clone()
+        .unwrap_or_else(|| dbc.namespace().unwrap_or_default());
+    let src = Api::<DatabaseCluster>::namespaced(ctx.client.clone(), &src_ns)
+        .get_opt(&source.cluster_ref.name)
+        .await?
+        .ok_or_else(|| {
+            ReconcileError::waiting(
+                dbc_reasons::SOURCE_NOT_FOUND,
+                format!(
+                    "source DatabaseCluster {src_ns}/{} does not exist",
+                    source.cluster_ref.name
+                ),
+            )
+        })?;
+    let src_env = find_environment(&src, ctx).await?;
+    if src_env.spec.tier.rank() < built.env.spec.tier.rank() {
+        return Err(ReconcileError::invalid(
+            dbc_reasons::COPY_UPWARD,
+            format!(
+                "copies flow from a higher tier to a lower one: the source is {} and this cluster is {}",
+                src_env.spec.tier.as_str(),
+                built.env.spec.tier.as_str()
+            ),
+        ));
+    }
+    let src_provider = provider_spec(&src, &src_env, ctx).await?;
+    if src_provider != built.provider {
+        return Err(ReconcileError::invalid(
+            reasons::UNSUPPORTED,
+            "spec.source must use the same provider and server as this cluster",
+        ));
+    }
+    let src_passwords = read_passwords(&src, ctx).await?;
+    let request = CopyRequest {
+        source: desired_for(
+            &src,
+            &src_env,
+            &src_env.spec.organization_ref.name,
+            src_passwords,
+        ),
+        mode: source.mode,
+        sanitize: source.sanitize.clone().unwrap_or_default(),
+    };
+    let report = built.client.copy_from(&built.desired, &request).await?;
+    publish(
+        &ctx.recorder,
+        dbc,
+        kube::runtime::events::EventType::Normal,
+        "Copied",
+        "Copy",
+        format!(
+            "copied {} tables, {} rows from {src_ns}/{} ({:?})",
+            report.tables,
+            report.rows,
+            src.name_any(),
+            source.mode
+        ),
+    )
+    .await;
+    status.copy = Some(CopyStatus {
+        source: format!("{src_ns}/{}", src.name_any()),
+        mode: source.mode,
+        refresh_generation: source.refresh_generation,
+        tables: report.tables,
+        rows: report.rows,
+        completed_at: Some(Time(Timestamp::now())),
+    });
+    Ok(())
+}
+
+async fn read_passwords(
+    dbc: &DatabaseCluster,
+    ctx: &Context,
+) -> Result<BTreeMap<String, Secret>, ReconcileError> {
+    let api: Api<KubeSecret> =
+        Api::namespaced(ctx.client.clone(), &dbc.namespace().unwrap_or_default());
+    let secret = api.get_opt(&credentials_secret(&dbc.name_any())).await?;
+    Ok(secret
+        .and_then(|s| s.data)
+        .map(|d| {
+            d.into_iter()
+                .map(|(k, v)| (k, Secret::new(String::from_utf8_lossy(&v.0).into_owned())))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Writes the connection Secret: the first declared user and its first
+/// database, or the superuser where the backend runs its own server and no
+/// user is declared.
+async fn write_connection_secret(
+    dbc: &DatabaseCluster,
+    built: &Built,
+    endpoint: &Endpoint,
+    ctx: &Context,
+) -> Result<Option<String>, ReconcileError> {
+    let Some(target) = &dbc.spec.write_connection_secret_to_ref else {
+        return Ok(None);
+    };
+    let d = &built.desired;
+    let (user, password, database) = match d.users.first() {
+        Some(u) => {
+            let db = u
+                .databases
+                .first()
+                .or_else(|| d.databases.first().map(|x| &x.name))
+                .cloned()
+                .unwrap_or_else(|| "postgres".into());
+            (u.name.clone(), d.passwords.get(&u.name).cloned(), db)
+        }
+        None if built.provider.type_ == ProviderType::Kubernetes => (
+            "postgres".to_string(),
+            d.passwords.get(SUPERUSER).cloned(),
+            d.databases
+                .first()
+                .map(|x| x.name.clone())
+                .unwrap_or_else(|| "postgres".into()),
+        ),
+        None => {
+            return Err(ReconcileError::invalid(
+                reasons::INVALID_SPEC,
+                "writeConnectionSecretToRef needs at least one entry in spec.users",
+            ));
+        }
+    };
+    let (username, database) = built.client.connection_names(d, &user, &database);
+    let password = password.map(|p| p.expose().to_string()).unwrap_or_default();
+    let uri = format!(
+        "postgresql://{}:{}@{}:{}/{}",
+        pct(&username),
+        pct(&password),
+        endpoint.host,
+        endpoint.port,
+        pct(&database)
+    );
+    let owner = owner_of(dbc);
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": target.name,
+            "namespace": d.namespace,
+            "labels": { LABEL_MANAGED_BY: MANAGER, LABEL_DATABASE_CLUSTER: dbc.name_any() },
+            "ownerReferences": [{ "apiVersion": owner.api_version, "kind": owner.kind, "name": owner.name,
+                                   "uid": owner.uid, "controller": true, "blockOwnerDeletion": true }],
+        },
+        "type": "Opaque",
+        "stringData": {
+            "host": endpoint.host,
+            "port": endpoint.port.to_string(),
+            "username": username,
+            "password": password,
+            "database": database,
+            "uri": uri,
+        },
+    });
+    Api::<KubeSecret>::namespaced(ctx.client.clone(), &d.namespace)
+        .patch(
+            &target.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    Ok(Some(target.name.clone()))
+}
+
+/// Percent-encodes a URI component.
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn apply(
+    dbc: Arc<DatabaseCluster>,
+    api: &Api<DatabaseCluster>,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    let now = Timestamp::now();
+    let generation = dbc.metadata.generation;
+    let mut status = dbc.status.clone().unwrap_or_default();
+    status.observed_generation = generation;
+    let policies = Policies {
+        deletion: dbc.spec.deletion_policy,
+        management: dbc.spec.management_policy,
+    };
+
+    let result: Result<(), ReconcileError> = async {
+        let built = build(&dbc, ctx, now, true).await?;
+        status.external_name = Some(built.desired.external_name.clone());
+        status.provider = Some(built.provider.type_.to_string());
+        status.tier = Some(built.env.spec.tier.as_str().to_string());
+        status.environment = Some(built.env.name_any());
+        let converged = converge(
+            &ctx.managed(),
+            api,
+            dbc.as_ref(),
+            built.client.as_ref(),
+            &built.desired,
+            &built.desired.external_name,
+            policies,
+        )
+        .await?;
+        let observed = &converged.observed;
+        status.replicas = Some(ReplicaStatus {
+            desired: observed.replicas_desired,
+            ready: observed.replicas_ready,
+        });
+        status.version = observed.version.clone();
+        status.endpoint = observed.endpoint.clone();
+        status.password_rotated_at = Some(Time(built.rotated_at));
+        set_condition(
+            &mut status.conditions,
+            CONDITION_PROVISIONED,
+            ConditionStatus::True,
+            if converged.created {
+                "Created"
+            } else {
+                "Exists"
+            },
+            format!(
+                "{} exists at the {} provider",
+                built.desired.external_name, built.provider.type_
+            ),
+            generation,
+            now,
+        );
+        if let Some(endpoint) = &observed.endpoint {
+            status.connection_secret = write_connection_secret(&dbc, &built, endpoint, ctx).await?;
+        }
+        if converged.readiness.ready && dbc.spec.management_policy == ManagementPolicy::Full {
+            copy_if_asked(&dbc, &built, ctx, &mut status).await?;
+        }
+        set_converged_conditions(
+            &mut status.conditions,
+            &converged.readiness,
+            dbc.spec.management_policy == ManagementPolicy::ObserveOnly,
+            generation,
+        );
+        Ok(())
+    }
+    .await;
+
+    match result {
+        Ok(()) => {
+            write_status(api, &dbc, status.clone()).await?;
+            ctx.backoff.reset(&dbc.uid().unwrap_or_default());
+            let mut wait = ctx.settings.resync;
+            if !is_condition_true(&status.conditions, CONDITION_READY) {
+                // Pods are starting: look again soon (the StatefulSet watch
+                // also wakes us).
+                wait = wait.min(std::time::Duration::from_secs(10));
+            }
+            if let (Some(r), Some(at)) = (&dbc.spec.password_rotation, &status.password_rotated_at)
+            {
+                let interval: std::time::Duration = r.interval.into();
+                let due = SignedDuration::try_from(interval)
+                    .ok()
+                    .and_then(|i| at.0.checked_add(i).ok());
+                if let Some(due) = due {
+                    wait = wait.min(
+                        due.duration_since(Timestamp::now()).unsigned_abs()
+                            + std::time::Duration::from_secs(1),
+                    );
+                }
+            }
+            Ok(Action::requeue(wait))
+        }
+        Err(e) => {
+            if !status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == CONDITION_PROVISIONED)
+            {
+                set_condition(
+                    &mut status.conditions,
+                    CONDITION_PROVISIONED,
+                    ConditionStatus::False,
+                    e.reason(),
+                    e.to_string(),
+                    generation,
+                    now,
+                );
+            }
+            set_error_conditions(&mut status.conditions, &e, generation);
+            write_status(api, &dbc, status).await?;
+            Err(e)
+        }
+    }
+}
+
+async fn cleanup(dbc: Arc<DatabaseCluster>, ctx: &Context) -> Result<Action, ReconcileError> {
+    let policies = Policies {
+        deletion: dbc.spec.deletion_policy,
+        management: dbc.spec.management_policy,
+    };
+    let never_created = dbc.annotations().get(ANNOTATION_EXTERNAL_NAME).is_none()
+        && dbc
+            .status
+            .as_ref()
+            .and_then(|s| s.external_name.as_ref())
+            .is_none();
+    let built = match build(&dbc, ctx, Timestamp::now(), false).await {
+        Ok(b) => b,
+        // Nothing was ever created: nothing to delete or orphan.
+        Err(_) if never_created => return Ok(Action::await_change()),
+        Err(e) => return Err(e),
+    };
+    let kube_client = crate::provider::kubernetes::KubernetesDatabaseClusters::new(
+        ctx.children.clone(),
+        ctx.settings.postgres_image.clone(),
+    );
+    let is_kubernetes = built.provider.type_ == ProviderType::Kubernetes;
+    let desired = built.desired.clone();
+    let orphan = || async {
+        if is_kubernetes {
+            kube_client.orphan(&desired).await?;
+        }
+        // The generated passwords and the connection Secret stay with an
+        // orphaned cluster: without them nobody could log in to it.
+        let secrets: Api<KubeSecret> = Api::namespaced(ctx.client.clone(), &desired.namespace);
+        let mut names = vec![credentials_secret(&dbc.name_any())];
+        if let Some(r) = &dbc.spec.write_connection_secret_to_ref {
+            names.push(r.name.clone());
+        }
+        for name in names {
+            if secrets.get_opt(&name).await?.is_some() {
+                let patch = json!({ "metadata": { "ownerReferences": null } });
+                secrets
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+            }
+        }
+        Ok(())
+    };
+    finalize(
+        &ctx.managed(),
+        dbc.as_ref(),
+        built.client.as_ref(),
+        &built.desired,
+        &built.desired.external_name,
+        policies,
+        orphan,
+    )
+    .await
+}
+
+async fn write_status(
+    api: &Api<DatabaseCluster>,
+    dbc: &DatabaseCluster,
+    status: DatabaseClusterStatus,
+) -> Result<(), ReconcileError> {
+    if dbc.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    patch_status(api, &dbc.name_any(), &status).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_components_are_percent_encoded() {
+        assert_eq!(pct("a b@c:d/e"), "a%20b%40c%3Ad%2Fe");
+        assert_eq!(pct("my_app-db.x~"), "my_app-db.x~");
+    }
+}

@@ -1,0 +1,513 @@
+//! Environment controller: waits for its Organization, enforces the
+//! isolation policy, expires access grants, and converges its namespaces.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ResourceQuota};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+
+use super::organization::flatten_finalizer_error;
+use super::{Context, managed_children, owner_of, trigger_stream};
+use crate::api::environment::{
+    AccessGrant, CONDITION_ISOLATED, CONDITION_ORGANIZATION_READY, IsolationMode, Tier,
+    reasons as env_reasons,
+};
+use crate::api::{
+    ANNOTATION_PAUSED, CONDITION_READY, CONDITION_SYNCED, ConditionStatus, DeletionPolicy,
+    Environment, EnvironmentStatus, FINALIZER, ManagementPolicy, Organization, annotation_is_true,
+    is_condition_true, set_condition,
+};
+use crate::provider::DesiredEnvironment;
+use crate::provider::kubernetes::KubernetesEnvironments;
+use crate::reconcile::managed::{
+    Policies, ReconcileError, converge, error_action, finalize, patch_status, publish,
+    set_converged_conditions, set_error_conditions,
+};
+use crate::reconcile::reasons;
+
+const KIND: &str = "Environment";
+
+pub fn controller(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> impl Stream<Item = ()> {
+    let client = ctx.client.clone();
+    let (reader, stream) = trigger_stream(Api::<Environment>::all(client.clone()));
+    ctx.track_sync(reader.clone());
+    let by_org = reader.clone();
+    let by_peer = reader.clone();
+    Controller::for_stream(stream, reader)
+        .owns(Api::<Namespace>::all(client.clone()), managed_children())
+        .owns(Api::<RoleBinding>::all(client.clone()), managed_children())
+        .owns(
+            Api::<NetworkPolicy>::all(client.clone()),
+            managed_children(),
+        )
+        .owns(Api::<ConfigMap>::all(client.clone()), managed_children())
+        .owns(
+            Api::<ResourceQuota>::all(client.clone()),
+            managed_children(),
+        )
+        // An Organization becoming ready (or changing members or plan)
+        // requeues its Environments.
+        .watches(
+            Api::<Organization>::all(client.clone()),
+            Default::default(),
+            move |org| {
+                let name = org.name_any();
+                by_org
+                    .state()
+                    .into_iter()
+                    .filter(|e| e.spec.organization_ref.name == name)
+                    .map(|e| ObjectRef::from_obj(e.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        // Isolation depends on the other Environments of the same
+        // organization or namespaces.
+        .watches(
+            Api::<Environment>::all(client),
+            Default::default(),
+            move |changed| {
+                let namespaces: BTreeSet<String> = changed.namespaces().into_iter().collect();
+                by_peer
+                    .state()
+                    .into_iter()
+                    .filter(|e| e.name_any() != changed.name_any())
+                    .filter(|e| {
+                        e.spec.organization_ref == changed.spec.organization_ref
+                            || e.namespaces().iter().any(|n| namespaces.contains(n))
+                            || e.spec
+                                .promotion
+                                .as_ref()
+                                .is_some_and(|p| p.from.name == changed.name_any())
+                    })
+                    .map(|e| ObjectRef::from_obj(e.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .map(|_| ())
+}
+
+fn error_policy(env: Arc<Environment>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error(KIND, error);
+    error_action(&ctx.backoff, &env.uid().unwrap_or_default(), error)
+}
+
+pub async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let _timer = ctx.metrics.reconcile_started(KIND);
+    let api: Api<Environment> = Api::all(ctx.client.clone());
+    if annotation_is_true(&env.metadata, ANNOTATION_PAUSED) {
+        let mut status = env.status.clone().unwrap_or_default();
+        set_condition(
+            &mut status.conditions,
+            CONDITION_SYNCED,
+            ConditionStatus::False,
+            reasons::RECONCILE_PAUSED,
+            format!("{ANNOTATION_PAUSED} is \"true\""),
+            env.metadata.generation,
+            Timestamp::now(),
+        );
+        write_status(&api, &env, status).await?;
+        return Ok(Action::await_change());
+    }
+    finalizer(&api, FINALIZER, env, |event| async {
+        match event {
+            FinalizerEvent::Apply(env) => apply(env, &api, &ctx).await,
+            FinalizerEvent::Cleanup(env) => cleanup(env, &ctx).await,
+        }
+    })
+    .await
+    .map_err(flatten_finalizer_error)
+}
+
+/// An isolation problem found among the Environments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Checks the isolation policy: a production Environment never shares its
+/// Organization or a namespace with a non-production one (checked from
+/// both sides, so both Environments report it).
+pub fn isolation_violations(env: &Environment, all: &[Environment]) -> Vec<Violation> {
+    let me = env.name_any();
+    let my_ns: BTreeSet<String> = env.namespaces().into_iter().collect();
+    let mine_prod = env.spec.tier == Tier::Production;
+    let mut out = Vec::new();
+    for other in all.iter().filter(|o| o.name_any() != me) {
+        let other_prod = other.spec.tier == Tier::Production;
+        if mine_prod == other_prod {
+            continue;
+        }
+        if other.spec.organization_ref.name == env.spec.organization_ref.name {
+            out.push(Violation {
+                reason: env_reasons::SHARED_ORGANIZATION,
+                message: format!(
+                    "Organization {} is shared by production and non-production Environments ({} is {}, {} is {})",
+                    env.spec.organization_ref.name,
+                    me,
+                    env.spec.tier.as_str(),
+                    other.name_any(),
+                    other.spec.tier.as_str()
+                ),
+            });
+        }
+        let shared: Vec<String> = other
+            .namespaces()
+            .into_iter()
+            .filter(|n| my_ns.contains(n))
+            .collect();
+        if !shared.is_empty() {
+            out.push(Violation {
+                reason: env_reasons::SHARED_NAMESPACE,
+                message: format!(
+                    "namespace {} is shared with {} Environment {}",
+                    shared.join(", "),
+                    other.spec.tier.as_str(),
+                    other.name_any()
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// Access grants still in force, those that expired, and the next expiry.
+fn active_access(
+    access: &[AccessGrant],
+    now: Timestamp,
+) -> (Vec<AccessGrant>, Vec<AccessGrant>, Option<Timestamp>) {
+    let (mut active, mut expired) = (Vec::new(), Vec::new());
+    let mut next = None::<Timestamp>;
+    for g in access {
+        match &g.expires_at {
+            Some(t) if t.0 <= now => expired.push(g.clone()),
+            Some(t) => {
+                next = Some(next.map_or(t.0, |n| n.min(t.0)));
+                active.push(g.clone());
+            }
+            None => active.push(g.clone()),
+        }
+    }
+    (active, expired, next)
+}
+
+fn describe_grant(g: &AccessGrant) -> String {
+    let who: Vec<String> = g
+        .subjects
+        .iter()
+        .map(|s| format!("{}:{}", s.kind.as_str(), s.name))
+        .collect();
+    format!("{} for {}", g.role.as_str(), who.join(","))
+}
+
+struct Resolved {
+    desired: DesiredEnvironment,
+    expired: Vec<AccessGrant>,
+    next_expiry: Option<Timestamp>,
+}
+
+async fn resolve(env: &Environment, org: &Organization, now: Timestamp) -> Resolved {
+    let (access, expired, next_expiry) = active_access(&env.spec.access, now);
+    let members = org
+        .spec
+        .members
+        .iter()
+        .filter(|m| m.expires_at.as_ref().is_none_or(|t| t.0 > now))
+        .cloned()
+        .collect();
+    Resolved {
+        desired: DesiredEnvironment {
+            owner: owner_of(env),
+            tier: env.spec.tier,
+            organization: org.name_any(),
+            organization_slug: org.slug(),
+            namespaces: env.namespaces(),
+            access,
+            members,
+            plan: org.spec.billing.as_ref().map(|b| b.plan),
+            allowed_cidrs: env
+                .spec
+                .network
+                .as_ref()
+                .map(|n| n.allowed_cidrs.iter().map(|c| c.0.clone()).collect())
+                .unwrap_or_default(),
+            config: env.spec.config.clone().unwrap_or_default(),
+        },
+        expired,
+        next_expiry,
+    }
+}
+
+/// Environments are always realised in the cluster, and deleting one removes
+/// what bulkhead made for it.
+fn policies() -> Policies {
+    Policies {
+        deletion: DeletionPolicy::Delete,
+        management: ManagementPolicy::Full,
+    }
+}
+
+async fn apply(
+    env: Arc<Environment>,
+    api: &Api<Environment>,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    let now = Timestamp::now();
+    let generation = env.metadata.generation;
+    let mut status = env.status.clone().unwrap_or_default();
+    status.observed_generation = generation;
+    status.suffix = Some(env.suffix());
+
+    let result: Result<Option<Timestamp>, ReconcileError> = async {
+        // Dereference: the Organization.
+        let orgs: Api<Organization> = Api::all(ctx.client.clone());
+        let org_name = &env.spec.organization_ref.name;
+        let Some(org) = orgs.get_opt(org_name).await? else {
+            set_condition(
+                &mut status.conditions,
+                CONDITION_ORGANIZATION_READY,
+                ConditionStatus::False,
+                env_reasons::ORGANIZATION_NOT_FOUND,
+                format!("Organization {org_name} does not exist"),
+                generation,
+                now,
+            );
+            return Err(ReconcileError::waiting(
+                env_reasons::ORGANIZATION_NOT_FOUND,
+                format!("waiting for Organization {org_name}: it does not exist"),
+            ));
+        };
+        let org_ready = org.status.as_ref().is_some_and(|s| is_condition_true(&s.conditions, CONDITION_READY));
+        if !org_ready {
+            set_condition(
+                &mut status.conditions,
+                CONDITION_ORGANIZATION_READY,
+                ConditionStatus::False,
+                env_reasons::ORGANIZATION_NOT_READY,
+                format!("Organization {org_name} is not Ready"),
+                generation,
+                now,
+            );
+            return Err(ReconcileError::waiting(
+                env_reasons::ORGANIZATION_NOT_READY,
+                format!("waiting for Organization {org_name} to become Ready"),
+            ));
+        }
+        set_condition(
+            &mut status.conditions,
+            CONDITION_ORGANIZATION_READY,
+            ConditionStatus::True,
+            env_reasons::ORGANIZATION_READY,
+            format!("Organization {org_name} is Ready"),
+            generation,
+            now,
+        );
+        status.organization_slug = Some(org.slug());
+
+        // Validate: isolation policy and promotion path.
+        let all = api.list(&Default::default()).await?.items;
+        let violations = isolation_violations(&env, &all);
+        if let Some(first) = violations.first() {
+            let message = violations.iter().map(|v| v.message.as_str()).collect::<Vec<_>>().join("; ");
+            set_condition(&mut status.conditions, CONDITION_ISOLATED, ConditionStatus::False, first.reason, &message, generation, now);
+            if env.isolation_mode() == IsolationMode::Enforce {
+                return Err(ReconcileError::invalid(
+                    reasons::ISOLATION_VIOLATED,
+                    format!("isolation policy (Enforce) stops provisioning: {message}"),
+                ));
+            }
+        } else {
+            set_condition(
+                &mut status.conditions,
+                CONDITION_ISOLATED,
+                ConditionStatus::True,
+                env_reasons::ISOLATED,
+                "no production/non-production sharing of organization or namespaces",
+                generation,
+                now,
+            );
+        }
+        if let Some(promotion) = &env.spec.promotion {
+            let from = &promotion.from.name;
+            match all.iter().find(|e| &e.name_any() == from) {
+                None => {
+                    return Err(ReconcileError::waiting(
+                        env_reasons::PROMOTION_SOURCE_NOT_FOUND,
+                        format!("spec.promotion.from: Environment {from} does not exist"),
+                    ));
+                }
+                Some(up) if up.spec.tier.rank() >= env.spec.tier.rank() => {
+                    return Err(ReconcileError::invalid(
+                        env_reasons::PROMOTION_DOWNWARD,
+                        format!(
+                            "spec.promotion.from: {from} is {} and this Environment is {}; promotions only flow upward (development → staging → production)",
+                            up.spec.tier.as_str(),
+                            env.spec.tier.as_str()
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+
+        // Build, with expired grants removed and reported.
+        let resolved = resolve(&env, &org, now).await;
+        let expired: Vec<String> = resolved.expired.iter().map(describe_grant).collect();
+        for e in &expired {
+            if !status.expired_access.contains(e) {
+                publish(&ctx.recorder, env.as_ref(), EventType::Normal, env_reasons::ACCESS_EXPIRED, "RemoveAccess", format!("removed access {e}: expired")).await;
+            }
+        }
+        status.expired_access = expired;
+
+        // Apply.
+        let client = KubernetesEnvironments::new(ctx.children.clone());
+        let converged = converge(&ctx.managed(), api, env.as_ref(), &client, &resolved.desired, &env.name_any(), policies()).await?;
+        status.namespaces = converged.observed.namespaces.clone();
+        set_converged_conditions(&mut status.conditions, &converged.readiness, false, generation);
+        Ok(resolved.next_expiry)
+    }
+    .await;
+
+    match result {
+        Ok(next_expiry) => {
+            write_status(api, &env, status).await?;
+            ctx.backoff.reset(&env.uid().unwrap_or_default());
+            let mut wait = ctx.settings.resync;
+            if let Some(t) = next_expiry {
+                wait = wait.min(
+                    t.duration_since(Timestamp::now()).unsigned_abs() + Duration::from_secs(1),
+                );
+            }
+            Ok(Action::requeue(wait))
+        }
+        Err(e) => {
+            set_error_conditions(&mut status.conditions, &e, generation);
+            write_status(api, &env, status).await?;
+            Err(e)
+        }
+    }
+}
+
+async fn cleanup(env: Arc<Environment>, ctx: &Context) -> Result<Action, ReconcileError> {
+    let client = KubernetesEnvironments::new(ctx.children.clone());
+    let desired = DesiredEnvironment {
+        owner: owner_of(env.as_ref()),
+        tier: env.spec.tier,
+        organization: env.spec.organization_ref.name.clone(),
+        organization_slug: env
+            .status
+            .as_ref()
+            .and_then(|s| s.organization_slug.clone())
+            .unwrap_or_default(),
+        namespaces: env.namespaces(),
+        access: Vec::new(),
+        members: Vec::new(),
+        plan: None,
+        allowed_cidrs: Vec::new(),
+        config: Default::default(),
+    };
+    let orphan = || async { Ok(()) };
+    finalize(
+        &ctx.managed(),
+        env.as_ref(),
+        &client,
+        &desired,
+        &env.name_any(),
+        policies(),
+        orphan,
+    )
+    .await
+}
+
+async fn write_status(
+    api: &Api<Environment>,
+    env: &Environment,
+    status: EnvironmentStatus,
+) -> Result<(), ReconcileError> {
+    if env.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    patch_status(api, &env.name_any(), &status).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::EnvironmentSpec;
+    use crate::api::LocalObjectReference;
+
+    fn env(name: &str, org: &str, tier: Tier, namespaces: &[&str]) -> Environment {
+        Environment::new(
+            name,
+            EnvironmentSpec {
+                organization_ref: LocalObjectReference { name: org.into() },
+                tier,
+                namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+                access: vec![],
+                network: None,
+                config: None,
+                naming: None,
+                promotion: None,
+                isolation: None,
+            },
+        )
+    }
+
+    #[test]
+    fn production_sharing_an_org_with_staging_is_a_violation_on_both_sides() {
+        let prod = env("prod", "acme", Tier::Production, &[]);
+        let stage = env("stage", "acme", Tier::Staging, &[]);
+        let all = vec![prod.clone(), stage.clone()];
+        let v = isolation_violations(&prod, &all);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].reason, "SharedOrganization");
+        assert_eq!(
+            isolation_violations(&stage, &all)[0].reason,
+            "SharedOrganization"
+        );
+    }
+
+    #[test]
+    fn shared_namespace_across_tiers_is_a_violation() {
+        let prod = env("prod", "acme-prod", Tier::Production, &["shared", "prod"]);
+        let dev = env("dev", "acme-dev", Tier::Development, &["shared"]);
+        let v = isolation_violations(&prod, &[prod.clone(), dev]);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].reason, "SharedNamespace");
+        assert!(v[0].message.contains("shared"));
+    }
+
+    #[test]
+    fn separate_orgs_and_namespaces_are_isolated() {
+        let prod = env("prod", "acme-prod", Tier::Production, &[]);
+        let stage = env("stage", "acme-stage", Tier::Staging, &[]);
+        let stage2 = env("stage2", "acme-stage", Tier::Staging, &[]);
+        assert!(
+            isolation_violations(&prod, &[prod.clone(), stage.clone(), stage2.clone()]).is_empty()
+        );
+        assert!(
+            isolation_violations(&stage, &[prod, stage.clone(), stage2]).is_empty(),
+            "two staging envs may share"
+        );
+    }
+}

@@ -1,0 +1,312 @@
+//! Organization controller: members (with expiry), billing and the tenancy
+//! at the provider.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+
+use super::{Context, managed_children, owner_of, trigger_stream};
+use crate::api::organization::{Member, reasons as org_reasons};
+use crate::api::{
+    ANNOTATION_PAUSED, CONDITION_SYNCED, ConditionStatus, Environment, FINALIZER, ManagementPolicy,
+    Organization, OrganizationStatus, ProviderType, annotation_is_true, set_condition,
+};
+use crate::provider::kubernetes::KubernetesOrganizations;
+use crate::provider::{DesiredOrganization, ObservedOrganization};
+use crate::reconcile::managed::{
+    Policies, ReconcileError, converge, error_action, finalize, patch_status, publish,
+    set_converged_conditions, set_error_conditions,
+};
+use crate::reconcile::reasons;
+
+const KIND: &str = "Organization";
+
+pub fn controller(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> impl Stream<Item = ()> {
+    let client = ctx.client.clone();
+    let (reader, stream) = trigger_stream(Api::<Organization>::all(client.clone()));
+    ctx.track_sync(reader.clone());
+    Controller::for_stream(stream, reader)
+        .owns(Api::<ClusterRole>::all(client.clone()), managed_children())
+        .owns(
+            Api::<ClusterRoleBinding>::all(client.clone()),
+            managed_children(),
+        )
+        // An Environment binding to or leaving an organization changes what
+        // its members may read.
+        .watches(Api::<Environment>::all(client), Default::default(), |env| {
+            Some(ObjectRef::<Organization>::new(
+                &env.spec.organization_ref.name,
+            ))
+        })
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .map(|_| ())
+}
+
+fn error_policy(org: Arc<Organization>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error(KIND, error);
+    error_action(&ctx.backoff, &org.uid().unwrap_or_default(), error)
+}
+
+pub async fn reconcile(
+    org: Arc<Organization>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let _timer = ctx.metrics.reconcile_started(KIND);
+    let api: Api<Organization> = Api::all(ctx.client.clone());
+    if annotation_is_true(&org.metadata, ANNOTATION_PAUSED) {
+        let mut status = org.status.clone().unwrap_or_default();
+        set_condition(
+            &mut status.conditions,
+            CONDITION_SYNCED,
+            ConditionStatus::False,
+            reasons::RECONCILE_PAUSED,
+            format!("{ANNOTATION_PAUSED} is \"true\""),
+            org.metadata.generation,
+            Timestamp::now(),
+        );
+        write_status(&api, &org, status).await?;
+        return Ok(Action::await_change());
+    }
+    finalizer(&api, FINALIZER, org, |event| async {
+        match event {
+            FinalizerEvent::Apply(org) => apply(org, &api, &ctx).await,
+            FinalizerEvent::Cleanup(org) => cleanup(org, &ctx).await,
+        }
+    })
+    .await
+    .map_err(flatten_finalizer_error)
+}
+
+pub(crate) fn flatten_finalizer_error(
+    e: kube::runtime::finalizer::Error<ReconcileError>,
+) -> ReconcileError {
+    use kube::runtime::finalizer::Error;
+    match e {
+        Error::ApplyFailed(e) | Error::CleanupFailed(e) => e,
+        Error::AddFinalizer(e) | Error::RemoveFinalizer(e) => ReconcileError::Kube(e),
+        other => ReconcileError::Finalizer(other.to_string()),
+    }
+}
+
+/// Members whose access has not expired, and the time of the next expiry.
+fn active_members(
+    members: &[Member],
+    now: Timestamp,
+) -> (Vec<Member>, Vec<Member>, Option<Timestamp>) {
+    let (mut active, mut expired) = (Vec::new(), Vec::new());
+    let mut next = None::<Timestamp>;
+    for m in members {
+        match &m.expires_at {
+            Some(t) if t.0 <= now => expired.push(m.clone()),
+            Some(t) => {
+                next = Some(next.map_or(t.0, |n| n.min(t.0)));
+                active.push(m.clone());
+            }
+            None => active.push(m.clone()),
+        }
+    }
+    (active, expired, next)
+}
+
+async fn desired(
+    org: &Organization,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<(DesiredOrganization, Vec<Member>, Option<Timestamp>), ReconcileError> {
+    let (members, expired, next_expiry) = active_members(&org.spec.members, now);
+    let name = org.name_any();
+    let mut environments: Vec<String> = Api::<Environment>::all(ctx.client.clone())
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.spec.organization_ref.name == name)
+        .map(|e| e.name_any())
+        .collect();
+    environments.sort();
+    Ok((
+        DesiredOrganization {
+            owner: owner_of(org),
+            slug: org.slug(),
+            display_name: org.spec.display_name.clone(),
+            members,
+            billing: org.spec.billing.clone(),
+            environments,
+        },
+        expired,
+        next_expiry,
+    ))
+}
+
+fn client_for(
+    org: &Organization,
+    ctx: &Context,
+) -> Result<KubernetesOrganizations, ReconcileError> {
+    match org.spec.provider.type_ {
+        ProviderType::Kubernetes => Ok(KubernetesOrganizations::new(ctx.children.clone())),
+        ProviderType::Fly => Err(ReconcileError::invalid(
+            reasons::UNSUPPORTED,
+            "the fly provider is not available in this release; use provider type kubernetes",
+        )),
+        ProviderType::Postgres => Err(ReconcileError::invalid(
+            reasons::INVALID_SPEC,
+            "provider type postgres holds DatabaseClusters only; an Organization needs kubernetes or fly",
+        )),
+    }
+}
+
+fn policies(org: &Organization) -> Policies {
+    Policies {
+        deletion: org.spec.deletion_policy,
+        management: org.spec.management_policy,
+    }
+}
+
+async fn apply(
+    org: Arc<Organization>,
+    api: &Api<Organization>,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    let now = Timestamp::now();
+    let mut status = org.status.clone().unwrap_or_default();
+    let generation = org.metadata.generation;
+    let result = async {
+        let client = client_for(&org, ctx)?;
+        if !org.spec.tokens.is_empty() && org.spec.provider.type_ == ProviderType::Kubernetes {
+            return Err(ReconcileError::invalid(
+                reasons::UNSUPPORTED,
+                "spec.tokens needs a provider that mints tokens (fly); the kubernetes provider has none",
+            ));
+        }
+        let (desired, expired, next_expiry) = desired(&org, ctx, now).await?;
+        for m in &expired {
+            if status.members.iter().any(|s| s.email == m.email) {
+                publish(
+                    &ctx.recorder,
+                    org.as_ref(),
+                    EventType::Normal,
+                    org_reasons::MEMBER_EXPIRED,
+                    "RemoveMember",
+                    format!("removed {}: access expired", m.email),
+                )
+                .await;
+            }
+        }
+        let converged = converge(&ctx.managed(), api, org.as_ref(), &client, &desired, &desired.slug, policies(&org)).await?;
+        Ok((desired, converged, next_expiry))
+    }
+    .await;
+    match result {
+        Ok((desired, converged, next_expiry)) => {
+            let ObservedOrganization {
+                external_id,
+                members,
+            } = converged.observed;
+            status.external_id = external_id;
+            status.members = members;
+            status.slug = Some(desired.slug.clone());
+            status.environments = desired.environments.clone();
+            status.last_sync_time = Some(Time(now));
+            status.observed_generation = generation;
+            set_converged_conditions(
+                &mut status.conditions,
+                &converged.readiness,
+                org.spec.management_policy == ManagementPolicy::ObserveOnly,
+                generation,
+            );
+            write_status(api, &org, status).await?;
+            ctx.backoff.reset(&org.uid().unwrap_or_default());
+            let mut wait = ctx.settings.resync;
+            if let Some(t) = next_expiry {
+                let until = t.duration_since(Timestamp::now()).unsigned_abs();
+                wait = wait.min(until + Duration::from_secs(1));
+            }
+            Ok(Action::requeue(wait))
+        }
+        Err(e) => {
+            status.observed_generation = generation;
+            set_error_conditions(&mut status.conditions, &e, generation);
+            write_status(api, &org, status).await?;
+            Err(e)
+        }
+    }
+}
+
+async fn cleanup(org: Arc<Organization>, ctx: &Context) -> Result<Action, ReconcileError> {
+    let client = KubernetesOrganizations::new(ctx.children.clone());
+    let (desired, _, _) = desired(&org, ctx, Timestamp::now()).await?;
+    if org.spec.provider.type_ != ProviderType::Kubernetes {
+        // Nothing was ever created at a provider this build cannot reach.
+        return Ok(Action::await_change());
+    }
+    let orphan = || async { client.orphan(&desired).await.map_err(ReconcileError::from) };
+    finalize(
+        &ctx.managed(),
+        org.as_ref(),
+        &client,
+        &desired,
+        &desired.slug,
+        policies(&org),
+        orphan,
+    )
+    .await
+}
+
+async fn write_status(
+    api: &Api<Organization>,
+    org: &Organization,
+    status: OrganizationStatus,
+) -> Result<(), ReconcileError> {
+    if org.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    patch_status(api, &org.name_any(), &status).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::organization::MemberRole;
+
+    #[test]
+    fn expired_members_are_split_out_and_next_expiry_found() {
+        let now = Timestamp::from_second(2_000_000_000).expect("ts");
+        let m = |email: &str, exp: Option<i64>| Member {
+            email: email.into(),
+            role: MemberRole::Member,
+            expires_at: exp.map(|s| Time(Timestamp::from_second(s).expect("ts"))),
+        };
+        let (active, expired, next) = active_members(
+            &[
+                m("a@x.io", None),
+                m("b@x.io", Some(1_999_999_999)),
+                m("c@x.io", Some(2_000_000_100)),
+                m("d@x.io", Some(2_000_000_050)),
+            ],
+            now,
+        );
+        assert_eq!(
+            active.iter().map(|m| m.email.as_str()).collect::<Vec<_>>(),
+            ["a@x.io", "c@x.io", "d@x.io"]
+        );
+        assert_eq!(expired.len(), 1);
+        assert_eq!(next.map(|t| t.as_second()), Some(2_000_000_050));
+    }
+}

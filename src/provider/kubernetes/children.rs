@@ -1,0 +1,547 @@
+//! In-cluster children as one generic set: every object the kubernetes
+//! provider manages is built as JSON, applied with server-side apply, found
+//! again by the `bulkhead.dev/owner-uid` label, and compared field by field
+//! against what was asked (apiserver defaults may add fields; they never
+//! count as drift).
+
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+use crate::api::{LABEL_MANAGED_BY, MANAGER};
+use crate::provider::{Owner, ProviderError};
+use crate::reconcile::managed::FIELD_MANAGER;
+use crate::reconcile::reasons;
+
+/// Label linking a child to the bulkhead object that owns it.
+pub const LABEL_OWNER_UID: &str = "bulkhead.dev/owner-uid";
+
+/// A type of child object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChildKind {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub namespaced: bool,
+}
+
+impl ChildKind {
+    pub fn api_resource(&self) -> ApiResource {
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(self.group, self.version, self.kind),
+            self.plural,
+        )
+    }
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+}
+
+pub const NAMESPACE: ChildKind = ChildKind {
+    group: "",
+    version: "v1",
+    kind: "Namespace",
+    plural: "namespaces",
+    namespaced: false,
+};
+pub const CONFIG_MAP: ChildKind = ChildKind {
+    group: "",
+    version: "v1",
+    kind: "ConfigMap",
+    plural: "configmaps",
+    namespaced: true,
+};
+pub const SECRET: ChildKind = ChildKind {
+    group: "",
+    version: "v1",
+    kind: "Secret",
+    plural: "secrets",
+    namespaced: true,
+};
+pub const SERVICE: ChildKind = ChildKind {
+    group: "",
+    version: "v1",
+    kind: "Service",
+    plural: "services",
+    namespaced: true,
+};
+pub const SERVICE_ACCOUNT: ChildKind = ChildKind {
+    group: "",
+    version: "v1",
+    kind: "ServiceAccount",
+    plural: "serviceaccounts",
+    namespaced: true,
+};
+pub const RESOURCE_QUOTA: ChildKind = ChildKind {
+    group: "",
+    version: "v1",
+    kind: "ResourceQuota",
+    plural: "resourcequotas",
+    namespaced: true,
+};
+pub const STATEFUL_SET: ChildKind = ChildKind {
+    group: "apps",
+    version: "v1",
+    kind: "StatefulSet",
+    plural: "statefulsets",
+    namespaced: true,
+};
+pub const ROLE_BINDING: ChildKind = ChildKind {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    kind: "RoleBinding",
+    plural: "rolebindings",
+    namespaced: true,
+};
+pub const CLUSTER_ROLE: ChildKind = ChildKind {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    kind: "ClusterRole",
+    plural: "clusterroles",
+    namespaced: false,
+};
+pub const CLUSTER_ROLE_BINDING: ChildKind = ChildKind {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    kind: "ClusterRoleBinding",
+    plural: "clusterrolebindings",
+    namespaced: false,
+};
+pub const NETWORK_POLICY: ChildKind = ChildKind {
+    group: "networking.k8s.io",
+    version: "v1",
+    kind: "NetworkPolicy",
+    plural: "networkpolicies",
+    namespaced: true,
+};
+
+/// One desired child: its kind, identity and the fields we own.
+#[derive(Clone, Debug)]
+pub struct Child {
+    pub kind: ChildKind,
+    pub namespace: Option<String>,
+    pub name: String,
+    /// Full object as applied (apiVersion, kind, metadata, and the fields we own).
+    pub body: Value,
+}
+
+impl Child {
+    /// Builds a child with bulkhead's labels and, when `owned`, an owner
+    /// reference so garbage collection removes it with its owner.
+    pub fn new(
+        kind: ChildKind,
+        namespace: Option<&str>,
+        name: &str,
+        owner: &Owner,
+        owned: bool,
+        mut fields: Value,
+    ) -> Self {
+        let mut metadata = json!({
+            "name": name,
+            "labels": { LABEL_MANAGED_BY: MANAGER, LABEL_OWNER_UID: owner.uid },
+        });
+        if let Some(ns) = namespace {
+            metadata["namespace"] = json!(ns);
+        }
+        if owned {
+            metadata["ownerReferences"] = json!([{
+                "apiVersion": owner.api_version,
+                "kind": owner.kind,
+                "name": owner.name,
+                "uid": owner.uid,
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }]);
+        }
+        if let Some(extra) = fields.get_mut("metadata").map(Value::take) {
+            merge(&mut metadata, extra);
+        }
+        if let Some(obj) = fields.as_object_mut() {
+            obj.remove("metadata");
+        }
+        let mut body =
+            json!({ "apiVersion": kind.api_version(), "kind": kind.kind, "metadata": metadata });
+        merge(&mut body, fields);
+        Child {
+            kind,
+            namespace: namespace.map(str::to_string),
+            name: name.to_string(),
+            body,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} {ns}/{}", self.kind.kind, self.name),
+            None => format!("{} {}", self.kind.kind, self.name),
+        }
+    }
+
+    /// The same child without owner references (for deletionPolicy Orphan).
+    pub fn without_owner(mut self) -> Self {
+        if let Some(meta) = self.body.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("ownerReferences");
+        }
+        self
+    }
+}
+
+fn merge(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// `true` when every field of `want` is present with the same value in
+/// `have` (objects recursively; arrays element by element, same length).
+pub fn is_subset(want: &Value, have: &Value) -> bool {
+    match (want, have) {
+        (Value::Object(w), Value::Object(h)) => w.iter().all(|(k, v)| match h.get(k) {
+            Some(hv) => is_subset(v, hv),
+            None => {
+                v.is_null()
+                    || v.as_object().is_some_and(|o| o.is_empty())
+                    || v.as_array().is_some_and(|a| a.is_empty())
+            }
+        }),
+        (Value::Array(w), Value::Array(h)) => {
+            w.len() == h.len() && w.iter().zip(h).all(|(a, b)| is_subset(a, b))
+        }
+        (w, h) => w == h,
+    }
+}
+
+/// Path of the first field of `want` that `have` lacks or holds
+/// differently (for drift messages: paths only, never values).
+pub fn first_difference(want: &Value, have: &Value, path: &str) -> Option<String> {
+    match (want, have) {
+        (Value::Object(w), Value::Object(h)) => w.iter().find_map(|(k, v)| {
+            let p = format!("{path}.{k}");
+            match h.get(k) {
+                Some(hv) => first_difference(v, hv, &p),
+                None if is_subset(v, &Value::Object(Default::default())) || v.is_null() => None,
+                None => Some(p),
+            }
+        }),
+        (Value::Array(w), Value::Array(h)) if w.len() == h.len() => w
+            .iter()
+            .zip(h)
+            .enumerate()
+            .find_map(|(i, (a, b))| first_difference(a, b, &format!("{path}[{i}]"))),
+        (w, h) if is_subset(w, h) => None,
+        _ => Some(path.to_string()),
+    }
+}
+
+/// Applies, compares and deletes children.
+#[derive(Clone)]
+pub struct Children {
+    client: Client,
+}
+
+fn kube_error(context: &str, e: kube::Error) -> ProviderError {
+    match &e {
+        kube::Error::Api(s) if s.code == 403 => ProviderError::terminal(
+            "Forbidden",
+            format!("{context}: bulkhead lacks permission: {}", s.message),
+        ),
+        kube::Error::Api(s) if s.code == 422 || s.code == 400 => {
+            ProviderError::terminal(reasons::INVALID_SPEC, format!("{context}: {}", s.message))
+        }
+        kube::Error::Api(s) if s.code == 409 || s.code == 429 || s.code >= 500 => {
+            ProviderError::transient(
+                reasons::RECONCILE_ERROR,
+                format!("{context}: {}", s.message),
+            )
+        }
+        kube::Error::Api(s) => ProviderError::transient(
+            reasons::RECONCILE_ERROR,
+            format!("{context}: {}", s.message),
+        ),
+        _ => ProviderError::unavailable(format!("{context}: {e}")),
+    }
+}
+
+impl Children {
+    pub fn new(client: Client) -> Self {
+        Children { client }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn api(&self, kind: ChildKind, namespace: Option<&str>) -> Api<DynamicObject> {
+        let ar = kind.api_resource();
+        match (kind.namespaced, namespace) {
+            (true, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &ar),
+            _ => Api::all_with(self.client.clone(), &ar),
+        }
+    }
+
+    /// Fetches the live object of a child, if any.
+    pub async fn get(
+        &self,
+        kind: ChildKind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Value>, ProviderError> {
+        let obj = self
+            .api(kind, namespace)
+            .get_opt(name)
+            .await
+            .map_err(|e| kube_error(&format!("reading {} {name}", kind.kind), e))?;
+        obj.map(|o| {
+            serde_json::to_value(o)
+                .map_err(|e| ProviderError::transient(reasons::RECONCILE_ERROR, e.to_string()))
+        })
+        .transpose()
+    }
+
+    /// Lists existing children of `kinds` labelled with the owner's UID.
+    pub async fn list_owned(
+        &self,
+        kinds: &[ChildKind],
+        owner_uid: &str,
+    ) -> Result<Vec<(ChildKind, Value)>, ProviderError> {
+        let lp = ListParams::default().labels(&format!("{LABEL_OWNER_UID}={owner_uid}"));
+        let mut out = Vec::new();
+        for kind in kinds {
+            let list = self
+                .api(*kind, None)
+                .list(&lp)
+                .await
+                .map_err(|e| kube_error(&format!("listing {}", kind.plural), e))?;
+            for item in list.items {
+                let v = serde_json::to_value(item).map_err(|e| {
+                    ProviderError::transient(reasons::RECONCILE_ERROR, e.to_string())
+                })?;
+                out.push((*kind, v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// What differs between the desired children and the cluster: missing
+    /// or changed children, and owned children no longer desired.
+    pub async fn drift(
+        &self,
+        desired: &[Child],
+        kinds: &[ChildKind],
+        owner_uid: &str,
+    ) -> Result<ChildDrift, ProviderError> {
+        let mut drift = ChildDrift::default();
+        for child in desired {
+            match self
+                .get(child.kind, child.namespace.as_deref(), &child.name)
+                .await?
+            {
+                None => drift.missing.push(child.describe()),
+                Some(live) => {
+                    let mut want = child.body.clone();
+                    // Owner references are compared as a set of UIDs only.
+                    if let Some(meta) = want.get_mut("metadata").and_then(Value::as_object_mut) {
+                        meta.remove("ownerReferences");
+                    }
+                    if let Some(path) = first_difference(&want, &live, "") {
+                        drift.changed.push(format!("{} ({path})", child.describe()));
+                    }
+                    drift.existing += 1;
+                }
+            }
+        }
+        for (kind, live) in self.list_owned(kinds, owner_uid).await? {
+            let name = live
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let ns = live.pointer("/metadata/namespace").and_then(Value::as_str);
+            let wanted = desired
+                .iter()
+                .any(|c| c.kind == kind && c.name == name && c.namespace.as_deref() == ns);
+            if !wanted {
+                drift.stale.push(match ns {
+                    Some(ns) => format!("{} {ns}/{name}", kind.kind),
+                    None => format!("{} {name}", kind.kind),
+                });
+            }
+        }
+        Ok(drift)
+    }
+
+    /// Applies every desired child (server-side apply, forced: bulkhead owns
+    /// these fields) and deletes owned children no longer desired.
+    pub async fn apply(
+        &self,
+        desired: &[Child],
+        kinds: &[ChildKind],
+        owner_uid: &str,
+    ) -> Result<(), ProviderError> {
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        for child in desired {
+            self.api(child.kind, child.namespace.as_deref())
+                .patch(&child.name, &pp, &Patch::Apply(&child.body))
+                .await
+                .map_err(|e| kube_error(&format!("applying {}", child.describe()), e))?;
+        }
+        for (kind, live) in self.list_owned(kinds, owner_uid).await? {
+            let name = live
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let ns = live
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let wanted = desired
+                .iter()
+                .any(|c| c.kind == kind && c.name == name && c.namespace == ns);
+            if !wanted {
+                self.delete(kind, ns.as_deref(), &name).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one object as given (server-side apply, forced).
+    pub async fn apply_raw(
+        &self,
+        kind: ChildKind,
+        namespace: Option<&str>,
+        name: &str,
+        body: &Value,
+    ) -> Result<(), ProviderError> {
+        self.api(kind, namespace)
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(body),
+            )
+            .await
+            .map_err(|e| kube_error(&format!("applying {} {name}", kind.kind), e))?;
+        Ok(())
+    }
+
+    /// Deletes a child; already gone is fine.
+    pub async fn delete(
+        &self,
+        kind: ChildKind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<(), ProviderError> {
+        match self
+            .api(kind, namespace)
+            .delete(name, &DeleteParams::background())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(kube_error(&format!("deleting {} {name}", kind.kind), e)),
+        }
+    }
+
+    /// Deletes every owned child of `kinds`.
+    pub async fn delete_owned(
+        &self,
+        kinds: &[ChildKind],
+        owner_uid: &str,
+    ) -> Result<(), ProviderError> {
+        for (kind, live) in self.list_owned(kinds, owner_uid).await? {
+            let name = live
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let ns = live
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            self.delete(kind, ns.as_deref(), &name).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Differences between desired and live children.
+#[derive(Debug, Default)]
+pub struct ChildDrift {
+    pub missing: Vec<String>,
+    pub changed: Vec<String>,
+    pub stale: Vec<String>,
+    /// How many desired children exist.
+    pub existing: usize,
+}
+
+impl ChildDrift {
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty() && self.changed.is_empty() && self.stale.is_empty()
+    }
+
+    /// Human-readable list for events and logs.
+    pub fn describe(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        out.extend(self.missing.iter().map(|m| format!("missing {m}")));
+        out.extend(self.changed.iter().map(|m| format!("changed {m}")));
+        out.extend(self.stale.iter().map(|m| format!("no longer wanted {m}")));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subset_ignores_server_defaults_but_not_changes() {
+        let want = json!({"spec": {"ports": [{"port": 5432}]}, "metadata": {"labels": {"a": "1"}}});
+        let have = json!({"spec": {"ports": [{"port": 5432, "protocol": "TCP"}], "clusterIP": "None"},
+                          "metadata": {"labels": {"a": "1", "b": "2"}, "uid": "x"}});
+        assert!(is_subset(&want, &have));
+        let changed = json!({"spec": {"ports": [{"port": 5433, "protocol": "TCP"}]}, "metadata": {"labels": {"a": "1"}}});
+        assert!(!is_subset(&want, &changed));
+        let extra_item = json!({"spec": {"ports": [{"port": 5432}, {"port": 1}]}, "metadata": {"labels": {"a": "1"}}});
+        assert!(!is_subset(&want, &extra_item));
+    }
+
+    #[test]
+    fn empty_desired_fields_match_absent_live_fields() {
+        assert!(is_subset(&json!({"data": {}}), &json!({})));
+        assert!(!is_subset(&json!({"data": {"k": "v"}}), &json!({})));
+    }
+
+    #[test]
+    fn child_carries_labels_and_owner() {
+        let owner = Owner {
+            api_version: "bulkhead.dev/v1alpha1".into(),
+            kind: "Environment".into(),
+            name: "staging".into(),
+            uid: "u-1".into(),
+            namespace: None,
+        };
+        let c = Child::new(
+            CONFIG_MAP,
+            Some("staging"),
+            "cfg",
+            &owner,
+            true,
+            json!({"data": {"k": "v"}}),
+        );
+        assert_eq!(c.body["metadata"]["labels"][LABEL_OWNER_UID], "u-1");
+        assert_eq!(c.body["metadata"]["ownerReferences"][0]["uid"], "u-1");
+        assert_eq!(c.body["data"]["k"], "v");
+        let orphan = c.without_owner();
+        assert!(orphan.body["metadata"].get("ownerReferences").is_none());
+    }
+}
