@@ -3,7 +3,8 @@
 # kube-controller-manager + kube-scheduler and kwok with 3 fake nodes).
 #
 # Usage: hack/controlplane/start.sh --dir DIR [--with-controllers] [--with-kwok]
-#                                   [--owner-pid PID] [--nodes N]
+#                                   [--owner-pid PID] [--nodes N] [--pvs N]
+# --pvs N (with --with-kwok, default 40): unclaimed PersistentVolumes so PVCs bind.
 #
 # Progress and errors go to stderr; the LAST stdout line is DIR/kubeconfig.
 # Files in DIR: kubeconfig, env, pids, pki/, etcd/ (data), logs/*.log,
@@ -23,11 +24,11 @@ log() { printf '[start.sh] %s\n' "$*" >&4; }
 elapsed() { local n; n=$(date +%s%N); printf '%d.%01d' $(( (n - T0) / 1000000000 )) $(( (n - T0) / 100000000 % 10 )); }
 
 usage() {
-  sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
-DIR="" WITH_CONTROLLERS=0 WITH_KWOK=0 OWNER_PID="" NODES=3
+DIR="" WITH_CONTROLLERS=0 WITH_KWOK=0 OWNER_PID="" NODES=3 PVS=40
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) DIR="${2:?--dir needs a value}"; shift 2 ;;
@@ -38,12 +39,15 @@ while [[ $# -gt 0 ]]; do
     --owner-pid=*) OWNER_PID="${1#*=}"; shift ;;
     --nodes) NODES="${2:?--nodes needs a value}"; shift 2 ;;
     --nodes=*) NODES="${1#*=}"; shift ;;
+    --pvs) PVS="${2:?--pvs needs a value}"; shift 2 ;;
+    --pvs=*) PVS="${1#*=}"; shift ;;
     -h|--help) usage ;;
     *) log "unknown argument: $1"; usage ;;
   esac
 done
 [[ -n "$DIR" ]] || { log "--dir is required"; usage; }
 [[ "$NODES" =~ ^[0-9]+$ ]] || { log "--nodes must be a number"; exit 2; }
+[[ "$PVS" =~ ^[0-9]+$ ]] || { log "--pvs must be a number"; exit 2; }
 if [[ -n "$OWNER_PID" ]]; then
   [[ "$OWNER_PID" =~ ^[0-9]+$ ]] || { log "--owner-pid must be a pid"; exit 2; }
   [[ -d /proc/$OWNER_PID ]] || { log "--owner-pid $OWNER_PID is not running"; exit 2; }
@@ -493,6 +497,29 @@ status:
     wait_for kwok "$KWOK_PID" 60 "${KUBECTL[@]}" wait --for=condition=Ready node -l type=kwok --timeout=5s \
       || fail kwok "fake nodes did not become Ready"
     log "$NODES kwok node(s) Ready at $(elapsed)s"
+  fi
+  # kwok simulates pods, not storage: a pool of unclaimed PersistentVolumes
+  # (never mounted; the pods are simulated) lets PVCs of StatefulSets bind
+  # through the real PV controller.
+  if [[ "$PVS" -gt 0 ]]; then
+    pv_yaml=""
+    for i in $(seq 0 $((PVS - 1))); do
+      pv_yaml+="---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: kwok-pv-$i
+  labels: {type: kwok}
+spec:
+  capacity: {storage: 1Ti}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Delete
+  hostPath: {path: /nonexistent/kwok-pv-$i}
+"
+    done
+    printf '%s' "$pv_yaml" > "$DIR/kwok-pvs.yaml"
+    "${KUBECTL[@]}" apply -f "$DIR/kwok-pvs.yaml" >/dev/null || fail kwok "could not create PersistentVolumes"
+    log "$PVS PersistentVolume(s) for simulated pods at $(elapsed)s"
   fi
 fi
 
