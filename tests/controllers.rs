@@ -1,12 +1,689 @@
-//! Controllers on the real control plane.
+//! What a platform engineer sees when bulkhead's controllers run on a real
+//! control plane (etcd, kube-apiserver, controller-manager, scheduler, and
+//! kwok playing the kubelet): conditions, objects in the apiserver, repairs.
 
 mod support;
 
-use support::controlplane::ControlPlane;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bulkhead::api::{DatabaseCluster, Environment, Organization};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use support::controlplane::{
+    ControlPlane, Operator, condition, create_yaml, repo, unique, wait_for, wait_gone,
+};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+static OPERATOR: OnceLock<Operator> = OnceLock::new();
+
+/// The control plane with one operator, shared by this binary's tests.
+async fn setup() -> (&'static ControlPlane, Client) {
+    let cp = ControlPlane::full();
+    OPERATOR.get_or_init(|| cp.start_operator(&[]));
+    (cp, cp.client().await)
+}
+
+fn ready_at_generation<K: kube::Resource>(
+    conds: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    obj: &K,
+) -> bool {
+    condition(conds, "Ready")
+        .is_some_and(|c| c.status == "True" && c.observed_generation == obj.meta().generation)
+}
+
+fn org_ready(o: &Organization) -> bool {
+    o.status
+        .as_ref()
+        .is_some_and(|s| ready_at_generation(&s.conditions, o))
+}
+fn env_ready(e: &Environment) -> bool {
+    e.status
+        .as_ref()
+        .is_some_and(|s| ready_at_generation(&s.conditions, e))
+}
+fn dbc_ready(d: &DatabaseCluster) -> bool {
+    d.status
+        .as_ref()
+        .is_some_and(|s| ready_at_generation(&s.conditions, d))
+}
+
+fn has_reason(
+    conds: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> bool {
+    condition(conds, type_).is_some_and(|c| c.status == status && c.reason == reason)
+}
+
+/// An Organization and a staging Environment owning one namespace.
+async fn org_and_env(client: &Client, tier: &str) -> (String, String) {
+    let name = format!("t-{}", unique());
+    let orgs: Api<Organization> = Api::all(client.clone());
+    let envs: Api<Environment> = Api::all(client.clone());
+    create_yaml(&orgs, &format!("metadata: {{name: {name}}}\nspec:\n  members: [{{email: dev@{name}.example, role: member}}]\n  billing: {{plan: launch}}\napiVersion: bulkhead.dev/v1alpha1\nkind: Organization\n")).await;
+    create_yaml(
+        &envs,
+        &format!(
+            "apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {{name: {name}}}\nspec:\n  organizationRef: {{name: {name}}}\n  tier: {tier}\n  access:\n  - role: developer\n    subjects: [{{kind: Group, name: devs}}]\n  network: {{allowedCIDRs: [10.8.0.0/16]}}\n  config:\n    data: {{LOG_LEVEL: debug}}\n    featureFlags: {{new-checkout: true}}\n"
+        ),
+    )
+    .await;
+    wait_for(&envs, &name, WAIT, "Environment Ready", env_ready).await;
+    (name.clone(), name)
+}
 
 #[tokio::test]
-async fn smoke() {
-    let cp = ControlPlane::full();
-    cp.install_crds();
-    let _client = cp.client().await;
+async fn examples_become_ready_and_kubectl_wait_works() {
+    let (cp, client) = setup().await;
+    for set in ["production", "staging"] {
+        cp.kubectl_ok(&[
+            "apply",
+            "-f",
+            &repo()
+                .join("examples")
+                .join(set)
+                .join("organization.yaml")
+                .to_string_lossy(),
+        ]);
+        cp.kubectl_ok(&[
+            "apply",
+            "-f",
+            &repo()
+                .join("examples")
+                .join(set)
+                .join("environment.yaml")
+                .to_string_lossy(),
+        ]);
+        cp.kubectl_ok(&[
+            "apply",
+            "-f",
+            &repo()
+                .join("examples")
+                .join(set)
+                .join("databasecluster.yaml")
+                .to_string_lossy(),
+        ]);
+    }
+    let orgs: Api<Organization> = Api::all(client.clone());
+    let envs: Api<Environment> = Api::all(client.clone());
+    for org in ["acme-production", "acme-staging"] {
+        wait_for(&orgs, org, WAIT, "Organization Ready", org_ready).await;
+    }
+    for env in ["production", "staging"] {
+        wait_for(&envs, env, WAIT, "Environment Ready", env_ready).await;
+    }
+    let staging_db = wait_for(
+        &Api::<DatabaseCluster>::namespaced(client.clone(), "staging"),
+        "my-app-db",
+        WAIT,
+        "Ready",
+        dbc_ready,
+    )
+    .await;
+    let prod_db = wait_for(
+        &Api::<DatabaseCluster>::namespaced(client.clone(), "production"),
+        "my-app-db",
+        WAIT * 2,
+        "Ready",
+        dbc_ready,
+    )
+    .await;
+
+    // kubectl wait understands the conditions.
+    cp.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "org/acme-production",
+        "org/acme-staging",
+        "env/production",
+        "env/staging",
+        "--timeout=10s",
+    ]);
+    cp.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "-n",
+        "staging",
+        "dbc/my-app-db",
+        "--timeout=10s",
+    ]);
+
+    // Staging names get the suffix; production does not.
+    let staging_status = staging_db.status.clone().unwrap_or_default();
+    assert_eq!(
+        staging_status.external_name.as_deref(),
+        Some("my-app-db-stage")
+    );
+    assert_eq!(
+        prod_db
+            .status
+            .clone()
+            .unwrap_or_default()
+            .external_name
+            .as_deref(),
+        Some("my-app-db")
+    );
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), "staging")
+        .get("my-app-db-stage")
+        .await
+        .expect("StatefulSet my-app-db-stage");
+    assert_eq!(
+        sts.spec.replicas,
+        Some(1),
+        "staging uses the development preset"
+    );
+    let prod_sts = Api::<StatefulSet>::namespaced(client.clone(), "production")
+        .get("my-app-db")
+        .await
+        .expect("production StatefulSet");
+    assert_eq!(prod_sts.spec.replicas, Some(3), "production preset is HA");
+    assert_eq!(
+        prod_db
+            .status
+            .and_then(|s| s.replicas)
+            .map(|r| (r.desired, r.ready)),
+        Some((3, 3))
+    );
+
+    // The connection Secret has every key an app needs.
+    let secret = Api::<Secret>::namespaced(client.clone(), "staging")
+        .get("my-app-db-connection")
+        .await
+        .expect("connection Secret");
+    let data = secret.data.unwrap_or_default();
+    for key in ["host", "port", "username", "password", "database", "uri"] {
+        assert!(data.contains_key(key), "connection Secret lacks {key}");
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&data["host"].0),
+        "my-app-db-stage.staging.svc.cluster.local"
+    );
+
+    // Namespaces are labelled; RBAC, private network and config exist.
+    let ns = Api::<Namespace>::all(client.clone())
+        .get("staging")
+        .await
+        .expect("namespace");
+    let labels = ns.labels();
+    assert_eq!(
+        labels.get("bulkhead.dev/tier").map(String::as_str),
+        Some("staging")
+    );
+    assert_eq!(
+        labels.get("bulkhead.dev/organization").map(String::as_str),
+        Some("acme-staging")
+    );
+    assert_eq!(
+        labels.get("bulkhead.dev/environment").map(String::as_str),
+        Some("staging")
+    );
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), "staging")
+        .get("bulkhead-environment")
+        .await
+        .expect("ConfigMap");
+    let cm_data = cm.data.unwrap_or_default();
+    assert_eq!(
+        cm_data.get("FEATURE_NEW_CHECKOUT").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(cm_data.get("LOG_LEVEL").map(String::as_str), Some("debug"));
+    let np = Api::<NetworkPolicy>::namespaced(client.clone(), "production")
+        .get("bulkhead-private-network")
+        .await
+        .expect("NetworkPolicy");
+    let np_json = serde_json::to_string(&np.spec).unwrap_or_default();
+    assert!(
+        np_json.contains("acme-production") && np_json.contains("10.8.0.0/16"),
+        "policy admits the org and the VPN: {np_json}"
+    );
+    // Production is least privilege: plain members only view.
+    let rb = Api::<RoleBinding>::namespaced(client.clone(), "production")
+        .get("bulkhead-members-viewer")
+        .await
+        .expect("member RoleBinding");
+    assert!(
+        rb.subjects
+            .unwrap_or_default()
+            .iter()
+            .any(|s| s.name == "bob@acme.example")
+    );
+    assert!(
+        Api::<RoleBinding>::namespaced(client.clone(), "production")
+            .get_opt("bulkhead-members-developer")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    let role = Api::<ClusterRole>::all(client.clone())
+        .get("bulkhead:organization:acme-staging")
+        .await
+        .expect("org ClusterRole");
+    assert!(
+        serde_json::to_string(&role.rules)
+            .unwrap_or_default()
+            .contains("staging")
+    );
+
+    // `kubectl get` shows the columns a user reads.
+    let out = cp.kubectl_ok(&["get", "dbc", "-n", "staging"]);
+    assert!(
+        out.contains("my-app-db-stage") && out.contains("True"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn drift_is_repaired_and_spec_changes_converge() {
+    let (_cp, client) = setup().await;
+    let (_org, env_name) = org_and_env(&client, "staging").await;
+    let ns = env_name.clone();
+    let rbs: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
+    let nps: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let old_rb = rbs
+        .get("bulkhead-access-developer")
+        .await
+        .expect("access RoleBinding")
+        .uid();
+    rbs.delete("bulkhead-access-developer", &DeleteParams::default())
+        .await
+        .expect("delete RoleBinding");
+    nps.delete("bulkhead-private-network", &DeleteParams::default())
+        .await
+        .expect("delete NetworkPolicy");
+    cms.delete("bulkhead-environment", &DeleteParams::default())
+        .await
+        .expect("delete ConfigMap");
+    wait_for(
+        &rbs,
+        "bulkhead-access-developer",
+        WAIT,
+        "RoleBinding restored",
+        |rb| rb.uid() != old_rb,
+    )
+    .await;
+    wait_for(
+        &nps,
+        "bulkhead-private-network",
+        WAIT,
+        "NetworkPolicy restored",
+        |_| true,
+    )
+    .await;
+    wait_for(
+        &cms,
+        "bulkhead-environment",
+        WAIT,
+        "ConfigMap restored",
+        |_| true,
+    )
+    .await;
+
+    // A hand edit is reverted.
+    cms.patch(
+        "bulkhead-environment",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"LOG_LEVEL": "trace"}})),
+    )
+    .await
+    .expect("edit ConfigMap");
+    // A spec change converges and the generation is tracked.
+    let envs: Api<Environment> = Api::all(client.clone());
+    let patched = envs
+        .patch(
+            &env_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"config": {"data": {"LOG_LEVEL": "info", "NEW": "1"}}}})),
+        )
+        .await
+        .expect("patch Environment");
+    let generation = patched.metadata.generation;
+    wait_for(
+        &cms,
+        "bulkhead-environment",
+        WAIT,
+        "ConfigMap follows the spec",
+        |cm| {
+            let d = cm.data.clone().unwrap_or_default();
+            d.get("LOG_LEVEL").map(String::as_str) == Some("info")
+                && d.get("NEW").map(String::as_str) == Some("1")
+        },
+    )
+    .await;
+    let env = wait_for(&envs, &env_name, WAIT, "observedGeneration", |e| {
+        e.status.as_ref().and_then(|s| s.observed_generation) == generation && env_ready(e)
+    })
+    .await;
+    assert!(generation.unwrap_or(0) >= 2, "{env:?}");
+}
+
+#[tokio::test]
+async fn environment_waits_for_a_missing_organization() {
+    let (_cp, client) = setup().await;
+    let name = format!("t-{}", unique());
+    let envs: Api<Environment> = Api::all(client.clone());
+    create_yaml(&envs, &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {{name: {name}}}\nspec: {{organizationRef: {{name: {name}-org}}, tier: development}}\n")).await;
+    let env = wait_for(&envs, &name, WAIT, "OrganizationNotFound", |e| {
+        e.status.as_ref().is_some_and(|s| {
+            has_reason(
+                &s.conditions,
+                "OrganizationReady",
+                "False",
+                "OrganizationNotFound",
+            )
+        })
+    })
+    .await;
+    let conds = env.status.unwrap_or_default().conditions;
+    assert!(
+        has_reason(&conds, "Ready", "False", "OrganizationNotFound"),
+        "{conds:?}"
+    );
+    assert!(
+        Api::<Namespace>::all(client.clone())
+            .get_opt(&name)
+            .await
+            .expect("get ns")
+            .is_none(),
+        "nothing created"
+    );
+
+    // Once the Organization exists the Environment converges by itself.
+    create_yaml(&Api::<Organization>::all(client.clone()), &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Organization\nmetadata: {{name: {name}-org}}\nspec: {{}}\n")).await;
+    wait_for(
+        &envs,
+        &name,
+        WAIT,
+        "Ready after the Organization appears",
+        env_ready,
+    )
+    .await;
+    assert!(
+        Api::<Namespace>::all(client.clone())
+            .get_opt(&name)
+            .await
+            .expect("get ns")
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn production_sharing_an_organization_with_staging_is_not_isolated() {
+    let (_cp, client) = setup().await;
+    let org = format!("t-{}", unique());
+    create_yaml(&Api::<Organization>::all(client.clone()), &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Organization\nmetadata: {{name: {org}}}\nspec: {{}}\n")).await;
+    let envs: Api<Environment> = Api::all(client.clone());
+    let stage = format!("{org}-stage");
+    let prod = format!("{org}-prod");
+    create_yaml(&envs, &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {{name: {stage}}}\nspec: {{organizationRef: {{name: {org}}}, tier: staging}}\n")).await;
+    wait_for(&envs, &stage, WAIT, "staging Ready", env_ready).await;
+    create_yaml(&envs, &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {{name: {prod}}}\nspec: {{organizationRef: {{name: {org}}}, tier: production, isolation: {{mode: Enforce}}}}\n")).await;
+    let p = wait_for(
+        &envs,
+        &prod,
+        WAIT,
+        "Isolated=False SharedOrganization",
+        |e| {
+            e.status.as_ref().is_some_and(|s| {
+                has_reason(&s.conditions, "Isolated", "False", "SharedOrganization")
+            })
+        },
+    )
+    .await;
+    let conds = p.status.unwrap_or_default().conditions;
+    assert!(
+        has_reason(&conds, "Ready", "False", "IsolationViolated"),
+        "Enforce stops provisioning: {conds:?}"
+    );
+    assert!(
+        Api::<Namespace>::all(client.clone())
+            .get_opt(&prod)
+            .await
+            .expect("get")
+            .is_none(),
+        "no namespace for the production env"
+    );
+    // The staging side reports it too (its mode defaults to Enforce).
+    wait_for(&envs, &stage, WAIT, "staging sees the violation", |e| {
+        e.status
+            .as_ref()
+            .is_some_and(|s| has_reason(&s.conditions, "Isolated", "False", "SharedOrganization"))
+    })
+    .await;
+
+    // Warn reports but provisions.
+    envs.patch(
+        &prod,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"isolation": {"mode": "Warn"}}})),
+    )
+    .await
+    .expect("switch to Warn");
+    wait_for(
+        &envs,
+        &prod,
+        WAIT,
+        "Ready with Isolated=False under Warn",
+        |e| {
+            env_ready(e)
+                && e.status.as_ref().is_some_and(|s| {
+                    has_reason(&s.conditions, "Isolated", "False", "SharedOrganization")
+                })
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn database_cluster_in_a_namespace_no_environment_owns_waits() {
+    let (_cp, client) = setup().await;
+    let ns = format!("t-{}", unique());
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns"),
+        )
+        .await
+        .expect("create namespace");
+    let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
+    create_yaml(&dbcs, "apiVersion: bulkhead.dev/v1alpha1\nkind: DatabaseCluster\nmetadata: {name: orphan-db}\nspec: {}\n").await;
+    let d = wait_for(&dbcs, "orphan-db", WAIT, "NoEnvironment", |d| {
+        d.status
+            .as_ref()
+            .is_some_and(|s| has_reason(&s.conditions, "Ready", "False", "NoEnvironment"))
+    })
+    .await;
+    let conds = d.status.unwrap_or_default().conditions;
+    assert!(
+        has_reason(&conds, "Synced", "False", "NoEnvironment"),
+        "{conds:?}"
+    );
+    assert!(
+        Api::<StatefulSet>::namespaced(client.clone(), &ns)
+            .list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+}
+
+async fn dbc_with_policy(client: &Client, ns: &str, name: &str, policy: &str) -> DatabaseCluster {
+    let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), ns);
+    create_yaml(
+        &dbcs,
+        &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: DatabaseCluster\nmetadata: {{name: {name}}}\nspec:\n  deletionPolicy: {policy}\n  databases: [{{name: app}}]\n  users: [{{name: app, databases: [app], privileges: readWrite}}]\n  writeConnectionSecretToRef: {{name: {name}-conn}}\n"),
+    )
+    .await;
+    wait_for(&dbcs, name, WAIT, "Ready", dbc_ready).await
+}
+
+#[tokio::test]
+async fn deleting_a_database_cluster_honours_its_deletion_policy() {
+    let (_cp, client) = setup().await;
+    let (_org, ns) = org_and_env(&client, "staging").await;
+    let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
+    let stss: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+
+    dbc_with_policy(&client, &ns, "gone", "Delete").await;
+    dbc_with_policy(&client, &ns, "kept", "Orphan").await;
+    assert!(stss.get_opt("gone-stage").await.expect("get").is_some());
+
+    dbcs.delete("gone", &DeleteParams::default())
+        .await
+        .expect("delete gone");
+    dbcs.delete("kept", &DeleteParams::default())
+        .await
+        .expect("delete kept");
+    wait_gone(&dbcs, "gone", WAIT).await;
+    wait_gone(&dbcs, "kept", WAIT).await;
+
+    wait_gone(&stss, "gone-stage", WAIT).await;
+    wait_gone(&svcs, "gone-stage", WAIT).await;
+    wait_gone(&secrets, "gone-conn", WAIT).await;
+
+    // Orphan: the cluster and its secrets stay, detached from the deleted object.
+    tokio::time::sleep(Duration::from_secs(3)).await; // give the garbage collector a chance to (wrongly) act
+    let kept = stss
+        .get("kept-stage")
+        .await
+        .expect("orphaned StatefulSet stays");
+    assert!(
+        kept.owner_references().is_empty(),
+        "no owner references left: {:?}",
+        kept.owner_references()
+    );
+    let svc = svcs
+        .get("kept-stage")
+        .await
+        .expect("orphaned Service stays");
+    assert!(svc.owner_references().is_empty());
+    let conn = secrets
+        .get("kept-conn")
+        .await
+        .expect("connection Secret stays");
+    assert!(conn.owner_references().is_empty());
+}
+
+#[tokio::test]
+async fn paused_objects_are_left_alone() {
+    let (_cp, client) = setup().await;
+    let (_org, env_name) = org_and_env(&client, "development").await;
+    let envs: Api<Environment> = Api::all(client.clone());
+    envs.patch(&env_name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"bulkhead.dev/paused": "true"}}, "spec": {"config": {"data": {"PAUSED": "yes"}}}})))
+        .await
+        .expect("pause");
+    wait_for(
+        &envs,
+        &env_name,
+        WAIT,
+        "Synced=False ReconcilePaused",
+        |e| {
+            e.status
+                .as_ref()
+                .is_some_and(|s| has_reason(&s.conditions, "Synced", "False", "ReconcilePaused"))
+        },
+    )
+    .await;
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &env_name)
+        .get("bulkhead-environment")
+        .await
+        .expect("cm");
+    assert!(
+        !cm.data.unwrap_or_default().contains_key("PAUSED"),
+        "a paused Environment is not converged"
+    );
+    envs.patch(
+        &env_name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"bulkhead.dev/paused": null}}})),
+    )
+    .await
+    .expect("unpause");
+    wait_for(
+        &Api::<ConfigMap>::namespaced(client.clone(), &env_name),
+        "bulkhead-environment",
+        WAIT,
+        "converged after unpause",
+        |cm| cm.data.clone().unwrap_or_default().contains_key("PAUSED"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn observe_only_organization_reports_what_is_missing() {
+    let (_cp, client) = setup().await;
+    let name = format!("t-{}", unique());
+    let orgs: Api<Organization> = Api::all(client.clone());
+    create_yaml(&orgs, &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Organization\nmetadata: {{name: {name}}}\nspec: {{managementPolicy: ObserveOnly}}\n")).await;
+    wait_for(&orgs, &name, WAIT, "ExternalObjectMissing", |o| {
+        o.status
+            .as_ref()
+            .is_some_and(|s| has_reason(&s.conditions, "Synced", "False", "ExternalObjectMissing"))
+    })
+    .await;
+    assert!(
+        Api::<ClusterRole>::all(client.clone())
+            .get_opt(&format!("bulkhead:organization:{name}"))
+            .await
+            .expect("get")
+            .is_none(),
+        "ObserveOnly never writes"
+    );
+}
+
+#[tokio::test]
+async fn expired_access_is_removed_and_reported() {
+    let (_cp, client) = setup().await;
+    let (_org, env_name) = org_and_env(&client, "staging").await;
+    let envs: Api<Environment> = Api::all(client.clone());
+    let soon = (k8s_openapi::jiff::Timestamp::now()
+        + k8s_openapi::jiff::SignedDuration::from_secs(4))
+    .to_string();
+    envs.patch(
+        &env_name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"access": [
+            {"role": "developer", "subjects": [{"kind": "Group", "name": "devs"}]},
+            {"role": "tester", "subjects": [{"kind": "User", "name": "contractor@partner.example"}], "expiresAt": soon}
+        ]}})),
+    )
+    .await
+    .expect("grant temporary access");
+    let rbs: Api<RoleBinding> = Api::namespaced(client.clone(), &env_name);
+    wait_for(
+        &rbs,
+        "bulkhead-access-tester",
+        WAIT,
+        "temporary grant applied",
+        |_| true,
+    )
+    .await;
+    wait_gone(&rbs, "bulkhead-access-tester", WAIT).await;
+    let env = wait_for(&envs, &env_name, WAIT, "expiredAccess reported", |e| {
+        e.status.as_ref().is_some_and(|s| {
+            s.expired_access
+                .iter()
+                .any(|a| a.contains("contractor@partner.example"))
+        })
+    })
+    .await;
+    assert!(env_ready(&env));
+    assert!(
+        rbs.get_opt("bulkhead-access-developer")
+            .await
+            .expect("get")
+            .is_some(),
+        "permanent grants stay"
+    );
 }
