@@ -382,7 +382,13 @@ async fn copy_if_asked(
         ));
     }
     let src_provider = provider_spec(&src, &src_env, ctx).await?;
-    if src_provider != built.provider {
+    // Same backend and the same server: the credentials may live in
+    // different Secrets, so compare what they hold.
+    let same_server = src_provider.type_ == built.provider.type_
+        && (src_provider == built.provider
+            || (src_provider.type_.needs_credentials()
+                && ctx.read_credentials(&src_provider).await? == ctx.read_credentials(&built.provider).await?));
+    if !same_server {
         return Err(ReconcileError::invalid(
             reasons::UNSUPPORTED,
             "spec.source must use the same provider and server as this cluster",

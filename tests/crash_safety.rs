@@ -1,0 +1,121 @@
+//! The create-pending guard: an operator that dies between writing
+//! `bulkhead.dev/create-pending` and the create call (or between the create
+//! and clearing the annotation) never creates twice when it comes back.
+//! Each operator here is a real `bulkhead run` process stopped at a fail point.
+
+mod support;
+
+use std::time::Duration;
+
+use bulkhead::api::{DatabaseCluster, Environment, Organization};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+use support::controlplane::{ControlPlane, condition, create_yaml, unique, wait_for};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn ready(conds: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>) -> bool {
+    conds
+        .and_then(|c| condition(c, "Ready"))
+        .is_some_and(|c| c.status == "True")
+}
+
+/// Runs the whole crash/restart cycle at one fail point and returns the
+/// StatefulSets and Services found for the cluster afterwards.
+async fn crash_at(fail_point: &str, expected_exit: i32) {
+    let cp = ControlPlane::full();
+    let client = cp.client().await;
+    let name = format!("c-{}", unique());
+
+    // Parents first, with a healthy operator.
+    let mut healthy = cp.start_operator(&[]);
+    create_yaml(&Api::<Organization>::all(client.clone()), &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Organization\nmetadata: {{name: {name}}}\nspec: {{}}\n")).await;
+    let envs: Api<Environment> = Api::all(client.clone());
+    create_yaml(&envs, &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {{name: {name}}}\nspec: {{organizationRef: {{name: {name}}}, tier: staging}}\n")).await;
+    wait_for(&envs, &name, WAIT, "Environment Ready", |e| {
+        ready(e.status.as_ref().map(|s| &s.conditions))
+    })
+    .await;
+    assert!(
+        healthy.stop().is_some_and(|s| s.success()),
+        "healthy operator exits cleanly:\n{}",
+        healthy.log()
+    );
+
+    // The DatabaseCluster is created while no operator runs; the next one
+    // dies at the fail point.
+    let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &name);
+    create_yaml(&dbcs, "apiVersion: bulkhead.dev/v1alpha1\nkind: DatabaseCluster\nmetadata: {name: db}\nspec: {}\n").await;
+    let mut crashing = cp.start_operator(&["--fail-point", fail_point]);
+    let status = crashing
+        .wait_exit(WAIT)
+        .unwrap_or_else(|| panic!("operator did not stop at {fail_point}:\n{}", crashing.log()));
+    assert_eq!(
+        status.code(),
+        Some(expected_exit),
+        "exit code at {fail_point}:\n{}",
+        crashing.log()
+    );
+
+    let db = dbcs.get("db").await.expect("dbc");
+    assert!(
+        db.annotations().contains_key("bulkhead.dev/create-pending"),
+        "the guard was written before the crash"
+    );
+    let stss: Api<StatefulSet> = Api::namespaced(client.clone(), &name);
+    let before = stss
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .len();
+    match fail_point {
+        "exit-after-create-pending" => assert_eq!(before, 0, "crashed before the create"),
+        _ => assert_eq!(before, 1, "crashed after the create"),
+    }
+
+    // Restart: it observes first, then finishes the job exactly once.
+    let _restarted = cp.start_operator(&[]);
+    let db = wait_for(&dbcs, "db", WAIT, "Ready after restart", |d| {
+        ready(d.status.as_ref().map(|s| &s.conditions))
+    })
+    .await;
+    assert!(
+        !db.annotations().contains_key("bulkhead.dev/create-pending"),
+        "guard cleared"
+    );
+    assert_eq!(
+        db.annotations()
+            .get("bulkhead.dev/external-name")
+            .map(String::as_str),
+        Some("db-stage")
+    );
+    let sets = stss.list(&ListParams::default()).await.expect("list").items;
+    assert_eq!(
+        sets.iter().map(|s| s.name_any()).collect::<Vec<_>>(),
+        ["db-stage"],
+        "exactly one StatefulSet"
+    );
+    let services = Api::<Service>::namespaced(client.clone(), &name)
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items;
+    let mut names: Vec<String> = services.iter().map(|s| s.name_any()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["db-stage", "db-stage-hl"],
+        "exactly one of each Service"
+    );
+}
+
+// The two cycles share one control plane but each needs the only operator,
+// so they run one after the other in a single test.
+#[tokio::test]
+async fn a_crash_around_create_never_creates_twice() {
+    crash_at("exit-after-create-pending", 17).await;
+    crash_at("exit-after-create", 18).await;
+}

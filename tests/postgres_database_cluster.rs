@@ -1,0 +1,258 @@
+//! DatabaseClusters on a shared PostgreSQL server, driven end to end by the
+//! operator: apply objects, then look at what a user sees — conditions, the
+//! connection Secret that really logs in, rows in the copies.
+
+mod support;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bulkhead::api::{DatabaseCluster, Environment, Organization};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::DeleteParams;
+use kube::{Api, Client};
+use support::controlplane::{
+    ControlPlane, Operator, condition, create_yaml, unique, wait_for, wait_gone,
+};
+
+const WAIT: Duration = Duration::from_secs(90);
+static OPERATOR: OnceLock<Operator> = OnceLock::new();
+
+async fn setup() -> (Client, &'static support::postgres::TestPostgres) {
+    let cp = ControlPlane::full();
+    OPERATOR.get_or_init(|| cp.start_operator(&[]));
+    let pg = support::postgres::shared().await;
+    (cp.client().await, pg)
+}
+
+fn ready(d: &DatabaseCluster) -> bool {
+    d.status
+        .as_ref()
+        .and_then(|s| condition(&s.conditions, "Ready"))
+        .is_some_and(|c| c.status == "True" && c.observed_generation == d.metadata.generation)
+}
+
+/// An Organization + Environment of `tier`, owning namespace `name`, and
+/// the admin Secret of the shared server in it.
+async fn environment(client: &Client, pg: &support::postgres::TestPostgres, tier: &str) -> String {
+    let name = format!("pg-{}", unique());
+    create_yaml(&Api::<Organization>::all(client.clone()), &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Organization\nmetadata: {{name: {name}}}\nspec: {{}}\n")).await;
+    let envs: Api<Environment> = Api::all(client.clone());
+    create_yaml(&envs, &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {{name: {name}}}\nspec: {{organizationRef: {{name: {name}}}, tier: {tier}}}\n")).await;
+    wait_for(&envs, &name, WAIT, "Environment Ready", |e| {
+        e.status
+            .as_ref()
+            .and_then(|s| condition(&s.conditions, "Ready"))
+            .is_some_and(|c| c.status == "True")
+    })
+    .await;
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "pg-admin", "namespace": name},
+        "stringData": {"dsn": pg.admin_dsn()},
+    }))
+    .expect("secret");
+    Api::<Secret>::namespaced(client.clone(), &name)
+        .create(&Default::default(), &secret)
+        .await
+        .expect("admin Secret");
+    name
+}
+
+fn dbc_yaml(name: &str, ns: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: bulkhead.dev/v1alpha1\nkind: DatabaseCluster\nmetadata: {{name: {name}}}\nspec:\n  provider: {{type: postgres, credentialsSecretRef: {{namespace: {ns}, name: pg-admin, key: dsn}}}}\n  databases: [{{name: app}}]\n  users:\n  - {{name: app_rw, databases: [app], privileges: readWrite}}\n  - {{name: app_ro, databases: [app], privileges: readOnly}}\n  writeConnectionSecretToRef: {{name: {name}-conn}}\n{extra}"
+    )
+}
+
+fn secret_value(s: &Secret, key: &str) -> String {
+    s.data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn connection_secret_logs_in_with_least_privilege() {
+    let (client, pg) = setup().await;
+    let ns = environment(&client, pg, "staging").await;
+    let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
+    create_yaml(&dbcs, &dbc_yaml("orders", &ns, "")).await;
+    let d = wait_for(&dbcs, "orders", WAIT, "Ready", ready).await;
+    let status = d.status.unwrap_or_default();
+    assert_eq!(status.external_name.as_deref(), Some("orders-stage"));
+    assert_eq!(status.provider.as_deref(), Some("postgres"));
+
+    let conn = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("orders-conn")
+        .await
+        .expect("connection Secret");
+    let (user, password, db) = (
+        secret_value(&conn, "username"),
+        secret_value(&conn, "password"),
+        secret_value(&conn, "database"),
+    );
+    assert_eq!(user, "orders_stage_app_rw");
+    assert_eq!(db, "orders_stage_app");
+    assert_eq!(secret_value(&conn, "port"), pg.port().to_string());
+    assert!(secret_value(&conn, "uri").starts_with("postgresql://orders_stage_app_rw:"));
+    // The Secret's credentials really work, with readWrite and nothing more.
+    let c = pg
+        .connect_as(&user, &password, &db)
+        .await
+        .expect("log in with the connection Secret");
+    assert!(
+        c.batch_execute("CREATE TABLE t (id int)").await.is_err(),
+        "readWrite cannot create tables"
+    );
+    c.batch_execute("SELECT 1").await.expect("a session works");
+    // The other users' generated passwords sit in the credentials Secret:
+    // the readOnly user reads but cannot write.
+    let creds = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("orders-credentials")
+        .await
+        .expect("credentials Secret");
+    let ro = pg
+        .connect_as("orders_stage_app_ro", &secret_value(&creds, "app_ro"), &db)
+        .await
+        .expect("readOnly login");
+    c.batch_execute("SET ROLE NONE").await.expect("reset");
+    let owner = pg.admin(&db).await;
+    owner.batch_execute("SET ROLE orders_stage_owner; CREATE TABLE items (id int); INSERT INTO items VALUES (1)").await.expect("owner creates a table");
+    let n: i64 = ro
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .expect("readOnly reads new tables")
+        .get(0);
+    assert_eq!(n, 1);
+    assert!(
+        ro.batch_execute("INSERT INTO items VALUES (2)")
+            .await
+            .is_err(),
+        "readOnly cannot write"
+    );
+    c.batch_execute("INSERT INTO items VALUES (3)")
+        .await
+        .expect("readWrite writes");
+    // The password is not in status or events.
+    let yaml =
+        serde_yaml_ng::to_string(&dbcs.get("orders").await.expect("get")).unwrap_or_default();
+    assert!(!yaml.contains(&password), "password leaked into the object");
+
+    // Delete (the default policy) drops the database and roles.
+    dbcs.delete("orders", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_gone(&dbcs, "orders", WAIT).await;
+    let admin = pg.admin("postgres").await;
+    let left = admin
+        .query("SELECT 1 FROM pg_database WHERE datname = 'orders_stage_app' UNION ALL SELECT 1 FROM pg_roles WHERE rolname LIKE 'orders\\_stage\\_%'", &[])
+        .await
+        .expect("catalog query");
+    assert!(left.is_empty(), "database and roles dropped");
+}
+
+#[tokio::test]
+async fn production_is_copied_into_staging_without_sensitive_data() {
+    let (client, pg) = setup().await;
+    let prod = environment(&client, pg, "production").await;
+    let stage = environment(&client, pg, "staging").await;
+    let prod_dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &prod);
+    let stage_dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &stage);
+    create_yaml(
+        &prod_dbcs,
+        &dbc_yaml("shop", &prod, "  deletionPolicy: Delete\n"),
+    )
+    .await;
+    wait_for(&prod_dbcs, "shop", WAIT, "source Ready", ready).await;
+
+    // Production data, written as the database's owner would.
+    let admin = pg.admin("shop_app").await;
+    admin
+        .batch_execute(
+            "SET ROLE shop_owner;
+             CREATE TABLE customers (id int PRIMARY KEY, email text NOT NULL, ssn text, name text);
+             CREATE TABLE audit_log (id int, entry text);
+             INSERT INTO customers SELECT g, 'user' || g || '@real.example', '123-45-' || g, 'Real Name ' || g FROM generate_series(1, 50) g;
+             INSERT INTO audit_log VALUES (1, 'secret');",
+        )
+        .await
+        .expect("seed production");
+
+    // Both clusters share the server, so the copy's target uses the same Secret contents.
+    let sanitize = format!(
+        "  source:\n    clusterRef: {{name: shop, namespace: {prod}}}\n    mode: Sanitized\n    sanitize:\n      excludeTables: [audit_log]\n      columns: {{customers.email: hash, customers.ssn: redact, customers.name: 'null'}}\n"
+    );
+    create_yaml(&stage_dbcs, &dbc_yaml("shop", &stage, &sanitize)).await;
+    let d = wait_for(&stage_dbcs, "shop", WAIT, "copy done", |d| {
+        ready(d) && d.status.as_ref().is_some_and(|s| s.copy.is_some())
+    })
+    .await;
+    let copy = d.status.and_then(|s| s.copy).expect("copy status");
+    assert_eq!(copy.rows, 50, "every customer row copied");
+    assert_eq!(copy.tables, 1, "audit_log excluded");
+
+    let copied = pg.admin("shop_stage_app").await;
+    let rows = copied
+        .query("SELECT email, ssn, name FROM customers", &[])
+        .await
+        .expect("read the copy");
+    assert_eq!(rows.len(), 50);
+    for row in &rows {
+        let email: String = row.get(0);
+        let ssn: Option<String> = row.get(1);
+        let name: Option<String> = row.get(2);
+        assert!(!email.contains("@real.example"), "email hashed: {email}");
+        assert!(
+            ssn.as_deref().is_none_or(|s| !s.starts_with("123-45-")),
+            "ssn redacted"
+        );
+        assert!(name.is_none(), "name nulled");
+    }
+    let excluded = copied
+        .query("SELECT 1 FROM pg_tables WHERE tablename = 'audit_log'", &[])
+        .await
+        .expect("catalog");
+    assert!(excluded.is_empty(), "excluded table absent");
+
+    // The staging app user reads the copy with the connection Secret.
+    let conn = Api::<Secret>::namespaced(client.clone(), &stage)
+        .get("shop-conn")
+        .await
+        .expect("conn");
+    let app = pg
+        .connect_as(
+            &secret_value(&conn, "username"),
+            &secret_value(&conn, "password"),
+            &secret_value(&conn, "database"),
+        )
+        .await
+        .expect("login");
+    let n: i64 = app
+        .query_one("SELECT count(*) FROM customers", &[])
+        .await
+        .expect("select")
+        .get(0);
+    assert_eq!(n, 50);
+
+    // Copies never flow upward: production from staging is refused.
+    let upward = format!(
+        "  source:\n    clusterRef: {{name: shop, namespace: {stage}}}\n    mode: SchemaOnly\n"
+    );
+    create_yaml(&prod_dbcs, &dbc_yaml("upward", &prod, &upward)).await;
+    let refused = wait_for(&prod_dbcs, "upward", WAIT, "CopyUpward", |d| {
+        d.status
+            .as_ref()
+            .and_then(|s| condition(&s.conditions, "Synced"))
+            .is_some_and(|c| c.reason == "CopyUpward")
+    })
+    .await;
+    let message = refused
+        .status
+        .and_then(|s| condition(&s.conditions, "Synced").map(|c| c.message.clone()))
+        .unwrap_or_default();
+    assert!(
+        message.contains("staging") && message.contains("production"),
+        "{message}"
+    );
+}
