@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# bulkhead's quick start: a local control plane (etcd, kube-apiserver,
+# controller-manager, scheduler, kwok), a local PostgreSQL, the CRDs, the
+# operator, and the production and staging examples — then what a user wants
+# to see: objects, conditions, and a connection Secret that really connects.
+#
+# Interactive: it keeps running until Ctrl-C, then stops everything.
+# Without a terminal (CI), or with BULKHEAD_DEMO_EXIT=1, it stops by itself.
+# State lives in ${BULKHEAD_DEMO_DIR:-.bulkhead/demo}; binaries are cached, so
+# a second run is fast.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$PWD"
+DEMO="${BULKHEAD_DEMO_DIR:-$ROOT/.bulkhead/demo}"
+T0=$(date +%s)
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+elapsed() { echo "$(( $(date +%s) - T0 ))s"; }
+
+PG_PID="" OP_PID="" PG_USER="" PGBIN=""
+cleanup() {
+  set +e
+  say "stopping the operator, PostgreSQL and the control plane"
+  [[ -n "$OP_PID" ]] && kill -TERM "$OP_PID" 2>/dev/null && wait "$OP_PID" 2>/dev/null
+  if [[ -n "$PGBIN" && -f "$DEMO/pg/data/postmaster.pid" ]]; then
+    if [[ -n "$PG_USER" ]]; then
+      runuser -u "$PG_USER" -- "$PGBIN/pg_ctl" -D "$DEMO/pg/data" -m fast stop >/dev/null 2>&1
+    else
+      "$PGBIN/pg_ctl" -D "$DEMO/pg/data" -m fast stop >/dev/null 2>&1
+    fi
+  fi
+  hack/controlplane/stop.sh --dir "$DEMO/cp" >/dev/null 2>&1
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say "installing dependencies (once)"
+hack/install-deps.sh
+
+say "building or reusing the control plane binaries (a cold build takes minutes)"
+BULKHEAD_CP_BIN="$(hack/controlplane/build.sh | tail -n 1)"
+export BULKHEAD_CP_BIN PATH="$BULKHEAD_CP_BIN:$PATH"
+
+say "building bulkhead"
+cargo build --quiet --bin bulkhead
+BULKHEAD="$ROOT/target/debug/bulkhead"
+
+say "starting the control plane"
+hack/controlplane/stop.sh --dir "$DEMO/cp" >/dev/null 2>&1 || true
+rm -rf "$DEMO"
+mkdir -p "$DEMO"
+KUBECONFIG="$(hack/controlplane/start.sh --dir "$DEMO/cp" --with-controllers --with-kwok --owner-pid $$ | tail -n 1)"
+export KUBECONFIG
+
+say "starting a local PostgreSQL on 127.0.0.1"
+PGBIN="$(pg_config --bindir 2>/dev/null || true)"
+[[ -x "$PGBIN/initdb" ]] || PGBIN="$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")"
+PG_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+PG_PASSWORD="$(openssl rand -hex 16)"
+mkdir -p "$DEMO/pg"
+printf '%s\n' "$PG_PASSWORD" > "$DEMO/pg/pwfile"
+run_pg() { if [[ -n "$PG_USER" ]]; then runuser -u "$PG_USER" -- "$@"; else "$@"; fi; }
+if [[ $(id -u) -eq 0 ]]; then
+  PG_USER=postgres
+  id -u "$PG_USER" >/dev/null 2>&1 || useradd --system --no-create-home "$PG_USER"
+  chown -R "$PG_USER" "$DEMO/pg"
+  chmod 755 "$DEMO" "$(dirname "$DEMO")" 2>/dev/null || true
+fi
+run_pg "$PGBIN/initdb" -D "$DEMO/pg/data" -U postgres --pwfile="$DEMO/pg/pwfile" --auth=scram-sha-256 >"$DEMO/pg/initdb.log" 2>&1
+rm -f "$DEMO/pg/pwfile"
+run_pg "$PGBIN/pg_ctl" -D "$DEMO/pg/data" -l "$DEMO/pg/server.log" -w \
+  -o "-c listen_addresses=127.0.0.1 -c port=$PG_PORT -c unix_socket_directories=$DEMO/pg" start >/dev/null
+ADMIN_DSN="postgres://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres?sslmode=disable"
+
+say "installing the CRDs"
+kubectl apply --server-side -f crds/ >/dev/null
+kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
+kubectl create namespace bulkhead-system >/dev/null
+kubectl -n bulkhead-system create secret generic postgres-admin --from-literal=dsn="$ADMIN_DSN" >/dev/null
+
+say "starting the operator (log: $DEMO/operator.log)"
+"$BULKHEAD" run --http-addr 127.0.0.1:0 --leader-election=true --lease-namespace bulkhead-system \
+  >"$DEMO/operator.log" 2>&1 &
+OP_PID=$!
+
+say "applying examples: organizations and environments (production, staging), database clusters on the local PostgreSQL"
+for set in production staging; do
+  kubectl apply -f "examples/$set/organization.yaml" -f "examples/$set/environment.yaml"
+done
+kubectl apply -f examples/postgres/
+
+say "waiting for Ready"
+kubectl wait --for=condition=Ready --timeout=180s org/acme-production org/acme-staging env/production env/staging
+kubectl wait --for=condition=Ready --timeout=180s -n production dbc/my-app-db
+kubectl wait --for=condition=Ready --timeout=180s -n staging dbc/my-app-db
+
+echo
+say "kubectl get org,env,dbc -A   (ready in $(elapsed))"
+kubectl get org,env,dbc -A
+echo
+say "conditions"
+for obj in org/acme-staging env/staging "-n staging dbc/my-app-db"; do
+  # shellcheck disable=SC2086
+  kubectl get $obj -o jsonpath='{.kind}/{.metadata.name}{"\n"}{range .status.conditions[*]}  {.type}={.status} ({.reason}) {.message}{"\n"}{end}'
+done
+echo
+say "the staging connection Secret (keys; the password stays in the Secret)"
+kubectl -n staging get secret my-app-db-connection -o go-template='{{range $k, $v := .data}}  {{$k}}{{"\n"}}{{end}}'
+secret() { kubectl -n staging get secret my-app-db-connection -o jsonpath="{.data.$1}" | base64 -d; }
+echo
+say "connecting with it: psql \"\$(kubectl -n staging get secret my-app-db-connection -o jsonpath='{.data.uri}' | base64 -d)\" -c 'select current_user, current_database()'"
+psql "$(secret uri)" -Atc "select 'connected as ' || current_user || ' to ' || current_database() || ' on ' || version()"
+echo
+cat <<EOF
+What is real here: etcd, kube-apiserver, controller-manager and scheduler
+(v1.37.2, built from Go modules), the operator, and PostgreSQL. kwok plays the
+kubelet: pods of in-cluster DatabaseClusters would be simulated; this demo's
+DatabaseClusters are real databases on the local PostgreSQL.
+
+Keep exploring:
+  export KUBECONFIG=$KUBECONFIG PATH=$BULKHEAD_CP_BIN:\$PATH
+  kubectl get bulkhead -A
+  kubectl describe env production
+EOF
+
+if [[ "${BULKHEAD_DEMO_EXIT:-}" == "1" || ! -t 0 ]]; then
+  say "done (non-interactive run: stopping)"
+  exit 0
+fi
+say "running; press Ctrl-C to stop everything"
+while kill -0 "$OP_PID" 2>/dev/null; do sleep 1; done
+say "the operator exited; see $DEMO/operator.log"
+exit 1

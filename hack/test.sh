@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole test suite — exactly what CI runs (.ci/run calls this):
+# formatting, lints, CRD drift, unit tests and every integration test against
+# the real local control plane (etcd, kube-apiserver, controller-manager,
+# scheduler, kwok, helm) and a real PostgreSQL.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "installing dependencies"
+hack/install-deps.sh
+
+step "building (or reusing) the local control plane"
+BULKHEAD_CP_BIN="$(hack/controlplane/build.sh | tail -n 1)"
+export BULKHEAD_CP_BIN
+export PATH="$BULKHEAD_CP_BIN:$PATH"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "crds/ matches \`bulkhead crd\`"
+generated="$(mktemp -d)"
+trap 'rm -rf "$generated"' EXIT
+cargo run -q -- crd --output-dir "$generated"
+diff -ru crds "$generated" || { echo "crds/ is stale: run cargo run -- crd --output-dir crds" >&2; exit 1; }
+
+step "cargo test (unit and integration)"
+cargo test --all-targets
+
+step "the quick start (hack/demo.sh, non-interactive)"
+BULKHEAD_DEMO_EXIT=1 hack/demo.sh </dev/null
