@@ -256,3 +256,124 @@ async fn production_is_copied_into_staging_without_sensitive_data() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn passwords_rotate_on_schedule() {
+    let (client, pg) = setup().await;
+    let ns = environment(&client, pg, "development").await;
+    let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
+    create_yaml(
+        &dbcs,
+        &dbc_yaml("rot", &ns, "  passwordRotation: {interval: 1m}\n"),
+    )
+    .await;
+    let first = wait_for(&dbcs, "rot", WAIT, "Ready", ready).await;
+    let rotated_at = first
+        .status
+        .and_then(|s| s.password_rotated_at)
+        .expect("passwordRotatedAt");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let conn = secrets.get("rot-conn").await.expect("conn");
+    let (user, old, db) = (
+        secret_value(&conn, "username"),
+        secret_value(&conn, "password"),
+        secret_value(&conn, "database"),
+    );
+    pg.connect_as(&user, &old, &db)
+        .await
+        .expect("old password works before rotation");
+
+    wait_for(&dbcs, "rot", Duration::from_secs(150), "rotated", |d| {
+        ready(d)
+            && d.status
+                .as_ref()
+                .and_then(|s| s.password_rotated_at.clone())
+                .is_some_and(|t| t != rotated_at)
+    })
+    .await;
+    let conn = wait_for(&secrets, "rot-conn", WAIT, "Secret updated", |s| {
+        secret_value(s, "password") != old
+    })
+    .await;
+    let new = secret_value(&conn, "password");
+    pg.connect_as(&user, &new, &db)
+        .await
+        .expect("new password works");
+    assert!(
+        pg.connect_as(&user, &old, &db).await.is_err(),
+        "old password refused"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_reported_and_recovers() {
+    let (client, pg) = setup().await;
+    let ns = environment(&client, pg, "development").await;
+    // A private server this test may stop; its admin DSN replaces the shared one.
+    let private = support::postgres::TestPostgres::start_new().await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    secrets
+        .patch(
+            "pg-admin",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({"stringData": {"dsn": private.admin_dsn()}}),
+            ),
+        )
+        .await
+        .expect("point at the private server");
+    let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
+    create_yaml(&dbcs, &dbc_yaml("flaky", &ns, "")).await;
+    wait_for(&dbcs, "flaky", WAIT, "Ready", ready).await;
+
+    private.stop();
+    // A spec change makes the operator look while the server is down.
+    dbcs.patch(
+        "flaky",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"spec": {"users": [
+            {"name": "app_rw", "databases": ["app"], "privileges": "readWrite"},
+            {"name": "app_ro", "databases": ["app"], "privileges": "readOnly"},
+            {"name": "extra", "databases": ["app"], "privileges": "readOnly"}
+        ]}})),
+    )
+    .await
+    .expect("change spec");
+    wait_for(
+        &dbcs,
+        "flaky",
+        WAIT,
+        "Synced=False ProviderUnavailable",
+        |d| {
+            d.status
+                .as_ref()
+                .and_then(|s| condition(&s.conditions, "Synced"))
+                .is_some_and(|c| c.status == "False" && c.reason == "ProviderUnavailable")
+        },
+    )
+    .await;
+
+    private.start();
+    wait_for(
+        &dbcs,
+        "flaky",
+        Duration::from_secs(150),
+        "recovered by itself",
+        ready,
+    )
+    .await;
+    let roles = private
+        .admin("postgres")
+        .await
+        .query(
+            "SELECT 1 FROM pg_roles WHERE rolname = 'flaky_dev_extra'",
+            &[],
+        )
+        .await
+        .expect("query");
+    assert_eq!(
+        roles.len(),
+        1,
+        "the change made while the server was down is applied"
+    );
+}
