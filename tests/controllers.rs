@@ -395,6 +395,22 @@ async fn environment_waits_for_a_missing_organization() {
             .is_none(),
         "nothing created"
     );
+    // The failure is also an Event on the Environment.
+    let events = Api::<k8s_openapi::api::events::v1::Event>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .expect("events");
+    assert!(
+        events
+            .items
+            .iter()
+            .any(
+                |e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str())
+                    && e.reason.as_deref() == Some("OrganizationNotFound")
+                    && e.type_.as_deref() == Some("Warning")
+            ),
+        "a Warning Event says why"
+    );
 
     // Once the Organization exists the Environment converges by itself.
     create_yaml(&Api::<Organization>::all(client.clone()), &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Organization\nmetadata: {{name: {name}-org}}\nspec: {{}}\n")).await;

@@ -35,7 +35,7 @@ use crate::provider::{
 };
 use crate::reconcile::managed::{
     FIELD_MANAGER, Policies, ReconcileError, converge, error_action, finalize, patch_status,
-    publish, set_converged_conditions, set_error_conditions,
+    publish, publish_failure, set_converged_conditions, set_error_conditions,
 };
 use crate::reconcile::reasons;
 
@@ -387,7 +387,8 @@ async fn copy_if_asked(
     let same_server = src_provider.type_ == built.provider.type_
         && (src_provider == built.provider
             || (src_provider.type_.needs_credentials()
-                && ctx.read_credentials(&src_provider).await? == ctx.read_credentials(&built.provider).await?));
+                && ctx.read_credentials(&src_provider).await?
+                    == ctx.read_credentials(&built.provider).await?));
     if !same_server {
         return Err(ReconcileError::invalid(
             reasons::UNSUPPORTED,
@@ -651,6 +652,12 @@ async fn apply(
                     now,
                 );
             }
+            let before = dbc
+                .status
+                .as_ref()
+                .map(|s| s.conditions.as_slice())
+                .unwrap_or_default();
+            publish_failure(&ctx.recorder, dbc.as_ref(), before, &e).await;
             set_error_conditions(&mut status.conditions, &e, generation);
             write_status(api, &dbc, status).await?;
             Err(e)

@@ -31,7 +31,7 @@ use crate::provider::DesiredEnvironment;
 use crate::provider::kubernetes::KubernetesEnvironments;
 use crate::reconcile::managed::{
     Policies, ReconcileError, converge, error_action, finalize, patch_status, publish,
-    set_converged_conditions, set_error_conditions,
+    publish_failure, set_converged_conditions, set_error_conditions,
 };
 use crate::reconcile::reasons;
 
@@ -400,6 +400,12 @@ async fn apply(
             Ok(Action::requeue(wait))
         }
         Err(e) => {
+            let before = env
+                .status
+                .as_ref()
+                .map(|s| s.conditions.as_slice())
+                .unwrap_or_default();
+            publish_failure(&ctx.recorder, env.as_ref(), before, &e).await;
             set_error_conditions(&mut status.conditions, &e, generation);
             write_status(api, &env, status).await?;
             Err(e)

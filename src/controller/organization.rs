@@ -24,7 +24,7 @@ use crate::provider::kubernetes::KubernetesOrganizations;
 use crate::provider::{DesiredOrganization, ObservedOrganization};
 use crate::reconcile::managed::{
     Policies, ReconcileError, converge, error_action, finalize, patch_status, publish,
-    set_converged_conditions, set_error_conditions,
+    publish_failure, set_converged_conditions, set_error_conditions,
 };
 use crate::reconcile::reasons;
 
@@ -241,6 +241,12 @@ async fn apply(
         }
         Err(e) => {
             status.observed_generation = generation;
+            let before = org
+                .status
+                .as_ref()
+                .map(|s| s.conditions.as_slice())
+                .unwrap_or_default();
+            publish_failure(&ctx.recorder, org.as_ref(), before, &e).await;
             set_error_conditions(&mut status.conditions, &e, generation);
             write_status(api, &org, status).await?;
             Err(e)

@@ -585,6 +585,31 @@ pub fn set_error_conditions(
     }
 }
 
+/// Records a Warning event when a reconcile fails in a new way (the Synced
+/// reason or message differs from what status already says), so retries of
+/// the same failure do not flood the Events.
+pub async fn publish_failure<K: Resource<DynamicType = ()>>(
+    recorder: &Recorder,
+    obj: &K,
+    before: &[Condition],
+    error: &ReconcileError,
+) {
+    let message = error.to_string();
+    let known = crate::api::find_condition(before, CONDITION_SYNCED)
+        .is_some_and(|c| c.status == "False" && c.reason == error.reason() && c.message == message);
+    if !known {
+        publish(
+            recorder,
+            obj,
+            EventType::Warning,
+            error.reason(),
+            "Reconcile",
+            message,
+        )
+        .await;
+    }
+}
+
 /// The requeue after a failed reconcile: backoff for transient and
 /// unavailable errors, a slow look for terminal ones (a spec change
 /// triggers a reconcile anyway), a short wait for dependencies.
