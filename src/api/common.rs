@@ -35,6 +35,13 @@ pub const MANAGER: &str = "bulkhead";
 pub const CONDITION_READY: &str = "Ready";
 pub const CONDITION_SYNCED: &str = "Synced";
 
+/// CEL rule for a Go duration string (e.g. `720h`, `1h30m`), checked before
+/// `duration(self)` so a malformed value gets a readable message instead of
+/// a CEL type-conversion error. Fields using it need a `maxLength`.
+pub const DURATION_RULE: &str = r"self.matches('^([0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h))+$')";
+/// Message for [`DURATION_RULE`].
+pub const DURATION_MESSAGE: &str = "must be a duration such as 720h, 90m or 1h30m";
+
 /// Which backend holds the external objects.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]

@@ -8,7 +8,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{DeletionPolicy, LocalObjectReference, ManagementPolicy, ProviderSpec};
+use super::common::{
+    DURATION_MESSAGE, DURATION_RULE, DeletionPolicy, LocalObjectReference, ManagementPolicy,
+    ProviderSpec,
+};
 
 /// Condition types a DatabaseCluster reports besides Ready and Synced.
 pub const CONDITION_PROVISIONED: &str = "Provisioned";
@@ -49,8 +52,8 @@ pub mod reasons {
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name of a DatabaseCluster must start with a letter and contain only lowercase letters, digits and '-'")
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(oldSelf.environmentRef) || (has(self.environmentRef) && self.environmentRef == oldSelf.environmentRef)").message("spec.environmentRef is immutable once set"))]
-#[x_kube(validation = Rule::new("self.engine == oldSelf.engine").message("spec.engine is immutable"))]
+#[x_kube(validation = Rule::new("!has(oldSelf.environmentRef) || (has(self.environmentRef) && self.environmentRef == oldSelf.environmentRef)").message("spec.environmentRef is immutable once set").field_path(".environmentRef"))]
+#[x_kube(validation = Rule::new("self.engine == oldSelf.engine").message("spec.engine is immutable").field_path(".engine"))]
 pub struct DatabaseClusterSpec {
     /// The Environment this cluster belongs to. Defaults to the Environment
     /// that owns this object's namespace.
@@ -65,7 +68,8 @@ pub struct DatabaseClusterSpec {
     pub engine: Engine,
     /// Major version of the engine, e.g. "16".
     #[serde(default = "default_version")]
-    #[schemars(regex(pattern = r"^[0-9]{2}(\.[0-9]+)?$"))]
+    #[schemars(length(min = 1, max = 16))]
+    #[x_kube(validation = Rule::new(r"self.matches('^[0-9]{2}(\\.[0-9]+)?$')").message("must be a PostgreSQL version such as \"16\" or \"16.4\""))]
     pub version: String,
     /// Regions to run in, where the provider has regions. The first is primary.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -238,7 +242,9 @@ pub struct UserSpec {
 #[serde(rename_all = "camelCase")]
 pub struct PasswordRotation {
     /// Rotate after this long, as a Go duration (e.g. 720h).
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1m')").message("passwordRotation.interval must be at least 1m"))]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[x_kube(validation = Rule::new(format!("!{DURATION_RULE} || duration(self) >= duration('1m')")).message("passwordRotation.interval must be at least 1m"))]
     pub interval: kube::core::Duration,
 }
 

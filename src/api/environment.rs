@@ -53,8 +53,8 @@ pub mod reasons {
     validation = Rule::new("size(self.metadata.name) <= 63").message("metadata.name of an Environment must be at most 63 characters (it names a namespace)")
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.tier == oldSelf.tier").message("spec.tier is immutable: create a new Environment for another tier"))]
-#[x_kube(validation = Rule::new("!has(self.naming) || !has(self.naming.suffix) || self.tier != 'production' || self.naming.suffix == ''").message("a production Environment cannot carry a naming suffix"))]
+#[x_kube(validation = Rule::new("self.tier == oldSelf.tier").message("spec.tier is immutable: create a new Environment for another tier").field_path(".tier"))]
+#[x_kube(validation = Rule::new("!has(self.naming) || !has(self.naming.suffix) || self.tier != 'production' || self.naming.suffix == ''").message("a production Environment cannot carry a naming suffix").field_path(".naming.suffix"))]
 pub struct EnvironmentSpec {
     /// The Organization this environment belongs to.
     pub organization_ref: LocalObjectReference,
@@ -64,7 +64,7 @@ pub struct EnvironmentSpec {
     /// the Environment. Each is labelled bulkhead.dev/environment,
     /// bulkhead.dev/tier and bulkhead.dev/organization.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 50), inner(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(length(max = 50), inner(length(min = 1, max = 63)), extend("x-kubernetes-list-type" = "set"), transform = dns_label_items)]
     pub namespaces: Vec<String>,
     /// Who may do what in the environment's namespaces. Production defaults
     /// to least privilege: organization members get read-only access there.
@@ -87,6 +87,20 @@ pub struct EnvironmentSpec {
     /// Isolation policy enforcement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<Isolation>,
+}
+
+/// Gives every item of a string list a DNS-label rule whose message says what
+/// a namespace name may contain (a bare `pattern` only prints the regex).
+fn dns_label_items(schema: &mut schemars::Schema) {
+    if let Some(items) = schema.get_mut("items").and_then(|i| i.as_object_mut()) {
+        items.insert(
+            "x-kubernetes-validations".into(),
+            serde_json::json!([{
+                "rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+                "message": "must be a DNS label (a namespace name): lowercase letters, digits and '-', starting and ending with a letter or digit",
+            }]),
+        );
+    }
 }
 
 /// Lifecycle tier of an environment, from most to least protected.

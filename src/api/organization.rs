@@ -6,7 +6,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{DeletionPolicy, ManagementPolicy, ProviderSpec, SecretWriteRef};
+use super::common::{
+    DURATION_MESSAGE, DURATION_RULE, DeletionPolicy, ManagementPolicy, ProviderSpec, SecretWriteRef,
+};
 
 /// Reasons an Organization's conditions can carry, besides the shared ones in
 /// `reconcile::reasons`.
@@ -39,8 +41,8 @@ pub mod reasons {
     validation = Rule::new("size(self.metadata.name) <= 63").message("metadata.name of an Organization must be at most 63 characters")
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(oldSelf.slug) || (has(self.slug) && self.slug == oldSelf.slug)").message("spec.slug is immutable once set"))]
-#[x_kube(validation = Rule::new("self.provider.type == oldSelf.provider.type").message("spec.provider.type is immutable: create a new Organization to move providers"))]
+#[x_kube(validation = Rule::new("!has(oldSelf.slug) || (has(self.slug) && self.slug == oldSelf.slug)").message("spec.slug is immutable once set").field_path(".slug"))]
+#[x_kube(validation = Rule::new("self.provider.type == oldSelf.provider.type").message("spec.provider.type is immutable: create a new Organization to move providers").field_path(".provider.type"))]
 pub struct OrganizationSpec {
     /// The backend holding this organization and its credentials.
     #[serde(default)]
@@ -48,10 +50,8 @@ pub struct OrganizationSpec {
     /// External name of the organization (a DNS label). Defaults to
     /// metadata.name. Immutable once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit (e.g. acme-production)"))]
     pub slug: Option<String>,
     /// Human-readable name shown by the provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,6 +95,10 @@ impl Organization {
     }
 }
 
+/// CEL rule for an email address (one '@', a dot in the domain, no spaces).
+const EMAIL_RULE: &str = r"self.matches('^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$')";
+const EMAIL_MESSAGE: &str = "must be an email address such as alice@example.com";
+
 /// Role of a member in an organization.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -122,10 +126,8 @@ impl MemberRole {
 #[serde(rename_all = "camelCase")]
 pub struct Member {
     /// Email address the invitation goes to; also the Kubernetes user name.
-    #[schemars(
-        length(min = 3, max = 254),
-        regex(pattern = r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-    )]
+    #[schemars(length(min = 3, max = 254))]
+    #[x_kube(validation = Rule::new(EMAIL_RULE).message(EMAIL_MESSAGE))]
     pub email: String,
     /// admin, member or viewer.
     pub role: MemberRole,
@@ -164,10 +166,8 @@ pub struct Billing {
     pub plan: BillingPlan,
     /// Where invoices go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(min = 3, max = 254),
-        regex(pattern = r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-    )]
+    #[schemars(length(min = 3, max = 254))]
+    #[x_kube(validation = Rule::new(EMAIL_RULE).message(EMAIL_MESSAGE))]
     pub billing_email: Option<String>,
 }
 
@@ -205,7 +205,9 @@ pub struct TokenSpec {
     /// Lifetime of each minted token, as a Go duration (e.g. 720h). The token
     /// is rotated when less than a fifth of it remains.
     #[serde(default = "default_token_expiry")]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1h')").message("token expiry must be at least 1h"))]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[x_kube(validation = Rule::new(format!("!{DURATION_RULE} || duration(self) >= duration('1h')")).message("token expiry must be at least 1h"))]
     pub expiry: kube::core::Duration,
     /// Secret the token is written to.
     pub secret_ref: SecretWriteRef,
