@@ -13,29 +13,27 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::organization::flatten_finalizer_error;
 use super::{Context, managed_children, owner_of, trigger_stream};
 use crate::api::database_cluster::{
     CONDITION_PROVISIONED, CopyStatus, Endpoint, ReplicaStatus, reasons as dbc_reasons,
 };
 use crate::api::{
-    ANNOTATION_EXTERNAL_NAME, ANNOTATION_PAUSED, CONDITION_READY, CONDITION_SYNCED,
-    ConditionStatus, DatabaseCluster, DatabaseClusterStatus, Environment, FINALIZER,
-    LABEL_DATABASE_CLUSTER, LABEL_MANAGED_BY, MANAGER, ManagementPolicy, Organization,
-    ProviderSpec, ProviderType, annotation_is_true, is_condition_true, set_condition,
+    ANNOTATION_EXTERNAL_NAME, CONDITION_READY, ConditionStatus, DatabaseCluster,
+    DatabaseClusterStatus, Environment, LABEL_DATABASE_CLUSTER, LABEL_MANAGED_BY, MANAGER,
+    ManagementPolicy, Organization, ProviderSpec, ProviderType, is_condition_true, set_condition,
 };
 use crate::provider::{
     CopyRequest, DatabaseClusterClient, DesiredDatabaseCluster, SUPERUSER, Secret,
     generate_password,
 };
 use crate::reconcile::managed::{
-    FIELD_MANAGER, Policies, ReconcileError, converge, error_action, finalize, patch_status,
-    publish, publish_failure, set_converged_conditions, set_error_conditions,
+    FIELD_MANAGER, ManagedResource, Policies, ReconcileError, converge, error_action, finalize,
+    publish, publish_failure, reconcile_managed, set_converged_conditions, set_error_conditions,
+    write_status,
 };
 use crate::reconcile::reasons;
 
@@ -101,30 +99,21 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     let _timer = ctx.metrics.reconcile_started(KIND);
-    let ns = dbc.namespace().unwrap_or_default();
-    let api: Api<DatabaseCluster> = Api::namespaced(ctx.client.clone(), &ns);
-    if annotation_is_true(&dbc.metadata, ANNOTATION_PAUSED) {
-        let mut status = dbc.status.clone().unwrap_or_default();
-        set_condition(
-            &mut status.conditions,
-            CONDITION_SYNCED,
-            ConditionStatus::False,
-            reasons::RECONCILE_PAUSED,
-            format!("{ANNOTATION_PAUSED} is \"true\""),
-            dbc.metadata.generation,
-            Timestamp::now(),
-        );
-        write_status(&api, &dbc, status).await?;
-        return Ok(Action::await_change());
+    let api: Api<DatabaseCluster> =
+        Api::namespaced(ctx.client.clone(), &dbc.namespace().unwrap_or_default());
+    reconcile_managed(dbc, &api, |o| apply(o, &api, &ctx), |o| cleanup(o, &ctx)).await
+}
+
+impl ManagedResource for DatabaseCluster {
+    type Status = DatabaseClusterStatus;
+    fn status(&self) -> Option<&DatabaseClusterStatus> {
+        self.status.as_ref()
     }
-    finalizer(&api, FINALIZER, dbc, |event| async {
-        match event {
-            FinalizerEvent::Apply(dbc) => apply(dbc, &api, &ctx).await,
-            FinalizerEvent::Cleanup(dbc) => cleanup(dbc, &ctx).await,
-        }
-    })
-    .await
-    .map_err(flatten_finalizer_error)
+    fn conditions_mut(
+        status: &mut DatabaseClusterStatus,
+    ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        &mut status.conditions
+    }
 }
 
 /// The Environment a DatabaseCluster belongs to: `spec.environmentRef`, or
@@ -719,18 +708,6 @@ async fn cleanup(dbc: Arc<DatabaseCluster>, ctx: &Context) -> Result<Action, Rec
         orphan,
     )
     .await
-}
-
-async fn write_status(
-    api: &Api<DatabaseCluster>,
-    dbc: &DatabaseCluster,
-    status: DatabaseClusterStatus,
-) -> Result<(), ReconcileError> {
-    if dbc.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
-    patch_status(api, &dbc.name_any(), &status).await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -12,26 +12,24 @@ use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
-use super::organization::flatten_finalizer_error;
 use super::{Context, managed_children, owner_of, trigger_stream};
 use crate::api::environment::{
     AccessGrant, CONDITION_ISOLATED, CONDITION_ORGANIZATION_READY, IsolationMode, Tier,
     reasons as env_reasons,
 };
 use crate::api::{
-    ANNOTATION_PAUSED, CONDITION_READY, CONDITION_SYNCED, ConditionStatus, DeletionPolicy,
-    Environment, EnvironmentStatus, FINALIZER, ManagementPolicy, Organization, annotation_is_true,
-    is_condition_true, set_condition,
+    CONDITION_READY, ConditionStatus, DeletionPolicy, Environment, EnvironmentStatus,
+    ManagementPolicy, Organization, is_condition_true, set_condition,
 };
 use crate::provider::DesiredEnvironment;
 use crate::provider::kubernetes::KubernetesEnvironments;
 use crate::reconcile::managed::{
-    Policies, ReconcileError, converge, error_action, finalize, patch_status, publish,
-    publish_failure, set_converged_conditions, set_error_conditions,
+    ManagedResource, Policies, ReconcileError, converge, error_action, finalize, publish,
+    publish_failure, reconcile_managed, set_converged_conditions, set_error_conditions,
+    write_status,
 };
 use crate::reconcile::reasons;
 
@@ -112,28 +110,19 @@ fn error_policy(env: Arc<Environment>, error: &ReconcileError, ctx: Arc<Context>
 pub async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let _timer = ctx.metrics.reconcile_started(KIND);
     let api: Api<Environment> = Api::all(ctx.client.clone());
-    if annotation_is_true(&env.metadata, ANNOTATION_PAUSED) {
-        let mut status = env.status.clone().unwrap_or_default();
-        set_condition(
-            &mut status.conditions,
-            CONDITION_SYNCED,
-            ConditionStatus::False,
-            reasons::RECONCILE_PAUSED,
-            format!("{ANNOTATION_PAUSED} is \"true\""),
-            env.metadata.generation,
-            Timestamp::now(),
-        );
-        write_status(&api, &env, status).await?;
-        return Ok(Action::await_change());
+    reconcile_managed(env, &api, |o| apply(o, &api, &ctx), |o| cleanup(o, &ctx)).await
+}
+
+impl ManagedResource for Environment {
+    type Status = EnvironmentStatus;
+    fn status(&self) -> Option<&EnvironmentStatus> {
+        self.status.as_ref()
     }
-    finalizer(&api, FINALIZER, env, |event| async {
-        match event {
-            FinalizerEvent::Apply(env) => apply(env, &api, &ctx).await,
-            FinalizerEvent::Cleanup(env) => cleanup(env, &ctx).await,
-        }
-    })
-    .await
-    .map_err(flatten_finalizer_error)
+    fn conditions_mut(
+        status: &mut EnvironmentStatus,
+    ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        &mut status.conditions
+    }
 }
 
 /// An isolation problem found among the Environments.
@@ -442,18 +431,6 @@ async fn cleanup(env: Arc<Environment>, ctx: &Context) -> Result<Action, Reconci
         orphan,
     )
     .await
-}
-
-async fn write_status(
-    api: &Api<Environment>,
-    env: &Environment,
-    status: EnvironmentStatus,
-) -> Result<(), ReconcileError> {
-    if env.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
-    patch_status(api, &env.name_any(), &status).await?;
-    Ok(())
 }
 
 #[cfg(test)]

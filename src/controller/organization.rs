@@ -10,21 +10,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use super::{Context, managed_children, owner_of, trigger_stream};
 use crate::api::organization::{Member, reasons as org_reasons};
-use crate::api::{
-    ANNOTATION_PAUSED, CONDITION_SYNCED, ConditionStatus, Environment, FINALIZER, ManagementPolicy,
-    Organization, OrganizationStatus, ProviderType, annotation_is_true, set_condition,
-};
+use crate::api::{Environment, ManagementPolicy, Organization, OrganizationStatus, ProviderType};
 use crate::provider::kubernetes::KubernetesOrganizations;
 use crate::provider::{DesiredOrganization, ObservedOrganization};
 use crate::reconcile::managed::{
-    Policies, ReconcileError, converge, error_action, finalize, patch_status, publish,
-    publish_failure, set_converged_conditions, set_error_conditions,
+    ManagedResource, Policies, ReconcileError, converge, error_action, finalize, publish,
+    publish_failure, reconcile_managed, set_converged_conditions, set_error_conditions,
+    write_status,
 };
 use crate::reconcile::reasons;
 
@@ -69,38 +66,18 @@ pub async fn reconcile(
 ) -> Result<Action, ReconcileError> {
     let _timer = ctx.metrics.reconcile_started(KIND);
     let api: Api<Organization> = Api::all(ctx.client.clone());
-    if annotation_is_true(&org.metadata, ANNOTATION_PAUSED) {
-        let mut status = org.status.clone().unwrap_or_default();
-        set_condition(
-            &mut status.conditions,
-            CONDITION_SYNCED,
-            ConditionStatus::False,
-            reasons::RECONCILE_PAUSED,
-            format!("{ANNOTATION_PAUSED} is \"true\""),
-            org.metadata.generation,
-            Timestamp::now(),
-        );
-        write_status(&api, &org, status).await?;
-        return Ok(Action::await_change());
-    }
-    finalizer(&api, FINALIZER, org, |event| async {
-        match event {
-            FinalizerEvent::Apply(org) => apply(org, &api, &ctx).await,
-            FinalizerEvent::Cleanup(org) => cleanup(org, &ctx).await,
-        }
-    })
-    .await
-    .map_err(flatten_finalizer_error)
+    reconcile_managed(org, &api, |o| apply(o, &api, &ctx), |o| cleanup(o, &ctx)).await
 }
 
-pub(crate) fn flatten_finalizer_error(
-    e: kube::runtime::finalizer::Error<ReconcileError>,
-) -> ReconcileError {
-    use kube::runtime::finalizer::Error;
-    match e {
-        Error::ApplyFailed(e) | Error::CleanupFailed(e) => e,
-        Error::AddFinalizer(e) | Error::RemoveFinalizer(e) => ReconcileError::Kube(e),
-        other => ReconcileError::Finalizer(other.to_string()),
+impl ManagedResource for Organization {
+    type Status = OrganizationStatus;
+    fn status(&self) -> Option<&OrganizationStatus> {
+        self.status.as_ref()
+    }
+    fn conditions_mut(
+        status: &mut OrganizationStatus,
+    ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        &mut status.conditions
     }
 }
 
@@ -272,18 +249,6 @@ async fn cleanup(org: Arc<Organization>, ctx: &Context) -> Result<Action, Reconc
         orphan,
     )
     .await
-}
-
-async fn write_status(
-    api: &Api<Organization>,
-    org: &Organization,
-    status: OrganizationStatus,
-) -> Result<(), ReconcileError> {
-    if org.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
-    patch_status(api, &org.name_any(), &status).await?;
-    Ok(())
 }
 
 #[cfg(test)]

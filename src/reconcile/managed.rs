@@ -432,6 +432,79 @@ where
     Ok(Action::await_change())
 }
 
+/// A bulkhead kind, as the shared reconcile steps need it: its status and
+/// the conditions inside.
+pub trait ManagedResource:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static
+{
+    type Status: Default + Clone + Serialize + PartialEq + Send + Sync;
+    fn status(&self) -> Option<&Self::Status>;
+    fn conditions_mut(status: &mut Self::Status) -> &mut Vec<Condition>;
+}
+
+/// The first steps of every reconcile: a paused object only reports
+/// Synced=False/ReconcilePaused; otherwise kube-runtime's finalizer helper
+/// adds the finalizer and runs `apply`, or `cleanup` once deleting.
+pub async fn reconcile_managed<K, FA, FC, FutA, FutC>(
+    obj: std::sync::Arc<K>,
+    api: &Api<K>,
+    apply: FA,
+    cleanup: FC,
+) -> Result<Action, ReconcileError>
+where
+    K: ManagedResource,
+    FA: FnOnce(std::sync::Arc<K>) -> FutA,
+    FC: FnOnce(std::sync::Arc<K>) -> FutC,
+    FutA: std::future::Future<Output = Result<Action, ReconcileError>>,
+    FutC: std::future::Future<Output = Result<Action, ReconcileError>>,
+{
+    if crate::api::annotation_is_true(obj.meta(), crate::api::ANNOTATION_PAUSED) {
+        let mut status = obj.status().cloned().unwrap_or_default();
+        set_condition(
+            K::conditions_mut(&mut status),
+            CONDITION_SYNCED,
+            ConditionStatus::False,
+            reasons::RECONCILE_PAUSED,
+            format!("{} is \"true\"", crate::api::ANNOTATION_PAUSED),
+            obj.meta().generation,
+            Timestamp::now(),
+        );
+        write_status(api, obj.as_ref(), status).await?;
+        return Ok(Action::await_change());
+    }
+    kube::runtime::finalizer::finalizer(api, crate::api::FINALIZER, obj, |event| async {
+        match event {
+            kube::runtime::finalizer::Event::Apply(o) => apply(o).await,
+            kube::runtime::finalizer::Event::Cleanup(o) => cleanup(o).await,
+        }
+    })
+    .await
+    .map_err(flatten_finalizer_error)
+}
+
+fn flatten_finalizer_error(e: kube::runtime::finalizer::Error<ReconcileError>) -> ReconcileError {
+    use kube::runtime::finalizer::Error;
+    match e {
+        Error::ApplyFailed(e) | Error::CleanupFailed(e) => e,
+        Error::AddFinalizer(e) | Error::RemoveFinalizer(e) => ReconcileError::Kube(e),
+        other => ReconcileError::Finalizer(other.to_string()),
+    }
+}
+
+/// Writes status unless it is unchanged (an unchanged write would still
+/// cost an API call on every resync).
+pub async fn write_status<K: ManagedResource>(
+    api: &Api<K>,
+    obj: &K,
+    status: K::Status,
+) -> Result<(), ReconcileError> {
+    if obj.status() == Some(&status) {
+        return Ok(());
+    }
+    patch_status(api, &obj.name_any(), &status).await?;
+    Ok(())
+}
+
 /// Sets or removes annotations with a JSON merge patch (not server-side
 /// apply: the user owns the other annotations).
 pub async fn annotate<K>(
