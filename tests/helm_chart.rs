@@ -1,0 +1,937 @@
+//! The Helm chart in `charts/bulkhead`, checked with the real `helm` and a
+//! real apiserver: it lints, renders hardened manifests the apiserver
+//! accepts, rejects bad values through `values.schema.json`, installs every
+//! object, and its RBAC is exactly enough for the operator to take the
+//! examples to Ready and back out again under the chart's ServiceAccount.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bulkhead::api::{DatabaseCluster, Environment, Organization};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams};
+use serde::Deserialize;
+use serde_json::Value;
+use support::controlplane::{ControlPlane, condition, repo, unique, wait_for, wait_gone, watchdog};
+
+const RELEASE: &str = "bulkhead";
+const NAMESPACE: &str = "bulkhead-system";
+const WAIT: Duration = Duration::from_secs(120);
+
+fn chart() -> PathBuf {
+    repo().join("charts").join("bulkhead")
+}
+
+/// The directory holding `helm` (and `kubectl`), built or reused by
+/// `hack/controlplane/build.sh`, without starting a control plane.
+fn tools() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = Command::new(repo().join("hack/controlplane/build.sh"))
+            .args(["helm", "kubectl"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run hack/controlplane/build.sh");
+        assert!(out.status.success(), "build.sh helm kubectl failed");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        PathBuf::from(
+            stdout
+                .lines()
+                .last()
+                .expect("build.sh prints the bin dir")
+                .trim(),
+        )
+    })
+}
+
+/// `helm` with its caches in a scratch directory, pointed at `kubeconfig`
+/// when given.
+fn helm(kubeconfig: Option<&Path>, args: &[&str]) -> Output {
+    let home = std::env::temp_dir().join(format!("bulkhead-helm-{}", std::process::id()));
+    let mut cmd = Command::new(tools().join("helm"));
+    cmd.args(args)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .stdin(Stdio::null());
+    match kubeconfig {
+        Some(k) => cmd.env("KUBECONFIG", k),
+        // No cluster: make sure helm never reaches one by accident.
+        None => cmd.env("KUBECONFIG", home.join("no-kubeconfig")),
+    };
+    cmd.output().expect("run helm")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `helm template` that must succeed; returns the manifests.
+fn template(args: &[&str]) -> String {
+    let chart = chart();
+    let mut all = vec![
+        "template",
+        RELEASE,
+        chart.to_str().expect("utf-8 path"),
+        "--namespace",
+        NAMESPACE,
+    ];
+    all.extend_from_slice(args);
+    let out = helm(None, &all);
+    assert!(
+        out.status.success(),
+        "helm {} failed:\n{}",
+        all.join(" "),
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every non-empty YAML document.
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(|doc| Value::deserialize(doc).expect("rendered YAML parses"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+}
+
+fn kinds(docs: &[Value]) -> Vec<String> {
+    docs.iter()
+        .map(|d| d["kind"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn chart_crds_are_byte_identical_to_the_repository_crds() {
+    let list = |dir: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| {
+                e.expect("dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    let repo_crds = repo().join("crds");
+    let chart_crds = chart().join("crds");
+    assert_eq!(
+        list(&chart_crds),
+        list(&repo_crds),
+        "charts/bulkhead/crds/ must hold exactly the files of crds/; run `cp crds/*.yaml charts/bulkhead/crds/`"
+    );
+    for name in list(&repo_crds) {
+        let a = std::fs::read(repo_crds.join(&name)).expect("read crds/ file");
+        let b = std::fs::read(chart_crds.join(&name)).expect("read chart CRD");
+        assert!(
+            a == b,
+            "charts/bulkhead/crds/{name} differs from crds/{name}; run `cp crds/*.yaml charts/bulkhead/crds/`"
+        );
+    }
+}
+
+#[test]
+fn chart_environment_roles_match_the_operator() {
+    let docs = documents(&template(&[
+        "--show-only",
+        "templates/environment-clusterroles.yaml",
+    ]));
+    let expected = bulkhead::controller::roles::environment_cluster_roles();
+    assert_eq!(
+        docs.len(),
+        expected.len(),
+        "one ClusterRole per environment role"
+    );
+    for want in &expected {
+        let name = want["metadata"]["name"].as_str().expect("role name");
+        let got = find(&docs, "ClusterRole", name)
+            .unwrap_or_else(|| panic!("the chart has no ClusterRole {name}"));
+        assert_eq!(
+            got["rules"], want["rules"],
+            "rules of {name} differ between the chart and src/controller/roles.rs"
+        );
+        for (key, value) in want["metadata"]["labels"].as_object().expect("labels") {
+            assert_eq!(
+                &got["metadata"]["labels"][key], value,
+                "label {key} of {name}: the operator applies it, so the chart must agree"
+            );
+        }
+    }
+}
+
+#[test]
+fn helm_lint_is_clean() {
+    let chart = chart();
+    let chart = chart.to_str().expect("utf-8 path");
+    for extra in [
+        vec![],
+        vec!["--set", "replicas=3"],
+        vec![
+            "--set",
+            "serviceMonitor.enabled=true",
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set",
+            "logFormat=text",
+        ],
+    ] {
+        let mut args = vec!["lint", "--strict", chart];
+        args.extend(extra.iter().copied());
+        let out = helm(None, &args);
+        let output = text(&out);
+        assert!(
+            out.status.success(),
+            "helm {} failed:\n{output}",
+            args.join(" ")
+        );
+        assert!(
+            output.contains("1 chart(s) linted, 0 chart(s) failed"),
+            "{output}"
+        );
+        assert!(
+            !output.contains("[WARNING]") && !output.contains("[ERROR]"),
+            "helm {} is not clean:\n{output}",
+            args.join(" ")
+        );
+    }
+}
+
+#[test]
+fn values_schema_rejects_bad_values() {
+    let chart = chart();
+    let chart = chart.to_str().expect("utf-8 path");
+    let cases: [(&[&str], &str); 8] = [
+        (&["--set", "replicas=-1"], "/replicas"),
+        (&["--set", "logFormat=xml"], "/logFormat"),
+        (
+            &[
+                "--set",
+                "replicas=2",
+                "--set",
+                "leaderElection.enabled=false",
+            ],
+            "/leaderElection/enabled",
+        ),
+        (
+            &["--set", "image.pullPolicy=Sometimes"],
+            "/image/pullPolicy",
+        ),
+        (
+            &["--set", "leaderElection.leaseDuration=0"],
+            "/leaderElection/leaseDuration",
+        ),
+        (&["--set", "httpPort=70000"], "/httpPort"),
+        (&["--set", "replicaCount=2"], "replicaCount"),
+        (
+            &["--set-string", "resources.limits.memory=lots"],
+            "/resources/limits/memory",
+        ),
+    ];
+    for (values, path) in cases {
+        let mut args = vec!["template", RELEASE, chart];
+        args.extend_from_slice(values);
+        let out = helm(None, &args);
+        let output = text(&out);
+        assert!(
+            !out.status.success(),
+            "helm template {} was accepted",
+            values.join(" ")
+        );
+        assert!(
+            output.contains("values don't meet the specifications of the schema"),
+            "helm template {}: not a schema error:\n{output}",
+            values.join(" ")
+        );
+        assert!(
+            output.contains(path),
+            "helm template {}: the error does not name {path}:\n{output}",
+            values.join(" ")
+        );
+    }
+    // Good values still render.
+    template(&[
+        "--set",
+        "replicas=0",
+        "--set",
+        "logFormat=text",
+        "--set",
+        "image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    ]);
+}
+
+fn container(deployment: &Value) -> &Value {
+    &deployment["spec"]["template"]["spec"]["containers"][0]
+}
+
+#[test]
+fn rendered_deployment_is_hardened_and_wired() {
+    let docs = documents(&template(&[]));
+    let deployment = find(&docs, "Deployment", RELEASE).expect("Deployment bulkhead");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let c = container(deployment);
+
+    assert_eq!(pod["serviceAccountName"], RELEASE);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    for kind in ["requests", "limits"] {
+        for resource in ["cpu", "memory"] {
+            assert!(
+                c["resources"][kind][resource].is_string(),
+                "resources.{kind}.{resource} is set"
+            );
+        }
+    }
+    assert_eq!(
+        c["image"], "bulkhead:0.1.0",
+        "image tag defaults to appVersion"
+    );
+
+    // Probes hit the operator's HTTP port.
+    assert_eq!(c["ports"][0]["name"], "http");
+    assert_eq!(c["ports"][0]["containerPort"], 8080);
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "http");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "http");
+
+    // Identity and Lease namespace come from the downward API.
+    let env = c["env"].as_array().expect("env");
+    for (name, field) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let var = env
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("env {name}"));
+        assert_eq!(var["valueFrom"]["fieldRef"]["fieldPath"], field);
+    }
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for want in [
+        "--log-format=json",
+        "--log-level=info",
+        "--leader-election=true",
+        "--http-addr=0.0.0.0:8080",
+    ] {
+        assert!(args.contains(&want), "args {args:?} lack {want}");
+    }
+
+    // Values flow into the arguments.
+    let docs = documents(&template(&[
+        "--set",
+        "logFormat=text",
+        "--set",
+        "logLevel=bulkhead=debug\\,kube=warn",
+        "--set",
+        "httpPort=9090",
+    ]));
+    let c = container(find(&docs, "Deployment", RELEASE).expect("Deployment"));
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(args.contains(&"--log-format=text"), "{args:?}");
+    assert!(
+        args.contains(&"--log-level=bulkhead=debug,kube=warn"),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--http-addr=0.0.0.0:9090"), "{args:?}");
+    assert_eq!(c["ports"][0]["containerPort"], 9090);
+}
+
+#[test]
+fn optional_objects_follow_values() {
+    let default = kinds(&documents(&template(&[])));
+    for kind in [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "Deployment",
+    ] {
+        assert!(default.contains(&kind.to_string()), "{kind} missing");
+    }
+    for kind in ["PodDisruptionBudget", "ServiceMonitor", "NetworkPolicy"] {
+        assert!(
+            !default.contains(&kind.to_string()),
+            "{kind} rendered by default"
+        );
+    }
+
+    let docs = documents(&template(&[
+        "--set",
+        "replicas=2",
+        "--set",
+        "serviceMonitor.enabled=true",
+        "--set",
+        "networkPolicy.enabled=true",
+    ]));
+    let pdb = find(&docs, "PodDisruptionBudget", RELEASE).expect("PDB with 2 replicas");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    let deployment = find(&docs, "Deployment", RELEASE).expect("Deployment");
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    let sm = find(&docs, "ServiceMonitor", RELEASE).expect("ServiceMonitor");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "http-metrics");
+    assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
+    let service = find(&docs, "Service", "bulkhead-metrics").expect("metrics Service");
+    assert_eq!(service["spec"]["ports"][0]["name"], "http-metrics");
+    let np = find(&docs, "NetworkPolicy", RELEASE).expect("NetworkPolicy");
+    assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], "http");
+    assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+}
+
+#[test]
+fn operator_cluster_role_has_no_wildcards() {
+    let docs = documents(&template(&[]));
+    for (kind, name) in [
+        ("ClusterRole", RELEASE),
+        ("Role", "bulkhead-leader-election"),
+    ] {
+        let role = find(&docs, kind, name).unwrap_or_else(|| panic!("{kind} {name}"));
+        for rule in role["rules"].as_array().expect("rules") {
+            for field in ["apiGroups", "resources", "verbs", "resourceNames"] {
+                for item in rule[field].as_array().into_iter().flatten() {
+                    let item = item.as_str().unwrap_or_default();
+                    assert!(!item.contains('*'), "{kind} {name}: wildcard in {rule}");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn rendered_chart_passes_server_side_dry_run() {
+    let cp = ControlPlane::apiserver();
+    let ns = format!("bulkhead-dry-{}", unique());
+    cp.kubectl_ok(&["create", "namespace", &ns]);
+    let chart = chart();
+    for extra in [
+        vec![],
+        vec![
+            "--set",
+            "replicas=3",
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set",
+            "logFormat=text",
+        ],
+    ] {
+        let mut args = vec![
+            "template",
+            RELEASE,
+            chart.to_str().expect("utf-8 path"),
+            "--namespace",
+            &ns,
+            "--include-crds",
+        ];
+        args.extend(extra.iter().copied());
+        let out = helm(Some(cp.kubeconfig()), &args);
+        assert!(out.status.success(), "{}", text(&out));
+        let manifests = String::from_utf8_lossy(&out.stdout).into_owned();
+        let applied = cp.apply_stdin(&manifests, &["--dry-run=server"]);
+        let output = text(&applied);
+        assert!(
+            applied.status.success(),
+            "kubectl apply --dry-run=server rejected the chart ({}):\n{output}",
+            extra.join(" ")
+        );
+        // kubectl names each object `<kind>[.<group>]/<name>`.
+        for doc in documents(&manifests) {
+            let kind = doc["kind"].as_str().unwrap_or_default().to_lowercase();
+            let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+            let created = format!("/{name} created (server dry run)");
+            assert!(
+                output.lines().any(|l| (l.starts_with(&format!("{kind}/"))
+                    || l.starts_with(&format!("{kind}.")))
+                    && l.ends_with(&created)),
+                "{kind} {name} not created by the dry run:\n{output}"
+            );
+        }
+    }
+}
+
+/// `helm install` into the full control plane, once per test binary.
+fn installed() -> &'static ControlPlane {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    let cp = ControlPlane::full();
+    INSTALLED.get_or_init(|| {
+        let chart = chart();
+        let out = helm(
+            Some(cp.kubeconfig()),
+            &[
+                "install",
+                RELEASE,
+                chart.to_str().expect("utf-8 path"),
+                "--namespace",
+                NAMESPACE,
+                "--create-namespace",
+                "--wait",
+                "--timeout",
+                "180s",
+            ],
+        );
+        assert!(out.status.success(), "helm install failed:\n{}", text(&out));
+        assert!(
+            text(&out).contains(&format!("bulkhead 0.1.0 is installed as release {RELEASE}")),
+            "NOTES.txt is shown:\n{}",
+            text(&out)
+        );
+    });
+    cp
+}
+
+#[tokio::test]
+async fn helm_install_creates_every_object() {
+    let cp = installed();
+    let client = cp.client().await;
+
+    let status = helm(
+        Some(cp.kubeconfig()),
+        &["status", RELEASE, "--namespace", NAMESPACE],
+    );
+    assert!(
+        text(&status).contains("STATUS: deployed"),
+        "{}",
+        text(&status)
+    );
+
+    // kwok plays the kubelet: the pod is scheduled and reported Ready.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    let deployment = wait_for(&deployments, RELEASE, WAIT, "available", |d| {
+        d.status
+            .as_ref()
+            .is_some_and(|s| s.available_replicas == Some(1))
+    })
+    .await;
+    assert_eq!(
+        deployment
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.as_deref()),
+        Some(RELEASE)
+    );
+    Api::<ServiceAccount>::namespaced(client.clone(), NAMESPACE)
+        .get(RELEASE)
+        .await
+        .expect("ServiceAccount");
+    let service = Api::<Service>::namespaced(client.clone(), NAMESPACE)
+        .get("bulkhead-metrics")
+        .await
+        .expect("metrics Service");
+    assert_eq!(
+        service
+            .spec
+            .and_then(|s| s.ports)
+            .and_then(|p| p.first().map(|p| p.port)),
+        Some(8080)
+    );
+    let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
+    cluster_roles
+        .get(RELEASE)
+        .await
+        .expect("operator ClusterRole");
+    let binding = Api::<ClusterRoleBinding>::all(client.clone())
+        .get(RELEASE)
+        .await
+        .expect("ClusterRoleBinding");
+    let subject = &binding.subjects.unwrap_or_default()[0];
+    assert_eq!(
+        (
+            subject.kind.as_str(),
+            subject.name.as_str(),
+            subject.namespace.as_deref()
+        ),
+        ("ServiceAccount", RELEASE, Some(NAMESPACE))
+    );
+    Api::<Role>::namespaced(client.clone(), NAMESPACE)
+        .get("bulkhead-leader-election")
+        .await
+        .expect("leader election Role");
+    Api::<RoleBinding>::namespaced(client.clone(), NAMESPACE)
+        .get("bulkhead-leader-election")
+        .await
+        .expect("leader election RoleBinding");
+    for role in ["admin", "developer", "tester", "viewer"] {
+        cluster_roles
+            .get(&format!("bulkhead-environment-{role}"))
+            .await
+            .unwrap_or_else(|e| panic!("ClusterRole bulkhead-environment-{role}: {e}"));
+    }
+    cp.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/organizations.bulkhead.dev",
+        "crd/environments.bulkhead.dev",
+        "crd/databaseclusters.bulkhead.dev",
+        "--timeout=60s",
+    ]);
+}
+
+/// A kubeconfig for a bearer token, with the server and CA of the admin
+/// kubeconfig.
+fn token_kubeconfig(cp: &ControlPlane, token: &str, name: &str) -> PathBuf {
+    let admin: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(cp.kubeconfig()).expect("read admin kubeconfig"),
+    )
+    .expect("admin kubeconfig parses");
+    let cluster = &admin["clusters"][0]["cluster"];
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": "bulkhead", "cluster": {
+            "server": cluster["server"],
+            "certificate-authority-data": cluster["certificate-authority-data"],
+        }}],
+        "users": [{ "name": name, "user": { "token": token.trim() } }],
+        "contexts": [{ "name": name, "context": { "cluster": "bulkhead", "user": name } }],
+        "current-context": name,
+    });
+    let path = cp.dir().join(format!("kubeconfig-{name}"));
+    std::fs::write(
+        &path,
+        serde_yaml_ng::to_string(&config).expect("render kubeconfig"),
+    )
+    .expect("write kubeconfig");
+    path
+}
+
+/// `bulkhead run` under a kubeconfig of our choosing.
+struct OperatorProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl OperatorProcess {
+    fn start(cp: &ControlPlane, kubeconfig: &Path, args: &[&str]) -> Self {
+        let log = cp.dir().join(format!("operator-{}.log", unique()));
+        let file = std::fs::File::create(&log).expect("operator log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .arg("run")
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("BULKHEAD_LOG_LEVEL", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log fd"))
+            .stderr(file)
+            .spawn()
+            .expect("start bulkhead run");
+        watchdog(child.id());
+        OperatorProcess { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for the exit.
+    fn stop(&mut self) -> Option<ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn ready_and_synced(conditions: &[Condition]) -> bool {
+    ["Ready", "Synced"]
+        .iter()
+        .all(|t| condition(conditions, t).is_some_and(|c| c.status == "True"))
+}
+
+fn no_forbidden_reason(what: &str, conditions: &[Condition]) {
+    for c in conditions {
+        assert!(
+            !c.reason.contains("Forbidden") && !c.message.to_lowercase().contains("forbidden"),
+            "{what}: condition {} says {}: {}",
+            c.type_,
+            c.reason,
+            c.message
+        );
+    }
+}
+
+fn example(set: &str, file: &str) -> String {
+    repo()
+        .join("examples")
+        .join(set)
+        .join(file)
+        .to_string_lossy()
+        .into_owned()
+}
+
+async fn can_i(cp: &ControlPlane, args: &[&str]) -> bool {
+    let sa = format!("--as=system:serviceaccount:{NAMESPACE}:{RELEASE}");
+    let mut all = vec!["auth", "can-i"];
+    all.extend_from_slice(args);
+    all.push(&sa);
+    let out = cp.kubectl(&all);
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+#[tokio::test]
+async fn chart_rbac_is_enough_for_the_examples_and_no_more() {
+    let cp = installed();
+    let admin = cp.client().await;
+
+    // The chart's ServiceAccount, exactly as the Deployment's pod gets it.
+    let token = cp.kubectl_ok(&[
+        "create",
+        "token",
+        RELEASE,
+        "--namespace",
+        NAMESPACE,
+        "--duration",
+        "2h",
+    ]);
+    let kubeconfig = token_kubeconfig(cp, &token, "bulkhead-sa");
+    let mut operator = OperatorProcess::start(
+        cp,
+        &kubeconfig,
+        &[
+            "--http-addr",
+            "127.0.0.1:0",
+            "--leader-election=true",
+            "--lease-namespace",
+            NAMESPACE,
+            "--identity",
+            "rbac-check",
+            "--resync-seconds",
+            "20",
+        ],
+    );
+
+    for set in ["production", "staging"] {
+        for file in [
+            "organization.yaml",
+            "environment.yaml",
+            "databasecluster.yaml",
+        ] {
+            cp.kubectl_ok(&["apply", "-f", &example(set, file)]);
+        }
+    }
+    // An Environment whose namespace bulkhead creates (and later deletes).
+    let owned = format!("owned-{}", unique());
+    let applied = cp.apply_stdin(
+        &format!(
+            "apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {{name: {owned}}}\nspec:\n  organizationRef: {{name: acme-staging}}\n  tier: development\n"
+        ),
+        &[],
+    );
+    assert!(applied.status.success(), "{}", text(&applied));
+    let environments = ["production", "staging", owned.as_str()];
+    let orgs: Api<Organization> = Api::all(admin.clone());
+    let envs: Api<Environment> = Api::all(admin.clone());
+    for org in ["acme-production", "acme-staging"] {
+        let o = wait_for(&orgs, org, WAIT, "Ready and Synced", |o| {
+            o.status
+                .as_ref()
+                .is_some_and(|s| ready_and_synced(&s.conditions))
+        })
+        .await;
+        no_forbidden_reason(org, &o.status.unwrap_or_default().conditions);
+    }
+    for env in environments {
+        let e = wait_for(&envs, env, WAIT, "Ready and Synced", |e| {
+            e.status
+                .as_ref()
+                .is_some_and(|s| ready_and_synced(&s.conditions))
+        })
+        .await;
+        no_forbidden_reason(env, &e.status.unwrap_or_default().conditions);
+    }
+    for ns in ["production", "staging"] {
+        let dbcs: Api<DatabaseCluster> = Api::namespaced(admin.clone(), ns);
+        let d = wait_for(&dbcs, "my-app-db", WAIT * 2, "Ready and Synced", |d| {
+            d.status
+                .as_ref()
+                .is_some_and(|s| ready_and_synced(&s.conditions))
+        })
+        .await;
+        no_forbidden_reason(ns, &d.status.unwrap_or_default().conditions);
+    }
+
+    // Events were recorded under the ServiceAccount.
+    let events = Api::<Event>::all(admin.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("list events");
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reporting_controller.as_deref() == Some("bulkhead")),
+        "no Event from bulkhead"
+    );
+
+    // Deleting runs the cleanup paths: finalizers, orphaning and deletion
+    // of children, unlabelling adopted namespaces.
+    for ns in ["production", "staging"] {
+        let dbcs: Api<DatabaseCluster> = Api::namespaced(admin.clone(), ns);
+        dbcs.delete("my-app-db", &DeleteParams::default())
+            .await
+            .expect("delete DatabaseCluster");
+        wait_gone(&dbcs, "my-app-db", WAIT).await;
+    }
+    for env in environments {
+        envs.delete(env, &DeleteParams::default())
+            .await
+            .expect("delete Environment");
+        wait_gone(&envs, env, WAIT).await;
+    }
+    // The namespace bulkhead made goes; the adopted ones stay.
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    wait_gone(&namespaces, &owned, WAIT).await;
+    for adopted in ["production", "staging"] {
+        assert!(
+            namespaces
+                .get_opt(adopted)
+                .await
+                .expect("get namespace")
+                .is_some(),
+            "adopted namespace {adopted} was deleted"
+        );
+    }
+    for org in ["acme-production", "acme-staging"] {
+        orgs.delete(org, &DeleteParams::default())
+            .await
+            .expect("delete Organization");
+        wait_gone(&orgs, org, WAIT).await;
+    }
+
+    let status = operator.stop().expect("operator exits after SIGTERM");
+    let log = operator.log();
+    assert!(status.success(), "operator exited with {status}:\n{log}");
+    assert!(
+        log.contains("released the leader lease"),
+        "the lease was not released:\n{log}"
+    );
+    let lower = log.to_lowercase();
+    assert!(
+        !lower.contains("forbidden") && !log.contains("403"),
+        "the operator hit a permission error under the chart's RBAC:\n{log}"
+    );
+    assert!(
+        !log.contains("could not apply the bulkhead-environment-*"),
+        "the operator could not apply the environment roles:\n{log}"
+    );
+
+    // No more than needed: what bulkhead never does stays denied.
+    for denied in [
+        vec!["create", "pods", "-A"],
+        vec!["create", "deployments.apps", "-A"],
+        vec!["delete", "organizations.bulkhead.dev"],
+        vec!["create", "environments.bulkhead.dev"],
+        vec!["update", "databaseclusters.bulkhead.dev", "-A"],
+        vec!["create", "customresourcedefinitions.apiextensions.k8s.io"],
+        vec![
+            "get",
+            "customresourcedefinitions.apiextensions.k8s.io/other.example.com",
+        ],
+        vec![
+            "bind",
+            "clusterroles.rbac.authorization.k8s.io/cluster-admin",
+        ],
+        vec![
+            "escalate",
+            "clusterroles.rbac.authorization.k8s.io/cluster-admin",
+        ],
+        vec!["update", "secrets", "-A"],
+        vec!["create", "pods/exec", "-A"],
+        vec!["create", "serviceaccounts/token", "-A"],
+        vec!["impersonate", "users"],
+        vec!["create", "leases.coordination.k8s.io", "-n", "default"],
+        vec!["patch", "leases.coordination.k8s.io/other", "-n", NAMESPACE],
+    ] {
+        assert!(
+            !can_i(cp, &denied).await,
+            "the chart's ServiceAccount may {}",
+            denied.join(" ")
+        );
+    }
+    for allowed in [
+        vec![
+            "bind",
+            "clusterroles.rbac.authorization.k8s.io/bulkhead-environment-admin",
+        ],
+        vec![
+            "patch",
+            "leases.coordination.k8s.io/bulkhead-leader",
+            "-n",
+            NAMESPACE,
+        ],
+        vec![
+            "patch",
+            "organizations.bulkhead.dev",
+            "--subresource=status",
+        ],
+    ] {
+        assert!(
+            can_i(cp, &allowed).await,
+            "the chart's ServiceAccount may not {}",
+            allowed.join(" ")
+        );
+    }
+}

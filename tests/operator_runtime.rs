@@ -1,0 +1,684 @@
+//! `bulkhead run` as a process on a real control plane: leader election
+//! through a Lease (one leader reconciles, a standby takes over when the
+//! leader stops), graceful shutdown on SIGTERM, and the HTTP endpoints a
+//! platform runs it with — `/metrics`, `/healthz`, `/readyz`.
+//!
+//! Every operator watches the whole cluster, so the scenarios here take
+//! turns (see [`exclusive`]): a process counts only the reconciles of
+//! operators its test started.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bulkhead::api::{Environment, Organization};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use kube::api::DeleteParams;
+use serde_json::Value;
+use support::controlplane::{
+    ControlPlane, condition, create_yaml, unique, wait_for, wait_gone, watchdog,
+};
+
+const WAIT: Duration = Duration::from_secs(90);
+const LEASE_DURATION: u64 = 6;
+
+/// One scenario at a time: each starts operators that reconcile every
+/// object in the cluster.
+async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// `GET path` over plain HTTP/1.0; `None` while nothing answers.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// One sample of the text exposition format.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, rest) = match line.find('{') {
+            Some(_) => {
+                let close = line.rfind('}').expect("closing brace");
+                (&line[..close + 1], line[close + 1..].trim())
+            }
+            None => line.split_once(' ').expect("name and value"),
+        };
+        let value: f64 = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => (name, labels.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let mut map = BTreeMap::new();
+        let mut rest = labels;
+        while let Some((key, after)) = rest.split_once("=\"") {
+            let end = after.find('"').expect("closing quote");
+            map.insert(
+                key.trim_start_matches(',').trim().to_string(),
+                after[..end].to_string(),
+            );
+            rest = &after[end + 1..];
+        }
+        out.push(Sample {
+            name: name.to_string(),
+            labels: map,
+            value,
+        });
+    }
+    out
+}
+
+/// Sum of the samples of `name` whose labels include `labels`.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    parse_metrics(text)
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+fn has_series(text: &str, name: &str, labels: &[(&str, &str)]) -> bool {
+    parse_metrics(text).iter().any(|s| {
+        s.name == name
+            && labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+    })
+}
+
+/// Polls `check` until it gives `Ok`, or panics with its last complaint.
+async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(last) if Instant::now() > deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// `/metrics` of the process on `port`, once it answers 200.
+async fn scrape(port: u16) -> String {
+    eventually(WAIT, &format!("/metrics on port {port}"), || async move {
+        match http_get(port, "/metrics") {
+            Some((200, body)) => Ok(body),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
+/// `bulkhead run` under a kubeconfig of the test's choosing.
+struct OperatorProcess {
+    child: Child,
+    log: PathBuf,
+    port: u16,
+}
+
+impl OperatorProcess {
+    fn start(cp: &ControlPlane, kubeconfig: &Path, args: &[&str]) -> Self {
+        cp.install_crds();
+        let port = free_port();
+        let log = cp.dir().join(format!("operator-{}.log", unique()));
+        let file = std::fs::File::create(&log).expect("operator log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .arg("run")
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .args(["--resync-seconds", "20"])
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("BULKHEAD_LOG_LEVEL", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log fd"))
+            .stderr(file)
+            .spawn()
+            .expect("start bulkhead run");
+        watchdog(child.id());
+        OperatorProcess { child, log, port }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.port, path)
+    }
+
+    async fn metrics(&self) -> String {
+        scrape(self.port).await
+    }
+
+    /// SIGTERM, then wait for the exit.
+    fn stop(&mut self) -> Option<ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn ready(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
+    condition(conditions, "Ready").is_some_and(|c| c.status == "True")
+}
+
+async fn create_org(cp: &ControlPlane, name: &str) -> Api<Organization> {
+    let orgs: Api<Organization> = Api::all(cp.client().await);
+    create_yaml(
+        &orgs,
+        &format!(
+            "apiVersion: bulkhead.dev/v1alpha1\nkind: Organization\nmetadata: {{name: {name}}}\nspec:\n  deletionPolicy: Delete\n  members: [{{email: ops@{name}.example, role: admin}}]\n"
+        ),
+    )
+    .await;
+    orgs
+}
+
+async fn wait_org_ready(orgs: &Api<Organization>, name: &str) {
+    wait_for(orgs, name, WAIT, "Organization Ready", |o| {
+        o.status.as_ref().is_some_and(|s| ready(&s.conditions))
+    })
+    .await;
+}
+
+async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
+    leases
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+}
+
+fn total_reconciles(metrics: &str) -> f64 {
+    metric(metrics, "bulkhead_reconciles_total", &[])
+}
+
+#[tokio::test]
+async fn one_leader_reconciles_and_a_standby_takes_over_on_sigterm() {
+    let _turn = exclusive().await;
+    let cp = ControlPlane::full();
+    let client = cp.client().await;
+    let ns = format!("lease-{}", unique());
+    cp.kubectl_ok(&["create", "namespace", &ns]);
+    let lease_name = format!("bulkhead-leader-{}", unique());
+    let duration = LEASE_DURATION.to_string();
+    let start = |identity: &str| {
+        OperatorProcess::start(
+            cp,
+            cp.kubeconfig(),
+            &[
+                "--leader-election=true",
+                "--lease-namespace",
+                &ns,
+                "--lease-name",
+                &lease_name,
+                "--lease-duration",
+                &duration,
+                "--identity",
+                identity,
+            ],
+        )
+    };
+    let id_a = format!("alpha-{}", unique());
+    let id_b = format!("bravo-{}", unique());
+    let a = start(&id_a);
+    let b = start(&id_b);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+
+    // Exactly one holds the Lease, and its gauge says so; the other waits.
+    let leader_id = eventually(WAIT, "a Lease holder", || async {
+        holder(&leases, &lease_name)
+            .await
+            .ok_or_else(|| "no holder yet".to_string())
+    })
+    .await;
+    assert!(
+        leader_id == id_a || leader_id == id_b,
+        "unexpected holder {leader_id}"
+    );
+    let (mut leader, mut standby, standby_id) = if leader_id == id_a {
+        (a, b, id_b.clone())
+    } else {
+        (b, a, id_a.clone())
+    };
+    eventually(WAIT, "the leader's bulkhead_leader gauge at 1", || async {
+        let m = leader.metrics().await;
+        match metric(&m, "bulkhead_leader", &[]) {
+            1.0 => Ok(()),
+            v => Err(format!("bulkhead_leader {v}")),
+        }
+    })
+    .await;
+    eventually(WAIT, "the standby waiting for leadership", || async {
+        let log = standby.log();
+        if log.contains("waiting for leadership") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .await;
+    assert_eq!(
+        metric(&standby.metrics().await, "bulkhead_leader", &[]),
+        0.0,
+        "the standby does not lead"
+    );
+    // A standby is healthy and ready to take over.
+    assert_eq!(standby.get("/healthz").map(|r| r.0), Some(200));
+    eventually(WAIT, "the standby's /readyz at 200", || async {
+        match standby.get("/readyz") {
+            Some((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        holder(&leases, &lease_name).await.as_deref(),
+        Some(leader_id.as_str())
+    );
+
+    // Only the leader reconciles.
+    let leader_before = metric(
+        &leader.metrics().await,
+        "bulkhead_reconciles_total",
+        &[("kind", "Organization")],
+    );
+    let org1 = format!("lead-{}", unique());
+    let orgs = create_org(cp, &org1).await;
+    wait_org_ready(&orgs, &org1).await;
+    let leader_after = metric(
+        &leader.metrics().await,
+        "bulkhead_reconciles_total",
+        &[("kind", "Organization")],
+    );
+    assert!(
+        leader_after > leader_before,
+        "the leader reconciled {org1} ({leader_before} -> {leader_after})"
+    );
+    assert_eq!(
+        total_reconciles(&standby.metrics().await),
+        0.0,
+        "the standby reconciled nothing"
+    );
+
+    // SIGTERM: the leader finishes, releases the Lease and exits 0.
+    let stopped_at = Instant::now();
+    let status = leader.stop().expect("the leader exits after SIGTERM");
+    let leader_log = leader.log();
+    assert!(
+        status.success(),
+        "leader exited with {status}:\n{leader_log}"
+    );
+    assert!(
+        leader_log.contains("released the leader lease"),
+        "{leader_log}"
+    );
+
+    // The standby takes over: Lease, gauge, reconciles.
+    eventually(
+        Duration::from_secs(LEASE_DURATION * 5),
+        "the standby to hold the Lease",
+        || async {
+            match holder(&leases, &lease_name).await {
+                Some(h) if h == standby_id => Ok(()),
+                other => Err(format!("holder {other:?}")),
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "takeover: {:.1}s after SIGTERM to the leader (lease duration {LEASE_DURATION}s)",
+        stopped_at.elapsed().as_secs_f64()
+    );
+    eventually(WAIT, "the new leader's bulkhead_leader at 1", || async {
+        match metric(&standby.metrics().await, "bulkhead_leader", &[]) {
+            1.0 => Ok(()),
+            v => Err(format!("bulkhead_leader {v}")),
+        }
+    })
+    .await;
+    let org2 = format!("next-{}", unique());
+    create_org(cp, &org2).await;
+    wait_org_ready(&orgs, &org2).await;
+    let m = standby.metrics().await;
+    assert!(
+        metric(&m, "bulkhead_reconciles_total", &[("kind", "Organization")]) > 0.0,
+        "the new leader reconciles:\n{m}"
+    );
+    assert!(
+        standby
+            .log()
+            .contains("became leader; starting controllers")
+    );
+
+    for name in [&org1, &org2] {
+        orgs.delete(name, &DeleteParams::default())
+            .await
+            .expect("delete Organization");
+        wait_gone(&orgs, name, WAIT).await;
+    }
+    let status = standby.stop().expect("the new leader exits after SIGTERM");
+    assert!(status.success(), "{}", standby.log());
+    assert!(standby.log().contains("released the leader lease"));
+}
+
+#[tokio::test]
+async fn metrics_count_reconciles_durations_errors_and_leadership() {
+    let _turn = exclusive().await;
+    let cp = ControlPlane::full();
+    let client = cp.client().await;
+    let mut op = OperatorProcess::start(cp, cp.kubeconfig(), &["--leader-election=false"]);
+    eventually(WAIT, "/readyz at 200", || async {
+        match op.get("/readyz") {
+            Some((200, body)) => Ok(body),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(op.get("/healthz").map(|r| r.0), Some(200));
+
+    // Without leader election the process leads by itself.
+    let m = op.metrics().await;
+    assert_eq!(metric(&m, "bulkhead_leader", &[]), 1.0, "{m}");
+
+    let org = format!("metrics-{}", unique());
+    let orgs = create_org(cp, &org).await;
+    wait_org_ready(&orgs, &org).await;
+    let m = op.metrics().await;
+    let kind = [("kind", "Organization")];
+    assert!(metric(&m, "bulkhead_reconciles_total", &kind) >= 1.0, "{m}");
+    assert!(
+        metric(&m, "bulkhead_reconcile_duration_seconds_count", &kind) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        has_series(
+            &m,
+            "bulkhead_reconcile_duration_seconds_bucket",
+            &[("kind", "Organization"), ("le", "+Inf")]
+        ),
+        "{m}"
+    );
+    assert!(
+        has_series(&m, "bulkhead_reconcile_duration_seconds_sum", &kind),
+        "{m}"
+    );
+
+    // An Environment whose Organization does not exist fails its reconcile.
+    let env = format!("orphan-{}", unique());
+    let envs: Api<Environment> = Api::all(client.clone());
+    create_yaml(
+        &envs,
+        &format!(
+            "apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {{name: {env}}}\nspec:\n  organizationRef: {{name: missing-{env}}}\n  tier: development\n"
+        ),
+    )
+    .await;
+    wait_for(&envs, &env, WAIT, "OrganizationNotFound", |e| {
+        e.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.reason == "OrganizationNotFound")
+        })
+    })
+    .await;
+    let errors = [("kind", "Environment"), ("reason", "OrganizationNotFound")];
+    let m = eventually(WAIT, "the reconcile error counted", || async {
+        let m = op.metrics().await;
+        if metric(&m, "bulkhead_reconcile_errors_total", &errors) >= 1.0 {
+            Ok(m)
+        } else {
+            Err(m)
+        }
+    })
+    .await;
+    assert!(
+        parse_metrics(&m)
+            .iter()
+            .filter(|s| s.name == "bulkhead_reconcile_errors_total")
+            .all(|s| s.labels.contains_key("category")),
+        "errors carry a category:\n{m}"
+    );
+    assert!(
+        metric(&m, "bulkhead_reconciles_total", &[("kind", "Environment")]) >= 1.0,
+        "{m}"
+    );
+
+    // Every family is exposed once it has a series.
+    for family in [
+        "# TYPE bulkhead_reconciles counter",
+        "# TYPE bulkhead_reconcile_errors counter",
+        "# TYPE bulkhead_reconcile_duration_seconds histogram",
+        "# TYPE bulkhead_leader gauge",
+    ] {
+        assert!(m.contains(family), "{family} missing:\n{m}");
+    }
+
+    envs.delete(&env, &DeleteParams::default())
+        .await
+        .expect("delete Environment");
+    wait_gone(&envs, &env, WAIT).await;
+    orgs.delete(&org, &DeleteParams::default())
+        .await
+        .expect("delete Organization");
+    wait_gone(&orgs, &org, WAIT).await;
+    let status = op.stop().expect("exits after SIGTERM");
+    assert!(status.success(), "{}", op.log());
+}
+
+/// A kubeconfig for a bearer token, with the server and CA of the admin
+/// kubeconfig.
+fn token_kubeconfig(cp: &ControlPlane, token: &str, name: &str) -> PathBuf {
+    let admin: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(cp.kubeconfig()).expect("read admin kubeconfig"),
+    )
+    .expect("admin kubeconfig parses");
+    let cluster = &admin["clusters"][0]["cluster"];
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": "cp", "cluster": {
+            "server": cluster["server"],
+            "certificate-authority-data": cluster["certificate-authority-data"],
+        }}],
+        "users": [{ "name": name, "user": { "token": token.trim() } }],
+        "contexts": [{ "name": name, "context": { "cluster": "cp", "user": name } }],
+        "current-context": name,
+    });
+    let path = cp.dir().join(format!("kubeconfig-{name}"));
+    std::fs::write(
+        &path,
+        serde_yaml_ng::to_string(&config).expect("render kubeconfig"),
+    )
+    .expect("write kubeconfig");
+    path
+}
+
+#[tokio::test]
+async fn readyz_is_503_until_the_caches_sync() {
+    let _turn = exclusive().await;
+    let cp = ControlPlane::full();
+    cp.install_crds();
+    let u = unique();
+    let ns = format!("ready-{u}");
+    let sa = format!("bulkhead-{u}");
+    cp.kubectl_ok(&["create", "namespace", &ns]);
+    cp.kubectl_ok(&["create", "serviceaccount", &sa, "-n", &ns]);
+    // Everything the controllers watch except DatabaseClusters: the
+    // DatabaseCluster cache cannot sync until that is granted.
+    let partial = format!("bulkhead-partial-{u}");
+    let role = format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: {partial}}}
+rules:
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [get]
+- apiGroups: [bulkhead.dev]
+  resources: [organizations, environments]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [namespaces, configmaps, secrets, services, resourcequotas]
+  verbs: [get, list, watch]
+- apiGroups: [apps]
+  resources: [statefulsets]
+  verbs: [get, list, watch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [rolebindings, clusterroles, clusterrolebindings]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: {partial}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {partial}}}
+subjects: [{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}]
+"#
+    );
+    let out = cp.apply_stdin(&role, &[]);
+    assert!(out.status.success(), "{out:?}");
+    let token = cp.kubectl_ok(&["create", "token", &sa, "-n", &ns, "--duration", "1h"]);
+    let kubeconfig = token_kubeconfig(cp, &token, &sa);
+    let mut op = OperatorProcess::start(cp, &kubeconfig, &["--leader-election=false"]);
+
+    // Alive, but not ready: one controller's cache can never fill.
+    eventually(WAIT, "/healthz at 200", || async {
+        match op.get("/healthz") {
+            Some((200, _)) => Ok(()),
+            other => Err(format!("{other:?}\n{}", op.log())),
+        }
+    })
+    .await;
+    eventually(WAIT, "the controllers to start", || async {
+        let log = op.log();
+        if log.contains("starting controllers") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .await;
+    let (code, body) = op.get("/readyz").expect("/readyz answers");
+    assert_eq!(
+        code,
+        503,
+        "ready without a DatabaseCluster cache: {body}\n{}",
+        op.log()
+    );
+    assert_eq!(op.get("/healthz").map(|r| r.0), Some(200));
+    // /metrics is served while not ready.
+    assert!(op.metrics().await.contains("bulkhead_leader"));
+
+    // Grant the rest: the watcher retries, the cache syncs, ready.
+    let dbc_role = format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: {partial}-dbc}}
+rules:
+- apiGroups: [bulkhead.dev]
+  resources: [databaseclusters]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: {partial}-dbc}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {partial}-dbc}}
+subjects: [{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}]
+"#
+    );
+    let out = cp.apply_stdin(&dbc_role, &[]);
+    assert!(out.status.success(), "{out:?}");
+    eventually(
+        Duration::from_secs(180),
+        "/readyz at 200 after the grant",
+        || async {
+            match op.get("/readyz") {
+                Some((200, _)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert!(op.log().contains("caches synced; ready"), "{}", op.log());
+    let status = op.stop().expect("exits after SIGTERM");
+    assert!(status.success(), "{}", op.log());
+    // The HTTP server stops with the process.
+    assert!(op.get("/healthz").is_none(), "still serving after exit");
+
+    for name in [partial.clone(), format!("{partial}-dbc")] {
+        cp.kubectl_ok(&["delete", "clusterrolebinding,clusterrole", &name]);
+    }
+}
