@@ -26,7 +26,7 @@ step "crds/ matches \`bulkhead crd\`"
 generated="$(mktemp -d)"
 trap 'rm -rf "$generated"' EXIT
 cargo run -q -- crd --output-dir "$generated"
-diff -ru crds "$generated" || { echo "crds/ is stale: run cargo run -- crd --output-dir crds" >&2; exit 1; }
+diff -ru crds "$generated" || { echo "crds/ is stale: run cargo run -- crd --output-dir crds --output-dir charts/bulkhead/crds" >&2; exit 1; }
 
 step "cargo test (unit and integration)"
 cargo test --all-targets

@@ -16,9 +16,10 @@ enum Command {
     /// Print every CRD as multi-document YAML, or write one file per kind
     /// into a directory (how `crds/` is generated).
     Crd {
-        /// Write `<kind>.yaml` files into this directory instead of printing.
+        /// Write `<kind>.yaml` files into this directory instead of
+        /// printing (repeat for several, e.g. crds/ and charts/bulkhead/crds/).
         #[arg(long, value_name = "DIR")]
-        output_dir: Option<std::path::PathBuf>,
+        output_dir: Vec<std::path::PathBuf>,
     },
     /// Print the version.
     Version,
@@ -27,12 +28,12 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Crd { output_dir: None } => bulkhead::api::crds_yaml()
+        Command::Crd { output_dir } if output_dir.is_empty() => bulkhead::api::crds_yaml()
             .map(|y| print!("{y}"))
             .map_err(bulkhead::Error::from),
-        Command::Crd {
-            output_dir: Some(dir),
-        } => bulkhead::api::write_crds(&dir),
+        Command::Crd { output_dir } => output_dir
+            .iter()
+            .try_for_each(|dir| bulkhead::api::write_crds(dir)),
         Command::Version => {
             println!("bulkhead {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -18,13 +18,13 @@ fn crds_directory_matches_generated_crds() {
         let path = repo().join("crds").join(file);
         let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
-                "{} unreadable ({e}); run `cargo run -- crd --output-dir crds`",
+                "{} unreadable ({e}); run `cargo run -- crd --output-dir crds --output-dir charts/bulkhead/crds`",
                 path.display()
             )
         });
         assert!(
             committed == generated,
-            "{} differs from `bulkhead crd`; regenerate with `cargo run -- crd --output-dir crds` (never edit crds/ by hand)",
+            "{} differs from `bulkhead crd`; regenerate with `cargo run -- crd --output-dir crds --output-dir charts/bulkhead/crds` (never edit crds/ by hand)",
             path.display()
         );
         expected_files.push(file.to_string());
