@@ -7,9 +7,9 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bulkhead::api::{DatabaseCluster, Environment, Organization};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -21,7 +21,7 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams};
 use serde::Deserialize;
 use serde_json::Value;
-use support::controlplane::{ControlPlane, condition, repo, unique, wait_for, wait_gone, watchdog};
+use support::controlplane::{ControlPlane, condition, repo, unique, wait_for, wait_gone};
 
 const RELEASE: &str = "bulkhead";
 const NAMESPACE: &str = "bulkhead-system";
@@ -613,88 +613,6 @@ async fn helm_install_creates_every_object() {
     ]);
 }
 
-/// A kubeconfig for a bearer token, with the server and CA of the admin
-/// kubeconfig.
-fn token_kubeconfig(cp: &ControlPlane, token: &str, name: &str) -> PathBuf {
-    let admin: Value = serde_yaml_ng::from_str(
-        &std::fs::read_to_string(cp.kubeconfig()).expect("read admin kubeconfig"),
-    )
-    .expect("admin kubeconfig parses");
-    let cluster = &admin["clusters"][0]["cluster"];
-    let config = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{ "name": "bulkhead", "cluster": {
-            "server": cluster["server"],
-            "certificate-authority-data": cluster["certificate-authority-data"],
-        }}],
-        "users": [{ "name": name, "user": { "token": token.trim() } }],
-        "contexts": [{ "name": name, "context": { "cluster": "bulkhead", "user": name } }],
-        "current-context": name,
-    });
-    let path = cp.dir().join(format!("kubeconfig-{name}"));
-    std::fs::write(
-        &path,
-        serde_yaml_ng::to_string(&config).expect("render kubeconfig"),
-    )
-    .expect("write kubeconfig");
-    path
-}
-
-/// `bulkhead run` under a kubeconfig of our choosing.
-struct OperatorProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl OperatorProcess {
-    fn start(cp: &ControlPlane, kubeconfig: &Path, args: &[&str]) -> Self {
-        let log = cp.dir().join(format!("operator-{}.log", unique()));
-        let file = std::fs::File::create(&log).expect("operator log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-            .arg("run")
-            .args(args)
-            .env("KUBECONFIG", kubeconfig)
-            .env("BULKHEAD_LOG_LEVEL", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log fd"))
-            .stderr(file)
-            .spawn()
-            .expect("start bulkhead run");
-        watchdog(child.id());
-        OperatorProcess { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then wait for the exit.
-    fn stop(&mut self) -> Option<ExitStatus> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
-    }
-}
-
-impl Drop for OperatorProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 fn ready_and_synced(conditions: &[Condition]) -> bool {
     ["Ready", "Synced"]
         .iter()
@@ -746,9 +664,8 @@ async fn chart_rbac_is_enough_for_the_examples_and_no_more() {
         "--duration",
         "2h",
     ]);
-    let kubeconfig = token_kubeconfig(cp, &token, "bulkhead-sa");
-    let mut operator = OperatorProcess::start(
-        cp,
+    let kubeconfig = cp.token_kubeconfig(&token, "bulkhead-sa");
+    let mut operator = cp.start_operator_as(
         &kubeconfig,
         &[
             "--http-addr",

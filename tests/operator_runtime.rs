@@ -13,18 +13,15 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use bulkhead::api::{Environment, Organization};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use kube::api::DeleteParams;
-use serde_json::Value;
-use support::controlplane::{
-    ControlPlane, condition, create_yaml, unique, wait_for, wait_gone, watchdog,
-};
+use support::controlplane::{ControlPlane, condition, create_yaml, unique, wait_for, wait_gone};
 
 const WAIT: Duration = Duration::from_secs(90);
 const LEASE_DURATION: u64 = 6;
@@ -159,38 +156,27 @@ async fn scrape(port: u16) -> String {
     .await
 }
 
-/// `bulkhead run` under a kubeconfig of the test's choosing.
+/// `bulkhead run` under a kubeconfig of the test's choosing, with its HTTP
+/// server on a known port.
 struct OperatorProcess {
-    child: Child,
-    log: PathBuf,
+    op: support::controlplane::Operator,
     port: u16,
 }
 
 impl OperatorProcess {
     fn start(cp: &ControlPlane, kubeconfig: &Path, args: &[&str]) -> Self {
-        cp.install_crds();
         let port = free_port();
-        let log = cp.dir().join(format!("operator-{}.log", unique()));
-        let file = std::fs::File::create(&log).expect("operator log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-            .arg("run")
-            .args(["--http-addr", &format!("127.0.0.1:{port}")])
-            .args(["--resync-seconds", "20"])
-            .args(args)
-            .env("KUBECONFIG", kubeconfig)
-            .env("BULKHEAD_LOG_LEVEL", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log fd"))
-            .stderr(file)
-            .spawn()
-            .expect("start bulkhead run");
-        watchdog(child.id());
-        OperatorProcess { child, log, port }
+        let addr = format!("127.0.0.1:{port}");
+        let mut all = vec!["--http-addr", addr.as_str(), "--resync-seconds", "20"];
+        all.extend_from_slice(args);
+        OperatorProcess {
+            op: cp.start_operator_as(kubeconfig, &all),
+            port,
+        }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.op.log()
     }
 
     fn get(&self, path: &str) -> Option<(u16, String)> {
@@ -201,28 +187,8 @@ impl OperatorProcess {
         scrape(self.port).await
     }
 
-    /// SIGTERM, then wait for the exit.
     fn stop(&mut self) -> Option<ExitStatus> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
-    }
-}
-
-impl Drop for OperatorProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.op.stop()
     }
 }
 
@@ -536,34 +502,6 @@ async fn metrics_count_reconciles_durations_errors_and_leadership() {
     assert!(status.success(), "{}", op.log());
 }
 
-/// A kubeconfig for a bearer token, with the server and CA of the admin
-/// kubeconfig.
-fn token_kubeconfig(cp: &ControlPlane, token: &str, name: &str) -> PathBuf {
-    let admin: Value = serde_yaml_ng::from_str(
-        &std::fs::read_to_string(cp.kubeconfig()).expect("read admin kubeconfig"),
-    )
-    .expect("admin kubeconfig parses");
-    let cluster = &admin["clusters"][0]["cluster"];
-    let config = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{ "name": "cp", "cluster": {
-            "server": cluster["server"],
-            "certificate-authority-data": cluster["certificate-authority-data"],
-        }}],
-        "users": [{ "name": name, "user": { "token": token.trim() } }],
-        "contexts": [{ "name": name, "context": { "cluster": "cp", "user": name } }],
-        "current-context": name,
-    });
-    let path = cp.dir().join(format!("kubeconfig-{name}"));
-    std::fs::write(
-        &path,
-        serde_yaml_ng::to_string(&config).expect("render kubeconfig"),
-    )
-    .expect("write kubeconfig");
-    path
-}
-
 #[tokio::test]
 async fn readyz_is_503_until_the_caches_sync() {
     let _turn = exclusive().await;
@@ -611,7 +549,7 @@ subjects: [{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}]
     let out = cp.apply_stdin(&role, &[]);
     assert!(out.status.success(), "{out:?}");
     let token = cp.kubectl_ok(&["create", "token", &sa, "-n", &ns, "--duration", "1h"]);
-    let kubeconfig = token_kubeconfig(cp, &token, &sa);
+    let kubeconfig = cp.token_kubeconfig(&token, &sa);
     let mut op = OperatorProcess::start(cp, &kubeconfig, &["--leader-election=false"]);
 
     // Alive, but not ready: one controller's cache can never fill.

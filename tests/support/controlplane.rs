@@ -177,32 +177,69 @@ impl ControlPlane {
         });
     }
 
-    /// Starts `bulkhead run` against this control plane (no leader election
-    /// unless `args` asks for it). The process is stopped when the returned
-    /// handle drops, and by a watchdog if the test process dies first.
+    /// Starts `bulkhead run` against this control plane as the admin user,
+    /// without leader election, HTTP on a free port, a 20 s resync. The
+    /// process is stopped when the returned handle drops, and by a watchdog
+    /// if the test process dies first.
     pub fn start_operator(&self, args: &[&str]) -> Operator {
+        let mut all = vec![
+            "--http-addr",
+            "127.0.0.1:0",
+            "--leader-election=false",
+            "--resync-seconds",
+            "20",
+        ];
+        all.extend_from_slice(args);
+        self.start_operator_as(&self.kubeconfig, &all)
+    }
+
+    /// Starts `bulkhead run` with exactly `args`, under `kubeconfig` (e.g.
+    /// one made by [`ControlPlane::token_kubeconfig`]).
+    pub fn start_operator_as(&self, kubeconfig: &Path, args: &[&str]) -> Operator {
         self.install_crds();
         let log = self.dir.join(format!("operator-{}.log", unique()));
         let log_file = std::fs::File::create(&log).expect("operator log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bulkhead"));
-        cmd.arg("run")
-            .args([
-                "--http-addr",
-                "127.0.0.1:0",
-                "--leader-election=false",
-                "--resync-seconds",
-                "20",
-            ])
+        let child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .arg("run")
             .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("BULKHEAD_LOG_LEVEL", "info,kube=warn")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log fd"))
-            .stderr(log_file);
-        let child = cmd.spawn().expect("start bulkhead run");
+            .stderr(log_file)
+            .spawn()
+            .expect("start bulkhead run");
         watchdog(child.id());
         Operator { child, log }
+    }
+
+    /// A kubeconfig for a bearer token (e.g. a ServiceAccount's), with the
+    /// server and CA of the admin kubeconfig.
+    pub fn token_kubeconfig(&self, token: &str, name: &str) -> PathBuf {
+        let admin: serde_json::Value = serde_yaml_ng::from_str(
+            &std::fs::read_to_string(&self.kubeconfig).expect("read admin kubeconfig"),
+        )
+        .expect("admin kubeconfig parses");
+        let cluster = &admin["clusters"][0]["cluster"];
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{ "name": "bulkhead", "cluster": {
+                "server": cluster["server"],
+                "certificate-authority-data": cluster["certificate-authority-data"],
+            }}],
+            "users": [{ "name": name, "user": { "token": token.trim() } }],
+            "contexts": [{ "name": name, "context": { "cluster": "bulkhead", "user": name } }],
+            "current-context": name,
+        });
+        let path = self.dir.join(format!("kubeconfig-{name}"));
+        std::fs::write(
+            &path,
+            serde_yaml_ng::to_string(&config).expect("render kubeconfig"),
+        )
+        .expect("write kubeconfig");
+        path
     }
 }
 
