@@ -17,7 +17,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::{Context, managed_children, owner_of, trigger_stream};
+use super::{Context, error_policy, managed_children, owner_of, trigger_stream};
 use crate::api::database_cluster::{
     CONDITION_PROVISIONED, CopyStatus, Endpoint, ReplicaStatus, reasons as dbc_reasons,
 };
@@ -31,8 +31,8 @@ use crate::provider::{
     generate_password,
 };
 use crate::reconcile::managed::{
-    FIELD_MANAGER, ManagedResource, Policies, ReconcileError, converge, error_action, finalize,
-    publish, publish_failure, reconcile_managed, set_converged_conditions, set_error_conditions,
+    FIELD_MANAGER, ManagedResource, Policies, ReconcileError, converge, finalize, publish,
+    publish_failure, reconcile_managed, set_converged_conditions, set_error_conditions,
     write_status,
 };
 use crate::reconcile::reasons;
@@ -85,13 +85,8 @@ pub fn controller(
             kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
         )
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy::<DatabaseCluster>, ctx)
         .map(|_| ())
-}
-
-fn error_policy(dbc: Arc<DatabaseCluster>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_error(KIND, error);
-    error_action(&ctx.backoff, &dbc.uid().unwrap_or_default(), error)
 }
 
 pub async fn reconcile(

@@ -15,7 +15,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
-use super::{Context, managed_children, owner_of, trigger_stream};
+use super::{Context, error_policy, managed_children, owner_of, trigger_stream};
 use crate::api::environment::{
     AccessGrant, CONDITION_ISOLATED, CONDITION_ORGANIZATION_READY, IsolationMode, Tier,
     reasons as env_reasons,
@@ -27,9 +27,8 @@ use crate::api::{
 use crate::provider::DesiredEnvironment;
 use crate::provider::kubernetes::KubernetesEnvironments;
 use crate::reconcile::managed::{
-    ManagedResource, Policies, ReconcileError, converge, error_action, finalize, publish,
-    publish_failure, reconcile_managed, set_converged_conditions, set_error_conditions,
-    write_status,
+    ManagedResource, Policies, ReconcileError, converge, finalize, publish, publish_failure,
+    reconcile_managed, set_converged_conditions, set_error_conditions, write_status,
 };
 use crate::reconcile::reasons;
 
@@ -98,13 +97,8 @@ pub fn controller(
             kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
         )
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy::<Environment>, ctx)
         .map(|_| ())
-}
-
-fn error_policy(env: Arc<Environment>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_error(KIND, error);
-    error_action(&ctx.backoff, &env.uid().unwrap_or_default(), error)
 }
 
 pub async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {

@@ -191,6 +191,16 @@ impl Context {
     }
 }
 
+/// After a failed reconcile: count it, and requeue with the object's backoff.
+pub fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> kube::runtime::controller::Action {
+    ctx.metrics.reconcile_error(&K::kind(&()), error);
+    crate::reconcile::managed::error_action(&ctx.backoff, &obj.uid().unwrap_or_default(), error)
+}
+
 /// Identity of a bulkhead object, for owner references of its children.
 pub fn owner_of<K: Resource<DynamicType = ()>>(obj: &K) -> Owner {
     Owner {

@@ -13,15 +13,14 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
-use super::{Context, managed_children, owner_of, trigger_stream};
+use super::{Context, error_policy, managed_children, owner_of, trigger_stream};
 use crate::api::organization::{Member, reasons as org_reasons};
 use crate::api::{Environment, ManagementPolicy, Organization, OrganizationStatus, ProviderType};
 use crate::provider::kubernetes::KubernetesOrganizations;
 use crate::provider::{DesiredOrganization, ObservedOrganization};
 use crate::reconcile::managed::{
-    ManagedResource, Policies, ReconcileError, converge, error_action, finalize, publish,
-    publish_failure, reconcile_managed, set_converged_conditions, set_error_conditions,
-    write_status,
+    ManagedResource, Policies, ReconcileError, converge, finalize, publish, publish_failure,
+    reconcile_managed, set_converged_conditions, set_error_conditions, write_status,
 };
 use crate::reconcile::reasons;
 
@@ -51,13 +50,8 @@ pub fn controller(
             kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
         )
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy::<Organization>, ctx)
         .map(|_| ())
-}
-
-fn error_policy(org: Arc<Organization>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_error(KIND, error);
-    error_action(&ctx.backoff, &org.uid().unwrap_or_default(), error)
 }
 
 pub async fn reconcile(
