@@ -177,10 +177,7 @@ impl Child {
     }
 
     pub fn describe(&self) -> String {
-        match &self.namespace {
-            Some(ns) => format!("{} {ns}/{}", self.kind.kind, self.name),
-            None => format!("{} {}", self.kind.kind, self.name),
-        }
+        describe(self.kind, self.namespace.as_deref(), &self.name)
     }
 
     /// The same child without owner references (for deletionPolicy Orphan).
@@ -189,6 +186,35 @@ impl Child {
             meta.remove("ownerReferences");
         }
         self
+    }
+}
+
+fn describe(kind: ChildKind, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{} {ns}/{name}", kind.kind),
+        None => format!("{} {name}", kind.kind),
+    }
+}
+
+/// A child bulkhead owns, as found in the cluster.
+#[derive(Clone, Debug)]
+pub struct OwnedChild {
+    pub kind: ChildKind,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub body: Value,
+}
+
+impl OwnedChild {
+    pub fn describe(&self) -> String {
+        describe(self.kind, self.namespace.as_deref(), &self.name)
+    }
+
+    /// Whether one of `desired` is this object.
+    fn is_one_of(&self, desired: &[Child]) -> bool {
+        desired
+            .iter()
+            .any(|c| c.kind == self.kind && c.name == self.name && c.namespace == self.namespace)
     }
 }
 
@@ -314,7 +340,7 @@ impl Children {
         &self,
         kinds: &[ChildKind],
         owner_uid: &str,
-    ) -> Result<Vec<(ChildKind, Value)>, ProviderError> {
+    ) -> Result<Vec<OwnedChild>, ProviderError> {
         let lp = ListParams::default().labels(&format!("{LABEL_OWNER_UID}={owner_uid}"));
         let mut out = Vec::new();
         for kind in kinds {
@@ -324,13 +350,32 @@ impl Children {
                 .await
                 .map_err(|e| kube_error(&format!("listing {}", kind.plural), e))?;
             for item in list.items {
-                let v = serde_json::to_value(item).map_err(|e| {
+                let namespace = item.metadata.namespace.clone();
+                let name = item.metadata.name.clone().unwrap_or_default();
+                let body = serde_json::to_value(item).map_err(|e| {
                     ProviderError::transient(reasons::RECONCILE_ERROR, e.to_string())
                 })?;
-                out.push((*kind, v));
+                out.push(OwnedChild {
+                    kind: *kind,
+                    namespace,
+                    name,
+                    body,
+                });
             }
         }
         Ok(out)
+    }
+
+    /// Owned children of `kinds` that are not in `desired`.
+    async fn stale(
+        &self,
+        desired: &[Child],
+        kinds: &[ChildKind],
+        owner_uid: &str,
+    ) -> Result<Vec<OwnedChild>, ProviderError> {
+        let mut owned = self.list_owned(kinds, owner_uid).await?;
+        owned.retain(|o| !o.is_one_of(desired));
+        Ok(owned)
     }
 
     /// What differs between the desired children and the cluster: missing
@@ -361,22 +406,12 @@ impl Children {
                 }
             }
         }
-        for (kind, live) in self.list_owned(kinds, owner_uid).await? {
-            let name = live
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let ns = live.pointer("/metadata/namespace").and_then(Value::as_str);
-            let wanted = desired
-                .iter()
-                .any(|c| c.kind == kind && c.name == name && c.namespace.as_deref() == ns);
-            if !wanted {
-                drift.stale.push(match ns {
-                    Some(ns) => format!("{} {ns}/{name}", kind.kind),
-                    None => format!("{} {name}", kind.kind),
-                });
-            }
-        }
+        drift.stale = self
+            .stale(desired, kinds, owner_uid)
+            .await?
+            .iter()
+            .map(OwnedChild::describe)
+            .collect();
         Ok(drift)
     }
 
@@ -388,28 +423,38 @@ impl Children {
         kinds: &[ChildKind],
         owner_uid: &str,
     ) -> Result<(), ProviderError> {
-        let pp = PatchParams::apply(FIELD_MANAGER).force();
         for child in desired {
-            self.api(child.kind, child.namespace.as_deref())
-                .patch(&child.name, &pp, &Patch::Apply(&child.body))
-                .await
-                .map_err(|e| kube_error(&format!("applying {}", child.describe()), e))?;
+            self.apply_child(child).await?;
         }
-        for (kind, live) in self.list_owned(kinds, owner_uid).await? {
-            let name = live
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let ns = live
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            let wanted = desired
-                .iter()
-                .any(|c| c.kind == kind && c.name == name && c.namespace == ns);
-            if !wanted {
-                self.delete(kind, ns.as_deref(), &name).await?;
+        for stale in self.stale(desired, kinds, owner_uid).await? {
+            self.delete(stale.kind, stale.namespace.as_deref(), &stale.name)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Applies one child (server-side apply, forced).
+    pub async fn apply_child(&self, child: &Child) -> Result<(), ProviderError> {
+        self.apply_raw(
+            child.kind,
+            child.namespace.as_deref(),
+            &child.name,
+            &child.body,
+        )
+        .await
+    }
+
+    /// Re-applies those of `children` that exist; with children built
+    /// without owner references this detaches them from their owner, so
+    /// garbage collection leaves them (deletionPolicy Orphan).
+    pub async fn reapply_existing(&self, children: &[Child]) -> Result<(), ProviderError> {
+        for child in children {
+            if self
+                .get(child.kind, child.namespace.as_deref(), &child.name)
+                .await?
+                .is_some()
+            {
+                self.apply_child(child).await?;
             }
         }
         Ok(())
@@ -458,17 +503,9 @@ impl Children {
         kinds: &[ChildKind],
         owner_uid: &str,
     ) -> Result<(), ProviderError> {
-        for (kind, live) in self.list_owned(kinds, owner_uid).await? {
-            let name = live
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let ns = live
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            self.delete(kind, ns.as_deref(), &name).await?;
+        for owned in self.list_owned(kinds, owner_uid).await? {
+            self.delete(owned.kind, owned.namespace.as_deref(), &owned.name)
+                .await?;
         }
         Ok(())
     }

@@ -197,24 +197,9 @@ impl KubernetesDatabaseClusters {
 
     /// Detaches the children so garbage collection leaves them (Orphan).
     pub async fn orphan(&self, d: &DesiredDatabaseCluster) -> Result<(), ProviderError> {
-        for child in self.desired_children(d, false) {
-            if self
-                .children
-                .get(child.kind, child.namespace.as_deref(), &child.name)
-                .await?
-                .is_some()
-            {
-                self.children
-                    .apply_raw(
-                        child.kind,
-                        child.namespace.as_deref(),
-                        &child.name,
-                        &child.body,
-                    )
-                    .await?;
-            }
-        }
-        Ok(())
+        self.children
+            .reapply_existing(&self.desired_children(d, false))
+            .await
     }
 }
 

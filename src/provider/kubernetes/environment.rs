@@ -111,13 +111,7 @@ impl KubernetesEnvironments {
                     .and_then(|l| l.get(LABEL_OWNER_UID))
                     .and_then(Value::as_str)
                     == Some(d.owner.uid.as_str());
-                let marked_adopted = live
-                    .pointer(&format!(
-                        "/metadata/annotations/{}",
-                        ANNOTATION_ADOPTED.replace('/', "~1")
-                    ))
-                    .is_some();
-                adopted = marked_adopted || !ours;
+                adopted = is_adopted(live) || !ours;
             }
             let mut fields = json!({ "metadata": { "labels": {
                 LABEL_ENVIRONMENT: env,
@@ -241,6 +235,14 @@ impl KubernetesEnvironments {
     }
 }
 
+/// Whether a live namespace carries the adopted annotation.
+fn is_adopted(namespace: &Value) -> bool {
+    namespace
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(ANNOTATION_ADOPTED))
+        .is_some()
+}
+
 /// `new-checkout` → `FEATURE_NEW_CHECKOUT`.
 pub fn feature_flag_key(flag: &str) -> String {
     let upper: String = flag
@@ -340,21 +342,12 @@ impl ExternalClient for KubernetesEnvironments {
         // Adopted namespaces stay: re-apply them with nothing, which drops
         // bulkhead's labels (server-side apply removes fields we no longer
         // set). Everything else bulkhead made goes.
-        for (kind, live) in self.children.list_owned(&[NAMESPACE], &d.owner.uid).await? {
-            let name = live
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let adopted = live
-                .pointer(&format!(
-                    "/metadata/annotations/{}",
-                    ANNOTATION_ADOPTED.replace('/', "~1")
-                ))
-                .is_some();
-            if adopted {
-                let bare = json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name } });
-                self.children.apply_raw(kind, None, &name, &bare).await?;
+        for ns in self.children.list_owned(&[NAMESPACE], &d.owner.uid).await? {
+            if is_adopted(&ns.body) {
+                let bare = json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": ns.name } });
+                self.children
+                    .apply_raw(ns.kind, None, &ns.name, &bare)
+                    .await?;
             }
         }
         self.children

@@ -85,19 +85,9 @@ impl KubernetesOrganizations {
     /// Detaches the children from the Organization so garbage collection
     /// leaves them (deletionPolicy Orphan).
     pub async fn orphan(&self, d: &DesiredOrganization) -> Result<(), ProviderError> {
-        for child in self.desired_children(d, false) {
-            if self
-                .children
-                .get(child.kind, None, &child.name)
-                .await?
-                .is_some()
-            {
-                self.children
-                    .apply_raw(child.kind, None, &child.name, &child.body)
-                    .await?;
-            }
-        }
-        Ok(())
+        self.children
+            .reapply_existing(&self.desired_children(d, false))
+            .await
     }
 }
 
