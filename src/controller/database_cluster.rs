@@ -31,9 +31,8 @@ use crate::provider::{
     generate_password,
 };
 use crate::reconcile::managed::{
-    FIELD_MANAGER, ManagedResource, Policies, ReconcileError, converge, finalize, publish,
-    publish_failure, reconcile_managed, set_converged_conditions, set_error_conditions,
-    write_status,
+    FIELD_MANAGER, ManagedResource, Policies, ReconcileError, converge, finalize, finish, publish,
+    reconcile_managed, set_converged_conditions, wait_until,
 };
 use crate::reconcile::reasons;
 
@@ -595,10 +594,8 @@ async fn apply(
     }
     .await;
 
-    match result {
+    let result = match result {
         Ok(()) => {
-            write_status(api, &dbc, status.clone()).await?;
-            ctx.backoff.reset(&dbc.uid().unwrap_or_default());
             let mut wait = ctx.settings.resync;
             if !is_condition_true(&status.conditions, CONDITION_READY) {
                 // Pods are starting: look again soon (the StatefulSet watch
@@ -612,13 +609,10 @@ async fn apply(
                     .ok()
                     .and_then(|i| at.0.checked_add(i).ok());
                 if let Some(due) = due {
-                    wait = wait.min(
-                        due.duration_since(Timestamp::now()).unsigned_abs()
-                            + std::time::Duration::from_secs(1),
-                    );
+                    wait = wait_until(wait, due);
                 }
             }
-            Ok(Action::requeue(wait))
+            Ok(wait)
         }
         Err(e) => {
             if !status
@@ -636,17 +630,18 @@ async fn apply(
                     now,
                 );
             }
-            let before = dbc
-                .status
-                .as_ref()
-                .map(|s| s.conditions.as_slice())
-                .unwrap_or_default();
-            publish_failure(&ctx.recorder, dbc.as_ref(), before, &e).await;
-            set_error_conditions(&mut status.conditions, &e, generation);
-            write_status(api, &dbc, status).await?;
             Err(e)
         }
-    }
+    };
+    finish(
+        &ctx.recorder,
+        &ctx.backoff,
+        api,
+        dbc.as_ref(),
+        status,
+        result,
+    )
+    .await
 }
 
 async fn cleanup(dbc: Arc<DatabaseCluster>, ctx: &Context) -> Result<Action, ReconcileError> {

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ResourceQuota};
@@ -27,8 +26,8 @@ use crate::api::{
 use crate::provider::DesiredEnvironment;
 use crate::provider::kubernetes::KubernetesEnvironments;
 use crate::reconcile::managed::{
-    ManagedResource, Policies, ReconcileError, converge, finalize, publish, publish_failure,
-    reconcile_managed, set_converged_conditions, set_error_conditions, write_status,
+    ManagedResource, Policies, ReconcileError, converge, finalize, finish, publish,
+    reconcile_managed, set_converged_conditions, wait_until,
 };
 use crate::reconcile::reasons;
 
@@ -370,30 +369,18 @@ async fn apply(
     }
     .await;
 
-    match result {
-        Ok(next_expiry) => {
-            write_status(api, &env, status).await?;
-            ctx.backoff.reset(&env.uid().unwrap_or_default());
-            let mut wait = ctx.settings.resync;
-            if let Some(t) = next_expiry {
-                wait = wait.min(
-                    t.duration_since(Timestamp::now()).unsigned_abs() + Duration::from_secs(1),
-                );
-            }
-            Ok(Action::requeue(wait))
-        }
-        Err(e) => {
-            let before = env
-                .status
-                .as_ref()
-                .map(|s| s.conditions.as_slice())
-                .unwrap_or_default();
-            publish_failure(&ctx.recorder, env.as_ref(), before, &e).await;
-            set_error_conditions(&mut status.conditions, &e, generation);
-            write_status(api, &env, status).await?;
-            Err(e)
-        }
-    }
+    let result = result.map(|next_expiry| {
+        next_expiry.map_or(ctx.settings.resync, |t| wait_until(ctx.settings.resync, t))
+    });
+    finish(
+        &ctx.recorder,
+        &ctx.backoff,
+        api,
+        env.as_ref(),
+        status,
+        result,
+    )
+    .await
 }
 
 async fn cleanup(env: Arc<Environment>, ctx: &Context) -> Result<Action, ReconcileError> {

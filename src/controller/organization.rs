@@ -2,7 +2,6 @@
 //! at the provider.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
@@ -19,8 +18,8 @@ use crate::api::{Environment, ManagementPolicy, Organization, OrganizationStatus
 use crate::provider::kubernetes::KubernetesOrganizations;
 use crate::provider::{DesiredOrganization, ObservedOrganization};
 use crate::reconcile::managed::{
-    ManagedResource, Policies, ReconcileError, converge, finalize, publish, publish_failure,
-    reconcile_managed, set_converged_conditions, set_error_conditions, write_status,
+    ManagedResource, Policies, ReconcileError, converge, finalize, finish, publish,
+    reconcile_managed, set_converged_conditions, wait_until,
 };
 use crate::reconcile::reasons;
 
@@ -157,6 +156,7 @@ async fn apply(
     let now = Timestamp::now();
     let mut status = org.status.clone().unwrap_or_default();
     let generation = org.metadata.generation;
+    status.observed_generation = generation;
     let result = async {
         let client = client_for(&org, ctx)?;
         if !org.spec.tokens.is_empty() && org.spec.provider.type_ == ProviderType::Kubernetes {
@@ -183,46 +183,33 @@ async fn apply(
         Ok((desired, converged, next_expiry))
     }
     .await;
-    match result {
-        Ok((desired, converged, next_expiry)) => {
-            let ObservedOrganization {
-                external_id,
-                members,
-            } = converged.observed;
-            status.external_id = external_id;
-            status.members = members;
-            status.slug = Some(desired.slug.clone());
-            status.environments = desired.environments.clone();
-            status.last_sync_time = Some(Time(now));
-            status.observed_generation = generation;
-            set_converged_conditions(
-                &mut status.conditions,
-                &converged.readiness,
-                org.spec.management_policy == ManagementPolicy::ObserveOnly,
-                generation,
-            );
-            write_status(api, &org, status).await?;
-            ctx.backoff.reset(&org.uid().unwrap_or_default());
-            let mut wait = ctx.settings.resync;
-            if let Some(t) = next_expiry {
-                let until = t.duration_since(Timestamp::now()).unsigned_abs();
-                wait = wait.min(until + Duration::from_secs(1));
-            }
-            Ok(Action::requeue(wait))
-        }
-        Err(e) => {
-            status.observed_generation = generation;
-            let before = org
-                .status
-                .as_ref()
-                .map(|s| s.conditions.as_slice())
-                .unwrap_or_default();
-            publish_failure(&ctx.recorder, org.as_ref(), before, &e).await;
-            set_error_conditions(&mut status.conditions, &e, generation);
-            write_status(api, &org, status).await?;
-            Err(e)
-        }
-    }
+    let result = result.map(|(desired, converged, next_expiry)| {
+        let ObservedOrganization {
+            external_id,
+            members,
+        } = converged.observed;
+        status.external_id = external_id;
+        status.members = members;
+        status.slug = Some(desired.slug.clone());
+        status.environments = desired.environments.clone();
+        status.last_sync_time = Some(Time(now));
+        set_converged_conditions(
+            &mut status.conditions,
+            &converged.readiness,
+            org.spec.management_policy == ManagementPolicy::ObserveOnly,
+            generation,
+        );
+        next_expiry.map_or(ctx.settings.resync, |t| wait_until(ctx.settings.resync, t))
+    });
+    finish(
+        &ctx.recorder,
+        &ctx.backoff,
+        api,
+        org.as_ref(),
+        status,
+        result,
+    )
+    .await
 }
 
 async fn cleanup(org: Arc<Organization>, ctx: &Context) -> Result<Action, ReconcileError> {

@@ -244,19 +244,9 @@ where
                 warn!(object = %name, "fail point exit-after-create-pending: exiting");
                 std::process::exit(17);
             }
-            let created = client.create(desired).await;
-            if let Err(e) = &created {
-                publish(
-                    managed.recorder,
-                    obj,
-                    EventType::Warning,
-                    "CreateFailed",
-                    "Create",
-                    e.to_string(),
-                )
-                .await;
-            }
-            created?;
+            // A failure here is reported once as a Warning Event by the
+            // controller (`publish_failure`), with its reason.
+            client.create(desired).await?;
             if managed.fail_point == Some(FailPoint::ExitAfterCreate) {
                 warn!(object = %name, "fail point exit-after-create: exiting");
                 std::process::exit(18);
@@ -325,19 +315,7 @@ where
                 });
             }
             let summary = drift.join("; ");
-            let updated = client.update(desired, &observed).await;
-            if let Err(e) = &updated {
-                publish(
-                    managed.recorder,
-                    obj,
-                    EventType::Warning,
-                    "UpdateFailed",
-                    "Update",
-                    e.to_string(),
-                )
-                .await;
-            }
-            updated?;
+            client.update(desired, &observed).await?;
             info!(object = %name, external_name, drift = %summary, "updated external object");
             publish(
                 managed.recorder,
@@ -503,6 +481,40 @@ pub async fn write_status<K: ManagedResource>(
     }
     patch_status(api, &obj.name_any(), &status).await?;
     Ok(())
+}
+
+/// Ends a reconcile. On success: writes status, resets the object's backoff
+/// and looks again after `Ok(wait)`. On failure: records a Warning Event if
+/// the failure is new, sets Synced (and Ready) False with its reason, writes
+/// status, and returns the error so `error_policy` backs off.
+pub async fn finish<K: ManagedResource>(
+    recorder: &Recorder,
+    backoff: &Backoff,
+    api: &Api<K>,
+    obj: &K,
+    mut status: K::Status,
+    result: Result<Duration, ReconcileError>,
+) -> Result<Action, ReconcileError> {
+    match result {
+        Ok(wait) => {
+            write_status(api, obj, status).await?;
+            backoff.reset(&obj.uid().unwrap_or_default());
+            Ok(Action::requeue(wait))
+        }
+        Err(e) => {
+            let mut before = obj.status().cloned().unwrap_or_default();
+            publish_failure(recorder, obj, K::conditions_mut(&mut before), &e).await;
+            set_error_conditions(K::conditions_mut(&mut status), &e, obj.meta().generation);
+            write_status(api, obj, status).await?;
+            Err(e)
+        }
+    }
+}
+
+/// `wait`, shortened so the object is looked at again just after `at`
+/// (an expiry, a rotation due).
+pub fn wait_until(wait: Duration, at: Timestamp) -> Duration {
+    wait.min(at.duration_since(Timestamp::now()).unsigned_abs() + Duration::from_secs(1))
 }
 
 /// Sets or removes annotations with a JSON merge patch (not server-side
