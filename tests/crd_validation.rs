@@ -275,22 +275,7 @@ fn kubectl_get_shows_printer_columns_short_names_and_category() {
 /// Every YAML file under `examples/`, files holding a Namespace first (so
 /// the namespaces exist before the DatabaseClusters that live in them).
 fn example_files() -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut dirs = vec![repo().join("examples")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read examples dir") {
-            let path = entry.expect("dir entry").path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if matches!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml")
-            ) {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
+    let mut files = support::example_files();
     let has_namespace = |p: &PathBuf| {
         std::fs::read_to_string(p)
             .unwrap_or_default()

@@ -1,6 +1,8 @@
 //! The committed manifests: `crds/` is exactly what `bulkhead crd` generates,
 //! and every file in `examples/` parses into the Rust types.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 
 use bulkhead::api::{self, DatabaseCluster, Environment, Organization, Tier};
@@ -55,19 +57,7 @@ fn crd_stream_contains_every_kind_once() {
 
 /// Every YAML document under examples/, with the file it came from.
 fn example_documents() -> Vec<(PathBuf, serde_yaml_ng::Value)> {
-    let mut files = Vec::new();
-    let mut dirs = vec![repo().join("examples")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read examples dir") {
-            let path = entry.expect("dir entry").path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "yaml") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
+    let files = support::example_files();
     let mut docs = Vec::new();
     for path in files {
         let text = std::fs::read_to_string(&path).expect("read example");

@@ -7,3 +7,26 @@
 
 pub mod controlplane;
 pub mod postgres;
+
+use std::path::PathBuf;
+
+/// Every YAML file under `examples/`, sorted by path.
+pub fn example_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![controlplane::repo().join("examples")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read examples dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            ) {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
