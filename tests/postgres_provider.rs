@@ -960,6 +960,7 @@ fn copy_request(
 ) -> CopyRequest {
     CopyRequest {
         source: source.clone(),
+        source_connection: None,
         mode,
         sanitize: Sanitize {
             exclude_tables: exclude.iter().map(|s| s.to_string()).collect(),
@@ -968,6 +969,8 @@ fn copy_request(
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect::<BTreeMap<_, _>>(),
         },
+        safe_columns: Vec::new(),
+        allow_unmasked: false,
     }
 }
 

@@ -386,8 +386,11 @@ async fn copy_if_asked(
             &src_env.spec.organization_ref.name,
             src_passwords,
         ),
+        source_connection: None,
         mode: source.mode,
         sanitize: source.sanitize.clone().unwrap_or_default(),
+        safe_columns: Vec::new(),
+        allow_unmasked: false,
     };
     let report = built.client.copy_from(&built.desired, &request).await?;
     publish(

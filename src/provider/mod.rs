@@ -248,8 +248,19 @@ pub struct ObservedDatabaseCluster {
 pub struct CopyRequest {
     /// The source cluster, resolved like any other desired cluster.
     pub source: DesiredDatabaseCluster,
+    /// Admin connection of the server holding the source, when it is not
+    /// the target's server (`None`: the same server). Never logged.
+    pub source_connection: Option<Secret>,
     pub mode: CopyMode,
+    /// The effective rules: every rule the source requires of its copies,
+    /// plus what the consumer added (a consumer can add, never remove).
     pub sanitize: Sanitize,
+    /// Columns (`table.column` or `schema.table.column`) the source declares
+    /// safe to copy unmasked although their names or types look sensitive.
+    pub safe_columns: Vec<String>,
+    /// The source explicitly allows unmasked copies: no column is refused
+    /// for looking sensitive.
+    pub allow_unmasked: bool,
 }
 
 /// What a copy did.
