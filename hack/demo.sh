@@ -17,18 +17,20 @@ T0=$(date +%s)
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 elapsed() { echo "$(( $(date +%s) - T0 ))s"; }
 
-PG_PID="" OP_PID="" PG_USER="" PGBIN=""
+OP_PID="" PG_USER="" PGBIN=""
+# Production and staging never share a database server (bulkhead reports
+# that as an isolation violation), so the demo runs one PostgreSQL for each.
+TIERS=(production staging)
+run_pg() { if [[ -n "$PG_USER" ]]; then runuser -u "$PG_USER" -- "$@"; else "$@"; fi; }
 cleanup() {
   set +e
   say "stopping the operator, PostgreSQL and the control plane"
   [[ -n "$OP_PID" ]] && kill -TERM "$OP_PID" 2>/dev/null && wait "$OP_PID" 2>/dev/null
-  if [[ -n "$PGBIN" && -f "$DEMO/pg/data/postmaster.pid" ]]; then
-    if [[ -n "$PG_USER" ]]; then
-      runuser -u "$PG_USER" -- "$PGBIN/pg_ctl" -D "$DEMO/pg/data" -m fast stop >/dev/null 2>&1
-    else
-      "$PGBIN/pg_ctl" -D "$DEMO/pg/data" -m fast stop >/dev/null 2>&1
+  for tier in "${TIERS[@]}"; do
+    if [[ -n "$PGBIN" && -f "$DEMO/pg-$tier/data/postmaster.pid" ]]; then
+      run_pg "$PGBIN/pg_ctl" -D "$DEMO/pg-$tier/data" -m fast stop >/dev/null 2>&1
     fi
-  fi
+  done
   hack/controlplane/stop.sh --dir "$DEMO/cp" >/dev/null 2>&1
 }
 trap cleanup EXIT
@@ -52,42 +54,49 @@ mkdir -p "$DEMO"
 KUBECONFIG="$(hack/controlplane/start.sh --dir "$DEMO/cp" --with-controllers --with-kwok --owner-pid $$ | tail -n 1)"
 export KUBECONFIG
 
-say "starting a local PostgreSQL on 127.0.0.1"
+say "starting two local PostgreSQL servers on 127.0.0.1 (production, staging)"
 PGBIN="$(pg_config --bindir 2>/dev/null || true)"
 [[ -x "$PGBIN/initdb" ]] || PGBIN="$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")"
-PG_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-PG_PASSWORD="$(openssl rand -hex 16)"
-mkdir -p "$DEMO/pg"
-printf '%s\n' "$PG_PASSWORD" > "$DEMO/pg/pwfile"
-run_pg() { if [[ -n "$PG_USER" ]]; then runuser -u "$PG_USER" -- "$@"; else "$@"; fi; }
 if [[ $(id -u) -eq 0 ]]; then
   PG_USER=postgres
   id -u "$PG_USER" >/dev/null 2>&1 || useradd --system --no-create-home "$PG_USER"
-  chown -R "$PG_USER" "$DEMO/pg"
   chmod 755 "$DEMO" "$(dirname "$DEMO")" 2>/dev/null || true
 fi
-run_pg "$PGBIN/initdb" -D "$DEMO/pg/data" -U postgres --pwfile="$DEMO/pg/pwfile" --auth=scram-sha-256 >"$DEMO/pg/initdb.log" 2>&1
-rm -f "$DEMO/pg/pwfile"
-run_pg "$PGBIN/pg_ctl" -D "$DEMO/pg/data" -l "$DEMO/pg/server.log" -w \
-  -o "-c listen_addresses=127.0.0.1 -c port=$PG_PORT -c unix_socket_directories=$DEMO/pg" start >/dev/null
-ADMIN_DSN="postgres://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres?sslmode=disable"
+declare -A ADMIN_DSN
+for tier in "${TIERS[@]}"; do
+  dir="$DEMO/pg-$tier"
+  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  password="$(openssl rand -hex 16)"
+  mkdir -p "$dir"
+  printf '%s\n' "$password" > "$dir/pwfile"
+  [[ -n "$PG_USER" ]] && chown -R "$PG_USER" "$dir"
+  run_pg "$PGBIN/initdb" -D "$dir/data" -U postgres --pwfile="$dir/pwfile" --auth=scram-sha-256 >"$dir/initdb.log" 2>&1
+  rm -f "$dir/pwfile"
+  run_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
+    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir" start >/dev/null
+  ADMIN_DSN[$tier]="postgres://postgres:$password@127.0.0.1:$port/postgres?sslmode=disable"
+done
 
 say "installing the CRDs"
 kubectl apply --server-side -f crds/ >/dev/null
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
 kubectl create namespace bulkhead-system >/dev/null
-kubectl -n bulkhead-system create secret generic postgres-admin --from-literal=dsn="$ADMIN_DSN" >/dev/null
+# Credentials live in the operator's namespace only; Environments name them.
+for tier in "${TIERS[@]}"; do
+  kubectl -n bulkhead-system create secret generic "postgres-$tier" --from-literal=dsn="${ADMIN_DSN[$tier]}" >/dev/null
+done
 
 say "starting the operator (log: $DEMO/operator.log)"
 "$BULKHEAD" run --http-addr 127.0.0.1:0 --leader-election=true --lease-namespace bulkhead-system \
   >"$DEMO/operator.log" 2>&1 &
 OP_PID=$!
 
-say "applying examples: organizations and environments (production, staging), database clusters on the local PostgreSQL"
+say "applying examples: organizations, environments (production, staging) with their databases on their own PostgreSQL servers"
 for set in production staging; do
-  kubectl apply -f "examples/$set/organization.yaml" -f "examples/$set/environment.yaml"
+  kubectl apply -f "examples/$set/organization.yaml"
 done
-kubectl apply -f examples/postgres/
+kubectl apply -f examples/postgres/environment-staging.yaml -f examples/postgres/environment-production.yaml
+kubectl apply -f examples/postgres/databasecluster-production.yaml -f examples/postgres/databasecluster-staging.yaml
 
 say "waiting for Ready"
 kubectl wait --for=condition=Ready --timeout=180s org/acme-production org/acme-staging env/production env/staging
@@ -115,7 +124,8 @@ cat <<EOF
 What is real here: etcd, kube-apiserver, controller-manager and scheduler
 (v1.37.2, built from Go modules), the operator, and PostgreSQL. kwok plays the
 kubelet: pods of in-cluster DatabaseClusters would be simulated; this demo's
-DatabaseClusters are real databases on the local PostgreSQL.
+DatabaseClusters are real databases on two local PostgreSQL servers, one
+per tier (sharing one would be reported as an isolation violation).
 
 Keep exploring:
   export KUBECONFIG=$KUBECONFIG PATH=$BULKHEAD_CP_BIN:\$PATH

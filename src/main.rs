@@ -12,7 +12,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the operator against the cluster in KUBECONFIG or the in-cluster config.
-    Run(bulkhead::run::RunArgs),
+    Run(Box<bulkhead::run::RunArgs>),
     /// Print every CRD as multi-document YAML, or write one file per kind
     /// into a directory (how `crds/` is generated).
     Crd {
@@ -42,7 +42,7 @@ fn main() -> std::process::ExitCode {
             .enable_all()
             .build()
         {
-            Ok(rt) => rt.block_on(bulkhead::run::run(args)),
+            Ok(rt) => rt.block_on(bulkhead::run::run(*args)),
             Err(e) => Err(bulkhead::Error::Io(e)),
         },
     };

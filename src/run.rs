@@ -59,9 +59,59 @@ pub struct RunArgs {
     /// Reconciles running at once per kind.
     #[arg(long, env = "BULKHEAD_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
+    /// The only namespace provider credentials Secrets are read from
+    /// (defaults to the operator's namespace, --lease-namespace).
+    #[arg(long, env = "BULKHEAD_CREDENTIALS_NAMESPACE")]
+    pub credentials_namespace: Option<String>,
+    /// Namespaces no Environment may claim, comma-separated, besides
+    /// default, kube-*, the operator's and the credentials namespace.
+    #[arg(long, env = "BULKHEAD_DENIED_NAMESPACES", value_delimiter = ',')]
+    pub denied_namespaces: Vec<String>,
+    /// ClusterRole the operator binds to itself in every environment
+    /// namespace (the chart's bulkhead-operator-namespace); "" for none
+    /// (an operator with cluster-wide rights).
+    #[arg(long, env = "BULKHEAD_NAMESPACE_ROLE", default_value = crate::controller::DEFAULT_NAMESPACE_ROLE)]
+    pub namespace_role: String,
     /// Crash on purpose at a point of the create path (crash-safety tests).
     #[arg(long, env = "BULKHEAD_FAIL_POINT", value_enum, hide = true)]
     pub fail_point: Option<FailPoint>,
+}
+
+/// Who the operator is, as an RBAC subject, from a SelfSubjectReview (which
+/// every authenticated identity may create): the subject of the RoleBinding
+/// that gives it its rights in each environment namespace.
+async fn own_subject(client: &Client) -> Option<serde_json::Value> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let api: Api<SelfSubjectReview> = Api::all(client.clone());
+    match api
+        .create(&Default::default(), &SelfSubjectReview::default())
+        .await
+    {
+        Ok(review) => {
+            let username = review.status?.user_info?.username?;
+            info!(username, "operator identity");
+            Some(subject_for(&username))
+        }
+        Err(e) => {
+            warn!(error = %e, "SelfSubjectReview failed: the operator will not bind itself a role in environment namespaces");
+            None
+        }
+    }
+}
+
+/// The RBAC subject for an authenticated user name.
+pub fn subject_for(username: &str) -> serde_json::Value {
+    match username
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+    {
+        Some((namespace, name)) => {
+            serde_json::json!({ "kind": "ServiceAccount", "name": name, "namespace": namespace })
+        }
+        None => serde_json::json!({
+            "kind": "User", "name": username, "apiGroup": "rbac.authorization.k8s.io",
+        }),
+    }
 }
 
 /// Names of the CRDs bulkhead needs.
@@ -192,6 +242,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
         postgres_image: args.postgres_image.clone(),
         fail_point: args.fail_point,
         concurrency: args.concurrency.max(1),
+        operator_namespace: args.lease_namespace.clone(),
+        credentials_namespace: args
+            .credentials_namespace
+            .clone()
+            .unwrap_or_else(|| args.lease_namespace.clone()),
+        denied_namespaces: args
+            .denied_namespaces
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect(),
+        namespace_role: args.namespace_role.clone(),
+        operator_subject: own_subject(&client).await,
     };
     let ctx = Context::new(client.clone(), settings, metrics.clone());
     let stopped = {
@@ -308,4 +371,22 @@ async fn run_with_lease(
         Err(_) => warn!("timed out releasing the leader lease"),
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_accounts_and_users_become_rbac_subjects() {
+        assert_eq!(
+            subject_for("system:serviceaccount:bulkhead-system:bulkhead"),
+            serde_json::json!({"kind": "ServiceAccount", "name": "bulkhead", "namespace": "bulkhead-system"})
+        );
+        assert_eq!(
+            subject_for("admin")["kind"],
+            serde_json::json!("User"),
+            "a client certificate's user"
+        );
+    }
 }

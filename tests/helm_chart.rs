@@ -162,7 +162,7 @@ fn chart_environment_roles_match_the_operator() {
     assert_eq!(
         docs.len(),
         expected.len(),
-        "one ClusterRole per environment role"
+        "the chart ships the same ClusterRoles as src/controller/roles.rs"
     );
     for want in &expected {
         let name = want["metadata"]["name"].as_str().expect("role name");
@@ -171,6 +171,10 @@ fn chart_environment_roles_match_the_operator() {
         assert_eq!(
             got["rules"], want["rules"],
             "rules of {name} differ between the chart and src/controller/roles.rs"
+        );
+        assert_eq!(
+            got["aggregationRule"], want["aggregationRule"],
+            "aggregationRule of {name} differs between the chart and src/controller/roles.rs"
         );
         for (key, value) in want["metadata"]["labels"].as_object().expect("labels") {
             assert_eq!(
@@ -427,12 +431,18 @@ fn optional_objects_follow_values() {
 #[test]
 fn operator_cluster_role_has_no_wildcards() {
     let docs = documents(&template(&[]));
-    for (kind, name) in [
-        ("ClusterRole", RELEASE),
-        ("Role", "bulkhead-leader-election"),
-    ] {
-        let role = find(&docs, kind, name).unwrap_or_else(|| panic!("{kind} {name}"));
-        for rule in role["rules"].as_array().expect("rules") {
+    let roles: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+        .collect();
+    assert!(
+        roles.len() >= 10,
+        "every role the chart ships: {}",
+        roles.len()
+    );
+    for role in roles {
+        let (kind, name) = (&role["kind"], &role["metadata"]["name"]);
+        for rule in role["rules"].as_array().into_iter().flatten() {
             for field in ["apiGroups", "resources", "verbs", "resourceNames"] {
                 for item in rule[field].as_array().into_iter().flatten() {
                     let item = item.as_str().unwrap_or_default();
@@ -602,6 +612,18 @@ async fn helm_install_creates_every_object() {
             .get(&format!("bulkhead-environment-{role}"))
             .await
             .unwrap_or_else(|e| panic!("ClusterRole bulkhead-environment-{role}: {e}"));
+    }
+    cluster_roles
+        .get("bulkhead-operator-namespace")
+        .await
+        .expect("the operator's in-namespace ClusterRole");
+    Api::<Role>::namespaced(client.clone(), NAMESPACE)
+        .get("bulkhead-credentials")
+        .await
+        .expect("credentials Role");
+    for policy in ["bulkhead-environment-namespaces", "bulkhead-operator-scope"] {
+        cp.kubectl_ok(&["get", "validatingadmissionpolicy", policy]);
+        cp.kubectl_ok(&["get", "validatingadmissionpolicybinding", policy]);
     }
     cp.kubectl_ok(&[
         "wait",
@@ -816,6 +838,14 @@ async fn chart_rbac_is_enough_for_the_examples_and_no_more() {
             "clusterroles.rbac.authorization.k8s.io/cluster-admin",
         ],
         vec!["update", "secrets", "-A"],
+        vec!["get", "secrets", "-n", "kube-system"],
+        vec!["list", "secrets", "-A"],
+        vec!["create", "secrets", "-n", "default"],
+        vec!["create", "configmaps", "-n", "kube-system"],
+        vec![
+            "escalate",
+            "clusterroles.rbac.authorization.k8s.io/bulkhead-environment-admin",
+        ],
         vec!["create", "pods/exec", "-A"],
         vec!["create", "serviceaccounts/token", "-A"],
         vec!["impersonate", "users"],
@@ -844,6 +874,10 @@ async fn chart_rbac_is_enough_for_the_examples_and_no_more() {
             "organizations.bulkhead.dev",
             "--subresource=status",
         ],
+        // Credentials are read from the release namespace only, by name.
+        vec!["get", "secrets/postgres-admin", "-n", NAMESPACE],
+        // Inside an environment namespace, through its bulkhead-operator binding.
+        vec!["create", "secrets", "-n", "staging"],
     ] {
         assert!(
             can_i(cp, &allowed).await,

@@ -32,13 +32,28 @@ fn ready(d: &DatabaseCluster) -> bool {
         .is_some_and(|c| c.status == "True" && c.observed_generation == d.metadata.generation)
 }
 
-/// An Organization + Environment of `tier`, owning namespace `name`, and
-/// the admin Secret of the shared server in it.
+/// Namespace the operator reads provider credentials from (its default:
+/// the operator's namespace).
+const CREDENTIALS_NS: &str = "bulkhead-system";
+
+/// An Organization + Environment of `tier`, owning namespace `name`, whose
+/// databases live on `pg`: the admin connection sits in a Secret of the
+/// credentials namespace, named by the Environment's databaseProvider.
 async fn environment(client: &Client, pg: &support::postgres::TestPostgres, tier: &str) -> String {
     let name = format!("pg-{}", unique());
+    ensure_namespace(client, CREDENTIALS_NS).await;
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("admin-{name}"), "namespace": CREDENTIALS_NS},
+        "stringData": {"dsn": pg.admin_dsn()},
+    }))
+    .expect("secret");
+    Api::<Secret>::namespaced(client.clone(), CREDENTIALS_NS)
+        .create(&Default::default(), &secret)
+        .await
+        .expect("admin Secret");
     create_yaml(&Api::<Organization>::all(client.clone()), &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Organization\nmetadata: {{name: {name}}}\nspec: {{}}\n")).await;
     let envs: Api<Environment> = Api::all(client.clone());
-    create_yaml(&envs, &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {{name: {name}}}\nspec: {{organizationRef: {{name: {name}}}, tier: {tier}}}\n")).await;
+    create_yaml(&envs, &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {{name: {name}}}\nspec:\n  organizationRef: {{name: {name}}}\n  tier: {tier}\n  databaseProvider: {{type: postgres, credentialsSecretRef: {{name: admin-{name}, key: dsn}}}}\n")).await;
     wait_for(&envs, &name, WAIT, "Environment Ready", |e| {
         e.status
             .as_ref()
@@ -46,21 +61,23 @@ async fn environment(client: &Client, pg: &support::postgres::TestPostgres, tier
             .is_some_and(|c| c.status == "True")
     })
     .await;
-    let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "pg-admin", "namespace": name},
-        "stringData": {"dsn": pg.admin_dsn()},
-    }))
-    .expect("secret");
-    Api::<Secret>::namespaced(client.clone(), &name)
-        .create(&Default::default(), &secret)
-        .await
-        .expect("admin Secret");
     name
 }
 
-fn dbc_yaml(name: &str, ns: &str, extra: &str) -> String {
+async fn ensure_namespace(client: &Client, name: &str) {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let ns =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("namespace");
+    match namespaces.create(&Default::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("create namespace {name}: {e}"),
+    }
+}
+
+fn dbc_yaml(name: &str, extra: &str) -> String {
     format!(
-        "apiVersion: bulkhead.dev/v1alpha1\nkind: DatabaseCluster\nmetadata: {{name: {name}}}\nspec:\n  provider: {{type: postgres, credentialsSecretRef: {{namespace: {ns}, name: pg-admin, key: dsn}}}}\n  databases: [{{name: app}}]\n  users:\n  - {{name: app_rw, databases: [app], privileges: readWrite}}\n  - {{name: app_ro, databases: [app], privileges: readOnly}}\n  writeConnectionSecretToRef: {{name: {name}-conn}}\n{extra}"
+        "apiVersion: bulkhead.dev/v1alpha1\nkind: DatabaseCluster\nmetadata: {{name: {name}}}\nspec:\n  databases: [{{name: app}}]\n  users:\n  - {{name: app_rw, databases: [app], privileges: readWrite}}\n  - {{name: app_ro, databases: [app], privileges: readOnly}}\n  writeConnectionSecretToRef: {{name: {name}-conn}}\n{extra}"
     )
 }
 
@@ -77,7 +94,7 @@ async fn connection_secret_logs_in_with_least_privilege() {
     let (client, pg) = setup().await;
     let ns = environment(&client, pg, "staging").await;
     let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
-    create_yaml(&dbcs, &dbc_yaml("orders", &ns, "")).await;
+    create_yaml(&dbcs, &dbc_yaml("orders", "")).await;
     let d = wait_for(&dbcs, "orders", WAIT, "Ready", ready).await;
     let status = d.status.unwrap_or_default();
     assert_eq!(status.external_name.as_deref(), Some("orders-stage"));
@@ -155,19 +172,23 @@ async fn connection_secret_logs_in_with_least_privilege() {
 #[tokio::test]
 async fn production_is_copied_into_staging_without_sensitive_data() {
     let (client, pg) = setup().await;
-    let prod = environment(&client, pg, "production").await;
+    // Production never shares a database server with another tier: its own
+    // server, and the copy reads it over its own admin connection.
+    let prod_pg = support::postgres::TestPostgres::start_new().await;
+    let prod = environment(&client, &prod_pg, "production").await;
     let stage = environment(&client, pg, "staging").await;
     let prod_dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &prod);
     let stage_dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &stage);
-    create_yaml(
-        &prod_dbcs,
-        &dbc_yaml("shop", &prod, "  deletionPolicy: Delete\n"),
-    )
-    .await;
+    // Production consents to copies into this staging Environment, and
+    // requires that the audit log never leaves.
+    let consent = format!(
+        "  deletionPolicy: Delete\n  copyPolicy:\n    allowedEnvironments: [{stage}]\n    sanitize:\n      excludeTables: [audit_log]\n"
+    );
+    create_yaml(&prod_dbcs, &dbc_yaml("shop", &consent)).await;
     wait_for(&prod_dbcs, "shop", WAIT, "source Ready", ready).await;
 
     // Production data, written as the database's owner would.
-    let admin = pg.admin("shop_app").await;
+    let admin = prod_pg.admin("shop_app").await;
     admin
         .batch_execute(
             "SET ROLE shop_owner;
@@ -179,11 +200,12 @@ async fn production_is_copied_into_staging_without_sensitive_data() {
         .await
         .expect("seed production");
 
-    // Both clusters share the server, so the copy's target uses the same Secret contents.
+    // The consumer masks the columns; it does not repeat the source's
+    // exclusion, which applies anyway.
     let sanitize = format!(
-        "  source:\n    clusterRef: {{name: shop, namespace: {prod}}}\n    mode: Sanitized\n    sanitize:\n      excludeTables: [audit_log]\n      columns: {{customers.email: hash, customers.ssn: redact, customers.name: 'null'}}\n"
+        "  source:\n    clusterRef: {{name: shop, namespace: {prod}}}\n    mode: Sanitized\n    sanitize:\n      columns: {{customers.email: hash, customers.ssn: redact, customers.name: 'null'}}\n  copyPolicy:\n    allowedEnvironments: [{prod}]\n"
     );
-    create_yaml(&stage_dbcs, &dbc_yaml("shop", &stage, &sanitize)).await;
+    create_yaml(&stage_dbcs, &dbc_yaml("shop", &sanitize)).await;
     let d = wait_for(&stage_dbcs, "shop", WAIT, "copy done", |d| {
         ready(d) && d.status.as_ref().is_some_and(|s| s.copy.is_some())
     })
@@ -239,7 +261,7 @@ async fn production_is_copied_into_staging_without_sensitive_data() {
     let upward = format!(
         "  source:\n    clusterRef: {{name: shop, namespace: {stage}}}\n    mode: SchemaOnly\n"
     );
-    create_yaml(&prod_dbcs, &dbc_yaml("upward", &prod, &upward)).await;
+    create_yaml(&prod_dbcs, &dbc_yaml("upward", &upward)).await;
     let refused = wait_for(&prod_dbcs, "upward", WAIT, "CopyUpward", |d| {
         d.status
             .as_ref()
@@ -264,7 +286,7 @@ async fn passwords_rotate_on_schedule() {
     let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
     create_yaml(
         &dbcs,
-        &dbc_yaml("rot", &ns, "  passwordRotation: {interval: 1m}\n"),
+        &dbc_yaml("rot", "  passwordRotation: {interval: 1m}\n"),
     )
     .await;
     let first = wait_for(&dbcs, "rot", WAIT, "Ready", ready).await;
@@ -308,22 +330,12 @@ async fn passwords_rotate_on_schedule() {
 #[tokio::test]
 async fn an_unreachable_server_is_reported_and_recovers() {
     let (client, pg) = setup().await;
-    let ns = environment(&client, pg, "development").await;
-    // A private server this test may stop; its admin DSN replaces the shared one.
+    // A private server this test may stop.
+    let _ = pg;
     let private = support::postgres::TestPostgres::start_new().await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    secrets
-        .patch(
-            "pg-admin",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(
-                serde_json::json!({"stringData": {"dsn": private.admin_dsn()}}),
-            ),
-        )
-        .await
-        .expect("point at the private server");
+    let ns = environment(&client, &private, "development").await;
     let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
-    create_yaml(&dbcs, &dbc_yaml("flaky", &ns, "")).await;
+    create_yaml(&dbcs, &dbc_yaml("flaky", "")).await;
     wait_for(&dbcs, "flaky", WAIT, "Ready", ready).await;
 
     private.stop();

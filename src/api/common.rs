@@ -77,30 +77,27 @@ impl std::fmt::Display for ProviderType {
 }
 
 /// The backend that holds an object's external state, and where its credentials live.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.type == 'kubernetes' || has(self.credentialsSecretRef)").message("provider types fly and postgres need credentialsSecretRef"))]
 pub struct ProviderSpec {
     /// Backend type: `kubernetes` (default, no credentials), `fly` or `postgres`.
     #[serde(rename = "type", default)]
     pub type_: ProviderType,
-    /// Secret key holding the backend's credentials: a Fly.io API token, or a
-    /// PostgreSQL admin connection string. Required for `fly` and `postgres`.
+    /// Key of a Secret in the operator's own namespace holding the backend's
+    /// credentials: a Fly.io API token, or a PostgreSQL admin connection
+    /// string. Required for `fly` and `postgres`. Credentials are never read
+    /// from any other namespace, and are named only by cluster-scoped
+    /// objects (Organization, Environment), which the platform team writes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credentials_secret_ref: Option<SecretKeySelector>,
+    pub credentials_secret_ref: Option<CredentialsSecretRef>,
 }
 
-/// A key in a Secret in a named namespace.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+/// A key of a Secret in the operator's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct SecretKeySelector {
-    /// Namespace of the Secret.
-    #[schemars(
-        length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    )]
-    pub namespace: String,
-    /// Name of the Secret.
+pub struct CredentialsSecretRef {
+    /// Name of the Secret, in the operator's namespace.
     #[schemars(
         length(min = 1, max = 253),
         regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")

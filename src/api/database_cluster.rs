@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{
     DURATION_MESSAGE, DURATION_RULE, DeletionPolicy, LocalObjectReference, ManagementPolicy,
-    ProviderSpec,
 };
 
 /// Condition types a DatabaseCluster reports besides Ready and Synced.
@@ -24,6 +23,17 @@ pub mod reasons {
     pub const REPLICAS_NOT_READY: &str = "ReplicasNotReady";
     pub const COPY_UPWARD: &str = "CopyUpward";
     pub const SOURCE_NOT_FOUND: &str = "SourceNotFound";
+    /// spec.environmentRef names another Environment than the one owning
+    /// the namespace.
+    pub const ENVIRONMENT_MISMATCH: &str = "EnvironmentMismatch";
+    /// The source does not allow copies into this Environment (or does not
+    /// exist: the two are not told apart, so nothing leaks about other
+    /// namespaces).
+    pub const COPY_NOT_ALLOWED: &str = "CopyNotAllowed";
+    /// A Sanitized copy with no rule at all, which the source does not allow.
+    pub const SANITIZE_RULES_MISSING: &str = "SanitizeRulesMissing";
+    /// The connection or credentials Secret exists and bulkhead did not make it.
+    pub const SECRET_CONFLICT: &str = "SecretConflict";
 }
 
 /// A DatabaseCluster is a PostgreSQL cluster for one application in one
@@ -55,14 +65,12 @@ pub mod reasons {
 #[x_kube(validation = Rule::new("!has(oldSelf.environmentRef) || (has(self.environmentRef) && self.environmentRef == oldSelf.environmentRef)").message("spec.environmentRef is immutable once set").field_path(".environmentRef"))]
 #[x_kube(validation = Rule::new("self.engine == oldSelf.engine").message("spec.engine is immutable").field_path(".engine"))]
 pub struct DatabaseClusterSpec {
-    /// The Environment this cluster belongs to. Defaults to the Environment
-    /// that owns this object's namespace.
+    /// The Environment this cluster belongs to: always the Environment that
+    /// owns this object's namespace. Optional; when set it must name that
+    /// Environment (a cluster cannot claim another tier). Where the
+    /// databases live is the Environment's `databaseProvider`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment_ref: Option<LocalObjectReference>,
-    /// Overrides the provider of the Environment's Organization, e.g.
-    /// `type: postgres` with the admin connection of a shared server.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider: Option<ProviderSpec>,
     /// Database engine. Only postgres.
     #[serde(default)]
     pub engine: Engine,
@@ -90,9 +98,14 @@ pub struct DatabaseClusterSpec {
     /// Rotate generated passwords on this schedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_rotation: Option<PasswordRotation>,
-    /// Fill this cluster from another one (e.g. production → staging).
+    /// Fill this cluster from another one (e.g. production → staging). The
+    /// source must allow it in its `copyPolicy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<Source>,
+    /// Who may copy from this cluster and what every copy must apply. No
+    /// copyPolicy: nobody may copy from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_policy: Option<CopyPolicy>,
     /// Secret (in this namespace) that receives host, port, username,
     /// password, database and uri.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -281,6 +294,35 @@ pub struct Sanitize {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 500))]
     pub columns: BTreeMap<String, MaskAction>,
+}
+
+/// The source side's consent to copies: who may copy, and the rules every
+/// copy applies. Read from the source at copy time; a consumer can add
+/// rules, never remove these.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyPolicy {
+    /// Environments (by name) whose DatabaseClusters may copy from this one.
+    /// Empty: nobody.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50), inner(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")), extend("x-kubernetes-list-type" = "set"))]
+    pub allowed_environments: Vec<String>,
+    /// Rules every Sanitized copy applies, whatever the consumer asks: its
+    /// excluded tables are always excluded, its masked columns always
+    /// masked with this action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sanitize: Option<Sanitize>,
+    /// Columns (`table.column` or `schema.table.column`) whose names or
+    /// types look sensitive (emails, names, tokens, …) but which may be
+    /// copied unmasked. Every other such column must be masked or excluded,
+    /// or the copy is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 500), inner(length(min = 3, max = 191), regex(pattern = r"^([a-z_][a-z0-9_]*\.){1,2}[a-z_][a-z0-9_]*$")), extend("x-kubernetes-list-type" = "set"))]
+    pub safe_columns: Vec<String>,
+    /// Allow Sanitized copies with no rule at all, and skip the check for
+    /// sensitive-looking columns: copies may hold every row in clear.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unmasked: bool,
 }
 
 /// A reference to another DatabaseCluster.

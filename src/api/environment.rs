@@ -8,7 +8,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::LocalObjectReference;
+use super::common::{LocalObjectReference, ProviderSpec};
 
 /// Condition types an Environment reports besides Ready and Synced.
 pub const CONDITION_ISOLATED: &str = "Isolated";
@@ -27,7 +27,21 @@ pub mod reasons {
     pub const PROMOTION_DOWNWARD: &str = "PromotionDownward";
     pub const NAMESPACE_TAKEN: &str = "NamespaceTaken";
     pub const ACCESS_EXPIRED: &str = "AccessExpired";
+    /// A namespace bulkhead never manages (`kube-*`, `default`, the
+    /// operator's own, the configured deny-list).
+    pub const NAMESPACE_FORBIDDEN: &str = "NamespaceForbidden";
+    /// A namespace bulkhead did not create, without the opt-in label.
+    pub const NAMESPACE_NOT_OPTED_IN: &str = "NamespaceNotOptedIn";
+    /// Production and non-production databases on one server or credentials.
+    pub const SHARED_DATABASE_SERVER: &str = "SharedDatabaseServer";
+    /// The opt-in label of a namespace names another Environment.
+    pub const NAMESPACE_OPTED_IN_ELSEWHERE: &str = "NamespaceOptedInElsewhere";
 }
+
+/// Label a platform admin puts on a namespace bulkhead did not create, so
+/// that the named Environment may adopt it:
+/// `kubectl label namespace payments-prod bulkhead.dev/adoptable-by=payments`.
+pub const LABEL_ADOPTABLE_BY: &str = "bulkhead.dev/adoptable-by";
 
 /// An Environment is one tier of an application's life (production,
 /// staging, …): namespaces labelled with the tier, access for people and
@@ -50,7 +64,8 @@ pub mod reasons {
     printcolumn(name = "Synced", type_ = "string", json_path = ".status.conditions[?(@.type==\"Synced\")].status"),
     printcolumn(name = "Isolated", type_ = "string", priority = 1, json_path = ".status.conditions[?(@.type==\"Isolated\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("size(self.metadata.name) <= 63").message("metadata.name of an Environment must be at most 63 characters (it names a namespace)")
+    validation = Rule::new("size(self.metadata.name) <= 63").message("metadata.name of an Environment must be at most 63 characters (it names a namespace)"),
+    validation = Rule::new("(has(self.spec.namespaces) && size(self.spec.namespaces) > 0) || !(self.metadata.name == 'default' || self.metadata.name.startsWith('kube-'))").message("an Environment without spec.namespaces takes the namespace named after it, and bulkhead never manages default or kube-* namespaces: choose another name or list spec.namespaces")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.tier == oldSelf.tier").message("spec.tier is immutable: create a new Environment for another tier").field_path(".tier"))]
@@ -87,6 +102,15 @@ pub struct EnvironmentSpec {
     /// Isolation policy enforcement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<Isolation>,
+    /// Where this environment's DatabaseClusters live, and the credentials
+    /// for that place (a Secret in the operator's namespace): e.g.
+    /// `{type: postgres, credentialsSecretRef: {name: pg-staging, key: dsn}}`
+    /// for a shared PostgreSQL server. Defaults to the Organization's
+    /// provider (`kubernetes`: in the cluster). Chosen here, by the platform
+    /// team, never by a DatabaseCluster. A production Environment never
+    /// shares its database server or credentials with another tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_provider: Option<ProviderSpec>,
 }
 
 /// Gives every item of a string list a DNS-label rule whose message says what
@@ -98,6 +122,9 @@ fn dns_label_items(schema: &mut schemars::Schema) {
             serde_json::json!([{
                 "rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
                 "message": "must be a DNS label (a namespace name): lowercase letters, digits and '-', starting and ending with a letter or digit",
+            }, {
+                "rule": "self != 'default' && !self.startsWith('kube-')",
+                "message": "bulkhead never manages the default or kube-* namespaces",
             }]),
         );
     }

@@ -17,6 +17,8 @@ pub mod reasons {
     pub const UNKNOWN_PLAN: &str = "UnknownPlan";
     pub const TOKEN_MINTED: &str = "TokenMinted";
     pub const TOKEN_REVOKED: &str = "TokenRevoked";
+    /// Another, older Organization already claims this slug at the provider.
+    pub const SLUG_CONFLICT: &str = "SlugConflict";
 }
 
 /// An Organization is one isolated tenancy at a provider: its own members

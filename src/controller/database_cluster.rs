@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret as KubeSecret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret as KubeSecret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Patch, PatchParams};
@@ -19,12 +19,14 @@ use serde_json::json;
 
 use super::{Context, error_policy, managed_children, owner_of, trigger_stream};
 use crate::api::database_cluster::{
-    CONDITION_PROVISIONED, CopyStatus, Endpoint, ReplicaStatus, reasons as dbc_reasons,
+    CONDITION_PROVISIONED, CopyMode, CopyStatus, Endpoint, ReplicaStatus, Sanitize,
+    reasons as dbc_reasons,
 };
 use crate::api::{
     ANNOTATION_EXTERNAL_NAME, CONDITION_READY, ConditionStatus, DatabaseCluster,
-    DatabaseClusterStatus, Environment, LABEL_DATABASE_CLUSTER, LABEL_MANAGED_BY, MANAGER,
-    ManagementPolicy, Organization, ProviderSpec, ProviderType, is_condition_true, set_condition,
+    DatabaseClusterStatus, Environment, LABEL_DATABASE_CLUSTER, LABEL_ENVIRONMENT,
+    LABEL_MANAGED_BY, MANAGER, ManagementPolicy, Organization, ProviderSpec, ProviderType,
+    is_condition_true, set_condition,
 };
 use crate::provider::{
     CopyRequest, DatabaseClusterClient, DesiredDatabaseCluster, SUPERUSER, Secret,
@@ -59,7 +61,9 @@ pub fn controller(
     Controller::for_stream(stream, reader)
         .owns(Api::<StatefulSet>::all(client.clone()), managed_children())
         .owns(Api::<Service>::all(client.clone()), managed_children())
-        .owns(Api::<KubeSecret>::all(client.clone()), managed_children())
+        // No cluster-wide Secret watch: the operator holds no right to read
+        // Secrets outside its environments' namespaces (see the chart's
+        // RBAC). Drift of the Secrets it writes is repaired at resync.
         .owns(Api::<ConfigMap>::all(client.clone()), managed_children())
         // An Environment becoming ready (or changing suffix) requeues the
         // DatabaseClusters in its namespaces.
@@ -68,14 +72,10 @@ pub fn controller(
             Default::default(),
             move |env| {
                 let namespaces = env.namespaces();
-                let name = env.name_any();
                 by_env
                     .state()
                     .into_iter()
-                    .filter(|d| match &d.spec.environment_ref {
-                        Some(r) => r.name == name,
-                        None => d.namespace().is_some_and(|ns| namespaces.contains(&ns)),
-                    })
+                    .filter(|d| d.namespace().is_some_and(|ns| namespaces.contains(&ns)))
                     .map(|d| ObjectRef::from_obj(d.as_ref()))
                     .collect::<Vec<_>>()
             },
@@ -110,45 +110,56 @@ impl ManagedResource for DatabaseCluster {
     }
 }
 
-/// The Environment a DatabaseCluster belongs to: `spec.environmentRef`, or
-/// the Environment that owns its namespace.
+/// The Environment a DatabaseCluster belongs to: the one that owns its
+/// namespace, as the namespace's `bulkhead.dev/environment` label says.
+/// Only the operator writes that label (namespaces are cluster-scoped, out
+/// of a tenant's reach), so nothing in the namespaced object can move it to
+/// another Environment; `spec.environmentRef`, when set, must agree.
 pub async fn find_environment(
     dbc: &DatabaseCluster,
     ctx: &Context,
 ) -> Result<Environment, ReconcileError> {
-    let envs: Api<Environment> = Api::all(ctx.client.clone());
-    if let Some(r) = &dbc.spec.environment_ref {
-        return envs.get_opt(&r.name).await?.ok_or_else(|| {
-            ReconcileError::waiting(
-                dbc_reasons::ENVIRONMENT_NOT_FOUND,
-                format!("Environment {} does not exist", r.name),
-            )
-        });
-    }
     let ns = dbc.namespace().unwrap_or_default();
-    let mut owners: Vec<Environment> = envs
-        .list(&Default::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|e| e.namespaces().contains(&ns))
-        .collect();
-    owners.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
-    owners.into_iter().next().ok_or_else(|| {
+    let no_environment = || {
         ReconcileError::waiting(
             dbc_reasons::NO_ENVIRONMENT,
-            format!("no Environment owns namespace {ns}; add it to an Environment's spec.namespaces or set spec.environmentRef"),
+            format!(
+                "no Environment owns namespace {ns}; add it to an Environment's spec.namespaces"
+            ),
         )
-    })
+    };
+    let namespace = Api::<Namespace>::all(ctx.client.clone())
+        .get_opt(&ns)
+        .await?
+        .ok_or_else(no_environment)?;
+    let owner = namespace
+        .labels()
+        .get(LABEL_ENVIRONMENT)
+        .cloned()
+        .ok_or_else(no_environment)?;
+    let env = Api::<Environment>::all(ctx.client.clone())
+        .get_opt(&owner)
+        .await?
+        .filter(|e| e.namespaces().contains(&ns))
+        .ok_or_else(no_environment)?;
+    if let Some(r) = &dbc.spec.environment_ref
+        && r.name != owner
+    {
+        return Err(ReconcileError::invalid(
+            dbc_reasons::ENVIRONMENT_MISMATCH,
+            format!(
+                "spec.environmentRef names Environment {}, but namespace {ns} belongs to Environment {owner}; a DatabaseCluster belongs to the Environment of its namespace",
+                r.name
+            ),
+        ));
+    }
+    Ok(env)
 }
 
-/// The provider: the cluster's own override, else its Organization's.
-async fn provider_spec(
-    dbc: &DatabaseCluster,
-    env: &Environment,
-    ctx: &Context,
-) -> Result<ProviderSpec, ReconcileError> {
-    if let Some(p) = &dbc.spec.provider {
+/// Where an Environment's databases live: its `databaseProvider`, else its
+/// Organization's provider. Only cluster-scoped objects decide this.
+async fn provider_spec(env: &Environment, ctx: &Context) -> Result<ProviderSpec, ReconcileError> {
+    if let Some(p) = &env.spec.database_provider {
         return Ok(p.clone());
     }
     let org = Api::<Organization>::all(ctx.client.clone())
@@ -167,6 +178,26 @@ async fn provider_spec(
     Ok(org.spec.provider.clone())
 }
 
+/// Whether a Secret in the cluster's namespace is one bulkhead made for
+/// this DatabaseCluster (labels it always writes; a Secret somebody else
+/// made is never written, adopted or deleted).
+fn is_own_secret(secret: &KubeSecret, dbc: &DatabaseCluster) -> bool {
+    let labels = secret.labels();
+    labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGER)
+        && labels.get(LABEL_DATABASE_CLUSTER) == Some(&dbc.name_any())
+}
+
+fn secret_conflict(dbc: &DatabaseCluster, name: &str, role: &str) -> ReconcileError {
+    ReconcileError::invalid(
+        dbc_reasons::SECRET_CONFLICT,
+        format!(
+            "Secret {}/{name} already exists and was not made by bulkhead for DatabaseCluster {}; bulkhead never writes, adopts or deletes it: choose another name for the {role}, or remove that Secret",
+            dbc.namespace().unwrap_or_default(),
+            dbc.name_any()
+        ),
+    )
+}
+
 /// Reads the credentials Secret, generating missing passwords and rotating
 /// all of them when the schedule says so. Returns the passwords and when
 /// they were generated.
@@ -179,6 +210,9 @@ async fn ensure_passwords(
     let name = credentials_secret(&dbc.name_any());
     let api: Api<KubeSecret> = Api::namespaced(ctx.client.clone(), &ns);
     let existing = api.get_opt(&name).await?;
+    if existing.as_ref().is_some_and(|s| !is_own_secret(s, dbc)) {
+        return Err(secret_conflict(dbc, &name, "generated passwords"));
+    }
     let mut current: BTreeMap<String, Secret> = existing
         .as_ref()
         .and_then(|s| s.data.as_ref())
@@ -306,7 +340,7 @@ async fn build(
             format!("waiting for Environment {} to become Ready", env.name_any()),
         ));
     }
-    let provider = provider_spec(dbc, &env, ctx).await?;
+    let provider = provider_spec(&env, ctx).await?;
     let client = ctx.database_clusters(&provider).await?;
     let (passwords, rotated_at) = ensure_passwords(dbc, ctx, now).await?;
     let desired = desired_for(dbc, &env, &env.spec.organization_ref.name, passwords);
@@ -319,7 +353,27 @@ async fn build(
     })
 }
 
-/// Copies from spec.source when its refreshGeneration has not been copied yet.
+/// The rules a copy applies: every rule the source requires, plus what the
+/// consumer adds. For a column both name, the source's action wins: a
+/// consumer can add rules, never weaken or remove one.
+pub fn effective_sanitize(required: Option<&Sanitize>, requested: Option<&Sanitize>) -> Sanitize {
+    let mut out = requested.cloned().unwrap_or_default();
+    if let Some(required) = required {
+        for table in &required.exclude_tables {
+            if !out.exclude_tables.contains(table) {
+                out.exclude_tables.push(table.clone());
+            }
+        }
+        for (column, action) in &required.columns {
+            out.columns.insert(column.clone(), *action);
+        }
+    }
+    out
+}
+
+/// Copies from spec.source when its refreshGeneration has not been copied
+/// yet, and only with the source's consent: its `copyPolicy` must name
+/// this cluster's Environment, and its rules are read now, at copy time.
 async fn copy_if_asked(
     dbc: &DatabaseCluster,
     built: &Built,
@@ -341,18 +395,26 @@ async fn copy_if_asked(
         .namespace
         .clone()
         .unwrap_or_else(|| dbc.namespace().unwrap_or_default());
+    let env_name = built.env.name_any();
+    // A missing source and a source that does not consent read the same,
+    // so nobody learns what exists in namespaces they cannot read.
+    let not_allowed = || {
+        ReconcileError::invalid(
+            dbc_reasons::COPY_NOT_ALLOWED,
+            format!(
+                "DatabaseCluster {src_ns}/{} does not exist or does not allow copies into Environment {env_name}: its owners list the Environment in spec.copyPolicy.allowedEnvironments",
+                source.cluster_ref.name
+            ),
+        )
+    };
     let src = Api::<DatabaseCluster>::namespaced(ctx.client.clone(), &src_ns)
         .get_opt(&source.cluster_ref.name)
         .await?
-        .ok_or_else(|| {
-            ReconcileError::waiting(
-                dbc_reasons::SOURCE_NOT_FOUND,
-                format!(
-                    "source DatabaseCluster {src_ns}/{} does not exist",
-                    source.cluster_ref.name
-                ),
-            )
-        })?;
+        .ok_or_else(not_allowed)?;
+    let policy = src.spec.copy_policy.clone().unwrap_or_default();
+    if !policy.allowed_environments.contains(&env_name) {
+        return Err(not_allowed());
+    }
     let src_env = find_environment(&src, ctx).await?;
     if src_env.spec.tier.rank() < built.env.spec.tier.rank() {
         return Err(ReconcileError::invalid(
@@ -364,33 +426,54 @@ async fn copy_if_asked(
             ),
         ));
     }
-    let src_provider = provider_spec(&src, &src_env, ctx).await?;
-    // Same backend and the same server: the credentials may live in
-    // different Secrets, so compare what they hold.
-    let same_server = src_provider.type_ == built.provider.type_
-        && (src_provider == built.provider
-            || (src_provider.type_.needs_credentials()
-                && ctx.read_credentials(&src_provider).await?
-                    == ctx.read_credentials(&built.provider).await?));
-    if !same_server {
+    let sanitize = effective_sanitize(policy.sanitize.as_ref(), source.sanitize.as_ref());
+    if source.mode == CopyMode::Sanitized
+        && sanitize.exclude_tables.is_empty()
+        && sanitize.columns.is_empty()
+        && !policy.allow_unmasked
+    {
         return Err(ReconcileError::invalid(
-            reasons::UNSUPPORTED,
-            "spec.source must use the same provider and server as this cluster",
+            dbc_reasons::SANITIZE_RULES_MISSING,
+            format!(
+                "a Sanitized copy needs at least one rule (spec.source.sanitize, or the source's spec.copyPolicy.sanitize); {src_ns}/{} does not allow unmasked copies (spec.copyPolicy.allowUnmasked)",
+                src.name_any()
+            ),
         ));
     }
-    let src_passwords = read_passwords(&src, ctx).await?;
+    let src_provider = provider_spec(&src_env, ctx).await?;
+    if src_provider.type_ != built.provider.type_ {
+        return Err(ReconcileError::invalid(
+            reasons::UNSUPPORTED,
+            format!(
+                "copies need the same provider on both sides: the source is on {} and this cluster on {}",
+                src_provider.type_, built.provider.type_
+            ),
+        ));
+    }
+    // Another server: the copy reads the source over its own admin
+    // connection, which the platform team named on the source's Environment.
+    let source_connection = if src_provider == built.provider {
+        None
+    } else if src_provider.type_.needs_credentials() {
+        Some(ctx.read_credentials(&src_provider).await?)
+    } else {
+        None
+    };
     let request = CopyRequest {
+        // The source's passwords are not needed (the copy runs as the
+        // admin) and are not read: nothing of the source's namespace but
+        // the DatabaseCluster object itself is looked at.
         source: desired_for(
             &src,
             &src_env,
             &src_env.spec.organization_ref.name,
-            src_passwords,
+            BTreeMap::new(),
         ),
-        source_connection: None,
+        source_connection,
         mode: source.mode,
-        sanitize: source.sanitize.clone().unwrap_or_default(),
-        safe_columns: Vec::new(),
-        allow_unmasked: false,
+        sanitize,
+        safe_columns: policy.safe_columns.clone(),
+        allow_unmasked: policy.allow_unmasked,
     };
     let report = built.client.copy_from(&built.desired, &request).await?;
     publish(
@@ -417,23 +500,6 @@ async fn copy_if_asked(
         completed_at: Some(Time(Timestamp::now())),
     });
     Ok(())
-}
-
-async fn read_passwords(
-    dbc: &DatabaseCluster,
-    ctx: &Context,
-) -> Result<BTreeMap<String, Secret>, ReconcileError> {
-    let api: Api<KubeSecret> =
-        Api::namespaced(ctx.client.clone(), &dbc.namespace().unwrap_or_default());
-    let secret = api.get_opt(&credentials_secret(&dbc.name_any())).await?;
-    Ok(secret
-        .and_then(|s| s.data)
-        .map(|d| {
-            d.into_iter()
-                .map(|(k, v)| (k, Secret::new(String::from_utf8_lossy(&v.0).into_owned())))
-                .collect()
-        })
-        .unwrap_or_default())
 }
 
 /// Writes the connection Secret: the first declared user and its first
@@ -484,6 +550,18 @@ async fn write_connection_secret(
         endpoint.port,
         pct(&database)
     );
+    let secrets = Api::<KubeSecret>::namespaced(ctx.client.clone(), &d.namespace);
+    if secrets
+        .get_opt(&target.name)
+        .await?
+        .is_some_and(|s| !is_own_secret(&s, dbc))
+    {
+        return Err(secret_conflict(
+            dbc,
+            &target.name,
+            "connection Secret (spec.writeConnectionSecretToRef)",
+        ));
+    }
     let owner = owner_of(dbc);
     let body = json!({
         "apiVersion": "v1",
@@ -505,7 +583,7 @@ async fn write_connection_secret(
             "uri": uri,
         },
     });
-    Api::<KubeSecret>::namespaced(ctx.client.clone(), &d.namespace)
+    secrets
         .patch(
             &target.name,
             &PatchParams::apply(FIELD_MANAGER).force(),
@@ -682,7 +760,13 @@ async fn cleanup(dbc: Arc<DatabaseCluster>, ctx: &Context) -> Result<Action, Rec
             names.push(r.name.clone());
         }
         for name in names {
-            if secrets.get_opt(&name).await?.is_some() {
+            // Only Secrets bulkhead made for this cluster: another one under
+            // the same name is never touched.
+            if secrets
+                .get_opt(&name)
+                .await?
+                .is_some_and(|s| is_own_secret(&s, &dbc))
+            {
                 let patch = json!({ "metadata": { "ownerReferences": null } });
                 secrets
                     .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -706,6 +790,34 @@ async fn cleanup(dbc: Arc<DatabaseCluster>, ctx: &Context) -> Result<Action, Rec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_consumer_adds_rules_but_never_weakens_the_sources() {
+        use crate::api::database_cluster::MaskAction;
+        let required = Sanitize {
+            exclude_tables: vec!["audit_log".into()],
+            columns: [("customers.email".to_string(), MaskAction::Hash)].into(),
+        };
+        let requested = Sanitize {
+            exclude_tables: vec!["sessions".into()],
+            columns: [
+                ("customers.email".to_string(), MaskAction::Redact),
+                ("customers.ssn".to_string(), MaskAction::Null),
+            ]
+            .into(),
+        };
+        let merged = effective_sanitize(Some(&required), Some(&requested));
+        assert_eq!(merged.exclude_tables, ["sessions", "audit_log"]);
+        assert_eq!(
+            merged.columns.get("customers.email"),
+            Some(&MaskAction::Hash),
+            "the source's action wins"
+        );
+        assert_eq!(merged.columns.get("customers.ssn"), Some(&MaskAction::Null));
+        // Asking for nothing still applies every required rule.
+        assert_eq!(effective_sanitize(Some(&required), None), required);
+        assert_eq!(effective_sanitize(None, None), Sanitize::default());
+    }
 
     #[test]
     fn uri_components_are_percent_encoded() {

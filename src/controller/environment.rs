@@ -1,7 +1,7 @@
 //! Environment controller: waits for its Organization, enforces the
 //! isolation policy, expires access grants, and converges its namespaces.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
@@ -21,10 +21,10 @@ use crate::api::environment::{
 };
 use crate::api::{
     CONDITION_READY, ConditionStatus, DeletionPolicy, Environment, EnvironmentStatus,
-    ManagementPolicy, Organization, is_condition_true, set_condition,
+    ManagementPolicy, Organization, ProviderType, is_condition_true, set_condition,
 };
-use crate::provider::DesiredEnvironment;
 use crate::provider::kubernetes::KubernetesEnvironments;
+use crate::provider::{DesiredEnvironment, OperatorGrant};
 use crate::reconcile::managed::{
     ManagedResource, Policies, ReconcileError, converge, finalize, finish, publish,
     reconcile_managed, set_converged_conditions, wait_until,
@@ -40,6 +40,7 @@ pub fn controller(
     let client = ctx.client.clone();
     let (reader, stream) = trigger_stream(Api::<Environment>::all(client.clone()));
     ctx.track_sync(reader.clone());
+    let _ = ctx.environments.set(reader.clone());
     let by_org = reader.clone();
     let by_peer = reader.clone();
     Controller::for_stream(stream, reader)
@@ -126,14 +127,25 @@ pub struct Violation {
 }
 
 /// Checks the isolation policy: a production Environment never shares its
-/// Organization or a namespace with a non-production one (checked from
-/// both sides, so both Environments report it).
-pub fn isolation_violations(env: &Environment, all: &[Environment]) -> Vec<Violation> {
+/// Organization, a namespace, or a database server or its credentials with a
+/// non-production one (checked from both sides, so both Environments report
+/// it). `servers` holds, per Environment name, what identifies where its
+/// databases live (credentials Secret and server address).
+pub fn isolation_violations<E: std::borrow::Borrow<Environment>>(
+    env: &Environment,
+    all: &[E],
+    servers: &BTreeMap<String, Vec<String>>,
+) -> Vec<Violation> {
     let me = env.name_any();
     let my_ns: BTreeSet<String> = env.namespaces().into_iter().collect();
+    let my_servers = servers.get(&me).cloned().unwrap_or_default();
     let mine_prod = env.spec.tier == Tier::Production;
     let mut out = Vec::new();
-    for other in all.iter().filter(|o| o.name_any() != me) {
+    for other in all
+        .iter()
+        .map(std::borrow::Borrow::borrow)
+        .filter(|o: &&Environment| o.name_any() != me)
+    {
         let other_prod = other.spec.tier == Tier::Production;
         if mine_prod == other_prod {
             continue;
@@ -167,8 +179,94 @@ pub fn isolation_violations(env: &Environment, all: &[Environment]) -> Vec<Viola
                 ),
             });
         }
+        let shared_servers: Vec<&String> = servers
+            .get(&other.name_any())
+            .map(|theirs| my_servers.iter().filter(|s| theirs.contains(s)).collect())
+            .unwrap_or_default();
+        if !shared_servers.is_empty() {
+            out.push(Violation {
+                reason: env_reasons::SHARED_DATABASE_SERVER,
+                message: format!(
+                    "databases share {} with {} Environment {}",
+                    shared_servers
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" and "),
+                    other.spec.tier.as_str(),
+                    other.name_any()
+                ),
+            });
+        }
     }
     out
+}
+
+/// Where an Environment's databases live, as comparable identities: the
+/// credentials Secret and key, and the server address it names. Only set
+/// for providers that reach a server with credentials; in-cluster
+/// databases run per namespace and share nothing.
+async fn database_servers(env: &Environment, ctx: &Context) -> Vec<String> {
+    let Some(provider) = &env.spec.database_provider else {
+        return Vec::new();
+    };
+    if !provider.type_.needs_credentials() {
+        return Vec::new();
+    }
+    let mut out = vec![ctx.describe_credentials(provider)];
+    if provider.type_ == ProviderType::Postgres
+        && let Ok(client) = ctx.postgres_client(provider).await
+    {
+        let endpoint = client.endpoint();
+        out.push(format!("server {}:{}", endpoint.host, endpoint.port));
+    }
+    out
+}
+
+fn join_messages(violations: &[Violation]) -> String {
+    violations
+        .iter()
+        .map(|v| v.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The isolation violations of `env` among `all`, database servers included.
+async fn isolation(env: &Environment, all: &[Arc<Environment>], ctx: &Context) -> Vec<Violation> {
+    let mine_prod = env.spec.tier == Tier::Production;
+    let mut servers = BTreeMap::new();
+    servers.insert(env.name_any(), database_servers(env, ctx).await);
+    if !servers.values().all(Vec::is_empty) {
+        for other in all
+            .iter()
+            .filter(|o| (o.spec.tier == Tier::Production) != mine_prod)
+        {
+            servers.insert(other.name_any(), database_servers(other, ctx).await);
+        }
+    }
+    isolation_violations(env, all, &servers)
+}
+
+/// An Environment never claims `default`, `kube-*`, the operator's own
+/// namespace, the credentials namespace or the deny-list. Checked before
+/// anything is written.
+fn check_namespaces(env: &Environment, ctx: &Context) -> Result<(), ReconcileError> {
+    let forbidden: Vec<String> = env
+        .namespaces()
+        .iter()
+        .filter_map(|ns| ctx.settings.forbidden_namespace(ns))
+        .collect();
+    if forbidden.is_empty() {
+        Ok(())
+    } else {
+        Err(ReconcileError::invalid(
+            env_reasons::NAMESPACE_FORBIDDEN,
+            format!(
+                "bulkhead never manages these namespaces, so nothing was written: {}",
+                forbidden.join("; ")
+            ),
+        ))
+    }
 }
 
 /// Access grants still in force, those that expired, and the next expiry.
@@ -206,7 +304,24 @@ struct Resolved {
     next_expiry: Option<Timestamp>,
 }
 
-async fn resolve(env: &Environment, org: &Organization, now: Timestamp) -> Resolved {
+/// The operator's rights in each environment namespace, when configured and
+/// its identity is known.
+fn operator_grant(settings: &crate::controller::Settings) -> Option<OperatorGrant> {
+    match (&settings.operator_subject, settings.namespace_role.as_str()) {
+        (Some(subject), role) if !role.is_empty() => Some(OperatorGrant {
+            cluster_role: role.to_string(),
+            subject: subject.clone(),
+        }),
+        _ => None,
+    }
+}
+
+fn resolve(
+    env: &Environment,
+    org: &Organization,
+    now: Timestamp,
+    settings: &crate::controller::Settings,
+) -> Resolved {
     let (access, expired, next_expiry) = active_access(&env.spec.access, now);
     let members = org
         .spec
@@ -232,6 +347,7 @@ async fn resolve(env: &Environment, org: &Organization, now: Timestamp) -> Resol
                 .map(|n| n.allowed_cidrs.iter().map(|c| c.0.clone()).collect())
                 .unwrap_or_default(),
             config: env.spec.config.clone().unwrap_or_default(),
+            operator_grant: operator_grant(settings),
         },
         expired,
         next_expiry,
@@ -304,13 +420,23 @@ async fn apply(
         );
         status.organization_slug = Some(org.slug());
 
-        // Validate: isolation policy and promotion path.
-        let all = api.list(&Default::default()).await?.items;
-        let violations = isolation_violations(&env, &all);
+        // Validate: namespaces it may claim, isolation policy, promotion path.
+        check_namespaces(&env, ctx)?;
+        let all = ctx.all_environments().await?;
+        let violations = isolation(&env, &all, ctx).await;
         if let Some(first) = violations.first() {
-            let message = violations.iter().map(|v| v.message.as_str()).collect::<Vec<_>>().join("; ");
+            let message = join_messages(&violations);
+            let was_isolated = !status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == CONDITION_ISOLATED && c.status == "False" && c.message == message);
             set_condition(&mut status.conditions, CONDITION_ISOLATED, ConditionStatus::False, first.reason, &message, generation, now);
-            if env.isolation_mode() == IsolationMode::Enforce {
+            if was_isolated {
+                publish(&ctx.recorder, env.as_ref(), EventType::Warning, first.reason, "CheckIsolation", message.clone()).await;
+            }
+            // Only the Environment that causes a violation stops: the lower
+            // tier. Production reports it and keeps converging.
+            if env.spec.tier != Tier::Production && env.isolation_mode() == IsolationMode::Enforce {
                 return Err(ReconcileError::invalid(
                     reasons::ISOLATION_VIOLATED,
                     format!("isolation policy (Enforce) stops provisioning: {message}"),
@@ -329,7 +455,7 @@ async fn apply(
         }
         if let Some(promotion) = &env.spec.promotion {
             let from = &promotion.from.name;
-            match all.iter().find(|e| &e.name_any() == from) {
+            match all.iter().map(AsRef::as_ref).find(|e: &&Environment| &e.name_any() == from) {
                 None => {
                     return Err(ReconcileError::waiting(
                         env_reasons::PROMOTION_SOURCE_NOT_FOUND,
@@ -351,7 +477,7 @@ async fn apply(
         }
 
         // Build, with expired grants removed and reported.
-        let resolved = resolve(&env, &org, now).await;
+        let resolved = resolve(&env, &org, now, &ctx.settings);
         let expired: Vec<String> = resolved.expired.iter().map(describe_grant).collect();
         for e in &expired {
             if !status.expired_access.contains(e) {
@@ -400,6 +526,7 @@ async fn cleanup(env: Arc<Environment>, ctx: &Context) -> Result<Action, Reconci
         plan: None,
         allowed_cidrs: Vec::new(),
         config: Default::default(),
+        operator_grant: None,
     };
     let orphan = || async { Ok(()) };
     finalize(
@@ -433,29 +560,32 @@ mod tests {
                 naming: None,
                 promotion: None,
                 isolation: None,
+                database_provider: None,
             },
         )
     }
 
     #[test]
     fn production_sharing_an_org_with_staging_is_a_violation_on_both_sides() {
+        let none = BTreeMap::new();
         let prod = env("prod", "acme", Tier::Production, &[]);
         let stage = env("stage", "acme", Tier::Staging, &[]);
         let all = vec![prod.clone(), stage.clone()];
-        let v = isolation_violations(&prod, &all);
+        let v = isolation_violations(&prod, &all, &none);
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].reason, "SharedOrganization");
         assert_eq!(
-            isolation_violations(&stage, &all)[0].reason,
+            isolation_violations(&stage, &all, &none)[0].reason,
             "SharedOrganization"
         );
     }
 
     #[test]
     fn shared_namespace_across_tiers_is_a_violation() {
+        let none = BTreeMap::new();
         let prod = env("prod", "acme-prod", Tier::Production, &["shared", "prod"]);
         let dev = env("dev", "acme-dev", Tier::Development, &["shared"]);
-        let v = isolation_violations(&prod, &[prod.clone(), dev]);
+        let v = isolation_violations(&prod, &[prod.clone(), dev], &none);
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].reason, "SharedNamespace");
         assert!(v[0].message.contains("shared"));
@@ -463,15 +593,48 @@ mod tests {
 
     #[test]
     fn separate_orgs_and_namespaces_are_isolated() {
+        let none = BTreeMap::new();
         let prod = env("prod", "acme-prod", Tier::Production, &[]);
         let stage = env("stage", "acme-stage", Tier::Staging, &[]);
         let stage2 = env("stage2", "acme-stage", Tier::Staging, &[]);
         assert!(
-            isolation_violations(&prod, &[prod.clone(), stage.clone(), stage2.clone()]).is_empty()
+            isolation_violations(&prod, &[prod.clone(), stage.clone(), stage2.clone()], &none)
+                .is_empty()
         );
         assert!(
-            isolation_violations(&stage, &[prod, stage.clone(), stage2]).is_empty(),
+            isolation_violations(&stage, &[prod, stage.clone(), stage2], &none).is_empty(),
             "two staging envs may share"
         );
+    }
+
+    #[test]
+    fn a_database_server_shared_across_tiers_is_a_violation() {
+        let prod = env("prod", "acme-prod", Tier::Production, &[]);
+        let stage = env("stage", "acme-stage", Tier::Staging, &[]);
+        let dev = env("dev", "acme-dev", Tier::Development, &[]);
+        let servers: BTreeMap<String, Vec<String>> = [
+            ("prod", vec!["Secret ops/pg-prod key dsn", "server db:5432"]),
+            (
+                "stage",
+                vec!["Secret ops/pg-stage key dsn", "server db:5432"],
+            ),
+            (
+                "dev",
+                vec!["Secret ops/pg-dev key dsn", "server devdb:5432"],
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
+        .collect();
+        let all = [prod.clone(), stage.clone(), dev.clone()];
+        let v = isolation_violations(&prod, &all, &servers);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].reason, "SharedDatabaseServer");
+        assert!(v[0].message.contains("server db:5432") && v[0].message.contains("stage"));
+        assert_eq!(
+            isolation_violations(&stage, &all, &servers)[0].reason,
+            "SharedDatabaseServer"
+        );
+        assert!(isolation_violations(&dev, &all, &servers).is_empty());
     }
 }

@@ -2,20 +2,20 @@
 //! dereference parents → validate → build the desired state → converge via
 //! `reconcile::managed` → write status — and each shares this [`Context`].
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::Secret as KubeSecret;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use crate::api::{ProviderSpec, ProviderType};
+use crate::api::{Environment, Organization, ProviderSpec, ProviderType};
 use crate::provider::kubernetes::{Children, KubernetesDatabaseClusters};
-use crate::provider::{DatabaseClusterClient, Owner};
+use crate::provider::{DatabaseClusterClient, Owner, Secret};
 use crate::reconcile::managed::{Backoff, FailPoint, Managed};
 use crate::reconcile::{ReconcileError, reasons};
 
@@ -35,6 +35,18 @@ pub struct Settings {
     pub fail_point: Option<FailPoint>,
     /// Reconciles running at once per controller.
     pub concurrency: u16,
+    /// The operator's own namespace: never given to an Environment.
+    pub operator_namespace: String,
+    /// The only namespace provider credentials are read from.
+    pub credentials_namespace: String,
+    /// Namespaces no Environment may claim, besides `default`, `kube-*`,
+    /// the operator's and the credentials namespace.
+    pub denied_namespaces: Vec<String>,
+    /// ClusterRole the operator binds to itself in each environment
+    /// namespace (its Secrets and workloads there); empty: none.
+    pub namespace_role: String,
+    /// The operator's own RBAC subject (from a SelfSubjectReview at start).
+    pub operator_subject: Option<serde_json::Value>,
 }
 
 impl Default for Settings {
@@ -44,6 +56,36 @@ impl Default for Settings {
             postgres_image: "postgres".to_string(),
             fail_point: None,
             concurrency: 4,
+            operator_namespace: "bulkhead-system".to_string(),
+            credentials_namespace: "bulkhead-system".to_string(),
+            denied_namespaces: Vec::new(),
+            namespace_role: DEFAULT_NAMESPACE_ROLE.to_string(),
+            operator_subject: None,
+        }
+    }
+}
+
+/// The ClusterRole the chart ships for the operator's rights inside
+/// environment namespaces.
+pub const DEFAULT_NAMESPACE_ROLE: &str = "bulkhead-operator-namespace";
+
+impl Settings {
+    /// Why an Environment may not claim `namespace`, if it may not.
+    pub fn forbidden_namespace(&self, namespace: &str) -> Option<String> {
+        if namespace == "default" || namespace.starts_with("kube-") {
+            Some(format!("{namespace} is a Kubernetes system namespace"))
+        } else if namespace == self.operator_namespace {
+            Some(format!("{namespace} is the operator's own namespace"))
+        } else if namespace == self.credentials_namespace {
+            Some(format!(
+                "{namespace} holds the provider credentials bulkhead uses"
+            ))
+        } else if self.denied_namespaces.iter().any(|d| d == namespace) {
+            Some(format!(
+                "{namespace} is in the operator's deny-list (--denied-namespaces)"
+            ))
+        } else {
+            None
         }
     }
 }
@@ -56,6 +98,11 @@ pub struct Context {
     pub backoff: Backoff,
     pub children: Children,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Every Environment and Organization, from the controllers' own
+    /// watches (set when each controller starts), so reconciles that look
+    /// at peers never LIST.
+    pub environments: OnceLock<reflector::Store<Environment>>,
+    pub organizations: OnceLock<reflector::Store<Organization>>,
     /// How many controllers have a synced cache.
     synced: tokio::sync::watch::Sender<usize>,
 }
@@ -82,6 +129,8 @@ impl Context {
             settings,
             backoff: Backoff::default(),
             metrics,
+            environments: OnceLock::new(),
+            organizations: OnceLock::new(),
             synced: tokio::sync::watch::channel(0).0,
         })
     }
@@ -128,19 +177,51 @@ impl Context {
         }
     }
 
-    /// Reads one key of a Secret holding provider credentials.
-    pub async fn read_credentials(&self, spec: &ProviderSpec) -> Result<String, ReconcileError> {
+    /// Every Environment, from the Environment controller's cache (a LIST
+    /// only before that controller has started).
+    pub async fn all_environments(&self) -> Result<Vec<Arc<Environment>>, ReconcileError> {
+        match self.environments.get() {
+            Some(store) => Ok(store.state()),
+            None => Ok(Api::<Environment>::all(self.client.clone())
+                .list(&Default::default())
+                .await?
+                .items
+                .into_iter()
+                .map(Arc::new)
+                .collect()),
+        }
+    }
+
+    /// Every Organization, from the Organization controller's cache.
+    pub async fn all_organizations(&self) -> Result<Vec<Arc<Organization>>, ReconcileError> {
+        match self.organizations.get() {
+            Some(store) => Ok(store.state()),
+            None => Ok(Api::<Organization>::all(self.client.clone())
+                .list(&Default::default())
+                .await?
+                .items
+                .into_iter()
+                .map(Arc::new)
+                .collect()),
+        }
+    }
+
+    /// Reads one key of a provider credentials Secret. Credentials live
+    /// only in the credentials namespace, are named only by cluster-scoped
+    /// objects, and no message ever quotes any part of their value.
+    pub async fn read_credentials(&self, spec: &ProviderSpec) -> Result<Secret, ReconcileError> {
         let Some(r) = &spec.credentials_secret_ref else {
             return Err(ReconcileError::invalid(
                 reasons::CREDENTIALS_UNAVAILABLE,
                 format!("provider {} needs credentialsSecretRef", spec.type_),
             ));
         };
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &r.namespace);
+        let ns = &self.settings.credentials_namespace;
+        let api: Api<KubeSecret> = Api::namespaced(self.client.clone(), ns);
         let secret = api.get_opt(&r.name).await?.ok_or_else(|| {
             ReconcileError::waiting(
                 reasons::CREDENTIALS_UNAVAILABLE,
-                format!("Secret {}/{} not found", r.namespace, r.name),
+                format!("Secret {ns}/{} not found", r.name),
             )
         })?;
         let value = secret
@@ -148,21 +229,41 @@ impl Context {
             .as_ref()
             .and_then(|d| d.get(&r.key))
             .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
-            .or_else(|| {
-                secret
-                    .string_data
-                    .as_ref()
-                    .and_then(|d| d.get(&r.key))
-                    .cloned()
-            })
             .filter(|v| !v.is_empty())
             .ok_or_else(|| {
                 ReconcileError::waiting(
                     reasons::CREDENTIALS_UNAVAILABLE,
-                    format!("Secret {}/{} has no key {:?}", r.namespace, r.name, r.key),
+                    format!("Secret {ns}/{} has no key {:?}", r.name, r.key),
                 )
             })?;
-        Ok(value)
+        Ok(Secret::new(value))
+    }
+
+    /// Names a credentials key in messages: `Secret ns/name key k`.
+    pub fn describe_credentials(&self, spec: &ProviderSpec) -> String {
+        match &spec.credentials_secret_ref {
+            Some(r) => format!(
+                "Secret {}/{} key {}",
+                self.settings.credentials_namespace, r.name, r.key
+            ),
+            None => "no credentials Secret".to_string(),
+        }
+    }
+
+    /// A PostgreSQL client from a provider spec's admin connection string;
+    /// a malformed one is reported by Secret and key, never by value.
+    pub async fn postgres_client(
+        &self,
+        spec: &ProviderSpec,
+    ) -> Result<crate::provider::postgres::PostgresDatabaseClusters, ReconcileError> {
+        let dsn = self.read_credentials(spec).await?;
+        crate::provider::postgres::PostgresDatabaseClusters::from_connection_string(dsn.expose())
+            .map_err(|e| {
+                ReconcileError::invalid(
+                    reasons::CREDENTIALS_UNAVAILABLE,
+                    format!("{}: {e}", self.describe_credentials(spec)),
+                )
+            })
     }
 
     /// The DatabaseCluster backend for a provider spec.
@@ -175,14 +276,7 @@ impl Context {
                 self.children.clone(),
                 self.settings.postgres_image.clone(),
             ))),
-            ProviderType::Postgres => {
-                let dsn = self.read_credentials(spec).await?;
-                let client =
-                    crate::provider::postgres::PostgresDatabaseClusters::from_connection_string(
-                        &dsn,
-                    )?;
-                Ok(Arc::new(client))
-            }
+            ProviderType::Postgres => Ok(Arc::new(self.postgres_client(spec).await?)),
             ProviderType::Fly => Err(ReconcileError::invalid(
                 reasons::UNSUPPORTED,
                 "the fly provider does not manage DatabaseClusters in this release; use kubernetes or postgres",
@@ -282,4 +376,33 @@ pub async fn run(
     let dbcs = database_cluster::controller(ctx.clone(), shutdown.clone());
     futures::join!(orgs.count(), envs.count(), dbcs.count());
     info!("controllers stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environments_never_get_system_operator_or_denied_namespaces() {
+        let settings = Settings {
+            operator_namespace: "bulkhead-system".into(),
+            credentials_namespace: "bulkhead-credentials".into(),
+            denied_namespaces: vec!["payments".into()],
+            ..Settings::default()
+        };
+        for ns in [
+            "default",
+            "kube-system",
+            "kube-public",
+            "kube-node-lease",
+            "bulkhead-system",
+            "bulkhead-credentials",
+            "payments",
+        ] {
+            assert!(settings.forbidden_namespace(ns).is_some(), "{ns} allowed");
+        }
+        for ns in ["staging", "kubeflow", "payments-dev", "defaults"] {
+            assert_eq!(settings.forbidden_namespace(ns), None, "{ns} refused");
+        }
+    }
 }

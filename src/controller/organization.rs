@@ -32,6 +32,8 @@ pub fn controller(
     let client = ctx.client.clone();
     let (reader, stream) = trigger_stream(Api::<Organization>::all(client.clone()));
     ctx.track_sync(reader.clone());
+    let _ = ctx.organizations.set(reader.clone());
+    let by_slug = reader.clone();
     Controller::for_stream(stream, reader)
         .owns(Api::<ClusterRole>::all(client.clone()), managed_children())
         .owns(
@@ -40,11 +42,30 @@ pub fn controller(
         )
         // An Environment binding to or leaving an organization changes what
         // its members may read.
-        .watches(Api::<Environment>::all(client), Default::default(), |env| {
-            Some(ObjectRef::<Organization>::new(
-                &env.spec.organization_ref.name,
-            ))
-        })
+        .watches(
+            Api::<Environment>::all(client.clone()),
+            Default::default(),
+            |env| {
+                Some(ObjectRef::<Organization>::new(
+                    &env.spec.organization_ref.name,
+                ))
+            },
+        )
+        // A slug claimed twice: when one claimer changes or goes, the
+        // others look again (the next in line takes the slug).
+        .watches(
+            Api::<Organization>::all(client),
+            Default::default(),
+            move |changed| {
+                let slug = changed.slug();
+                by_slug
+                    .state()
+                    .into_iter()
+                    .filter(|o| o.name_any() != changed.name_any() && o.slug() == slug)
+                    .map(|o| ObjectRef::from_obj(o.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         .with_config(
             kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
         )
@@ -101,10 +122,9 @@ async fn desired(
 ) -> Result<(DesiredOrganization, Vec<Member>, Option<Timestamp>), ReconcileError> {
     let (members, expired, next_expiry) = active_members(&org.spec.members, now);
     let name = org.name_any();
-    let mut environments: Vec<String> = Api::<Environment>::all(ctx.client.clone())
-        .list(&Default::default())
+    let mut environments: Vec<String> = ctx
+        .all_environments()
         .await?
-        .items
         .into_iter()
         .filter(|e| e.spec.organization_ref.name == name)
         .map(|e| e.name_any())
@@ -141,6 +161,37 @@ fn client_for(
     }
 }
 
+/// The Organization that holds a slug when several claim it: the oldest
+/// (then the first by name). The others get `SlugConflict` and change
+/// nothing, so two objects never fight over one external organization.
+fn slug_holder<'a>(org: &Organization, all: &'a [Arc<Organization>]) -> Option<&'a Organization> {
+    let slug = org.slug();
+    all.iter()
+        .map(AsRef::as_ref)
+        .filter(|o| o.slug() == slug && o.spec.provider.type_ == org.spec.provider.type_)
+        .filter(|o| o.metadata.deletion_timestamp.is_none() || o.uid() == org.uid())
+        .min_by_key(|o| {
+            (
+                o.metadata.creation_timestamp.clone().map(|t| t.0),
+                o.name_any(),
+            )
+        })
+}
+
+fn check_slug(org: &Organization, all: &[Arc<Organization>]) -> Result<(), ReconcileError> {
+    match slug_holder(org, all) {
+        Some(holder) if holder.uid() != org.uid() => Err(ReconcileError::invalid(
+            org_reasons::SLUG_CONFLICT,
+            format!(
+                "slug {} is already claimed by Organization {}; nothing was changed: choose another spec.slug",
+                org.slug(),
+                holder.name_any()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn policies(org: &Organization) -> Policies {
     Policies {
         deletion: org.spec.deletion_policy,
@@ -159,6 +210,7 @@ async fn apply(
     status.observed_generation = generation;
     let result = async {
         let client = client_for(&org, ctx)?;
+        check_slug(&org, &ctx.all_organizations().await?)?;
         if !org.spec.tokens.is_empty() && org.spec.provider.type_ == ProviderType::Kubernetes {
             return Err(ReconcileError::invalid(
                 reasons::UNSUPPORTED,
@@ -213,6 +265,10 @@ async fn apply(
 }
 
 async fn cleanup(org: Arc<Organization>, ctx: &Context) -> Result<Action, ReconcileError> {
+    if check_slug(&org, &ctx.all_organizations().await?).is_err() {
+        // It never held its slug: what exists under it is another's.
+        return Ok(Action::await_change());
+    }
     let client = KubernetesOrganizations::new(ctx.children.clone());
     let (desired, _, _) = desired(&org, ctx, Timestamp::now()).await?;
     if org.spec.provider.type_ != ProviderType::Kubernetes {
@@ -236,6 +292,31 @@ async fn cleanup(org: Arc<Organization>, ctx: &Context) -> Result<Action, Reconc
 mod tests {
     use super::*;
     use crate::api::organization::MemberRole;
+
+    fn org(name: &str, slug: &str, created: i64) -> Arc<Organization> {
+        let mut o: Organization = serde_json::from_value(serde_json::json!({
+            "apiVersion": "bulkhead.dev/v1alpha1", "kind": "Organization",
+            "metadata": {"name": name}, "spec": {"slug": slug},
+        }))
+        .expect("organization");
+        o.metadata.uid = Some(format!("uid-{name}"));
+        o.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).expect("ts")));
+        Arc::new(o)
+    }
+
+    #[test]
+    fn the_oldest_claimer_holds_a_slug_and_the_others_conflict() {
+        let all = vec![
+            org("second", "acme", 2_000),
+            org("first", "acme", 1_000),
+            org("other", "globex", 500),
+        ];
+        assert!(check_slug(&all[1], &all).is_ok());
+        assert!(check_slug(&all[2], &all).is_ok());
+        let err = check_slug(&all[0], &all).expect_err("second claimer");
+        assert_eq!(err.reason(), "SlugConflict");
+        assert!(err.to_string().contains("first"), "{err}");
+    }
 
     #[test]
     fn expired_members_are_split_out_and_next_expiry_found() {

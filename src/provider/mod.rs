@@ -197,6 +197,16 @@ pub struct DesiredEnvironment {
     pub plan: Option<crate::api::organization::BillingPlan>,
     pub allowed_cidrs: Vec<String>,
     pub config: EnvironmentConfig,
+    /// The operator's own rights in each namespace, bound first.
+    pub operator_grant: Option<OperatorGrant>,
+}
+
+/// A RoleBinding of `cluster_role` to the operator's own identity.
+#[derive(Clone, Debug)]
+pub struct OperatorGrant {
+    pub cluster_role: String,
+    /// The RBAC subject (JSON) the operator authenticates as.
+    pub subject: serde_json::Value,
 }
 
 /// What a backend reports about an Environment.

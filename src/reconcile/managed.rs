@@ -683,6 +683,17 @@ pub async fn publish_failure<K: Resource<DynamicType = ()>>(
     let known = crate::api::find_condition(before, CONDITION_SYNCED)
         .is_some_and(|c| c.status == "False" && c.reason == error.reason() && c.message == message);
     if !known {
+        // Logged once when a failure starts or changes, like the Event;
+        // messages are built never to carry secret material.
+        warn!(
+            kind = %K::kind(&()),
+            name = %obj.name_any(),
+            namespace = obj.namespace().as_deref().unwrap_or(""),
+            reason = error.reason(),
+            category = error.category().as_str(),
+            error = %message,
+            "reconcile failed"
+        );
         publish(
             recorder,
             obj,

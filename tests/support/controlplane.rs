@@ -124,6 +124,52 @@ impl ControlPlane {
             .expect("run kubectl")
     }
 
+    /// `kubectl` under another identity's kubeconfig (e.g. a tenant's
+    /// ServiceAccount token from [`ControlPlane::token_kubeconfig`]).
+    pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Output {
+        Command::new(self.bin.join("kubectl"))
+            .env("KUBECONFIG", kubeconfig)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run kubectl")
+    }
+
+    /// `kubectl apply -f -` of a manifest under another identity.
+    pub fn apply_as(&self, kubeconfig: &Path, manifest: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(self.bin.join("kubectl"))
+            .env("KUBECONFIG", kubeconfig)
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kubectl apply");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(manifest.as_bytes())
+            .expect("write manifest");
+        child.wait_with_output().expect("kubectl apply")
+    }
+
+    /// A token for a ServiceAccount (`kubectl create token`), and a
+    /// kubeconfig that authenticates with it.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
+        let token = self.kubectl_ok(&[
+            "create",
+            "token",
+            name,
+            "--namespace",
+            namespace,
+            "--duration",
+            "2h",
+        ]);
+        self.token_kubeconfig(&token, &format!("{namespace}-{name}"))
+    }
+
     /// `kubectl` that must succeed; returns stdout.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);

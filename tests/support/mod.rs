@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod controlplane;
+pub mod helm;
 pub mod postgres;
 
 use std::path::PathBuf;

@@ -63,3 +63,26 @@ app.kubernetes.io/component: operator
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 {{- end }}
+
+{{/*
+Namespaces no Environment may claim besides default and kube-*: the
+release's, the credentials namespace and values.deniedNamespaces, as a CEL
+list literal.
+*/}}
+{{- define "bulkhead.deniedNamespacesCEL" -}}
+{{- $denied := list .Release.Namespace (default .Release.Namespace .Values.credentialsNamespace) }}
+{{- range .Values.deniedNamespaces }}{{ $denied = append $denied . }}{{ end }}
+{{- $quoted := list }}
+{{- range ($denied | uniq) }}{{ $quoted = append $quoted (printf "'%s'" .) }}{{ end }}
+{{- printf "[%s]" (join ", " $quoted) }}
+{{- end }}
+
+{{- define "bulkhead.environmentRoleLabels" -}}
+helm.sh/chart: {{ include "bulkhead.chart" . }}
+app.kubernetes.io/name: {{ include "bulkhead.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: bulkhead
+app.kubernetes.io/component: environment-role
+app.kubernetes.io/managed-by: bulkhead
+{{- end }}

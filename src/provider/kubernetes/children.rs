@@ -278,7 +278,10 @@ pub struct Children {
 
 fn kube_error(context: &str, e: kube::Error) -> ProviderError {
     match &e {
-        kube::Error::Api(s) if s.code == 403 => ProviderError::terminal(
+        // Transient: right after bulkhead binds itself its role in a new
+        // namespace the authorizer may not know it yet; a real lack of
+        // rights still shows as Forbidden, with backoff.
+        kube::Error::Api(s) if s.code == 403 => ProviderError::transient(
             "Forbidden",
             format!("{context}: bulkhead lacks permission: {}", s.message),
         ),
@@ -339,13 +342,15 @@ impl Children {
     pub async fn list_owned(
         &self,
         kinds: &[ChildKind],
-        owner_uid: &str,
+        owner: &Owner,
     ) -> Result<Vec<OwnedChild>, ProviderError> {
-        let lp = ListParams::default().labels(&format!("{LABEL_OWNER_UID}={owner_uid}"));
+        let lp = ListParams::default().labels(&format!("{LABEL_OWNER_UID}={}", owner.uid));
         let mut out = Vec::new();
         for kind in kinds {
+            // A namespaced owner's children live in its namespace: listed
+            // there, so no cluster-wide read of e.g. Secrets is needed.
             let list = self
-                .api(*kind, None)
+                .api(*kind, owner.namespace.as_deref())
                 .list(&lp)
                 .await
                 .map_err(|e| kube_error(&format!("listing {}", kind.plural), e))?;
@@ -371,9 +376,9 @@ impl Children {
         &self,
         desired: &[Child],
         kinds: &[ChildKind],
-        owner_uid: &str,
+        owner: &Owner,
     ) -> Result<Vec<OwnedChild>, ProviderError> {
-        let mut owned = self.list_owned(kinds, owner_uid).await?;
+        let mut owned = self.list_owned(kinds, owner).await?;
         owned.retain(|o| !o.is_one_of(desired));
         Ok(owned)
     }
@@ -384,7 +389,7 @@ impl Children {
         &self,
         desired: &[Child],
         kinds: &[ChildKind],
-        owner_uid: &str,
+        owner: &Owner,
     ) -> Result<ChildDrift, ProviderError> {
         let mut drift = ChildDrift::default();
         for child in desired {
@@ -407,7 +412,7 @@ impl Children {
             }
         }
         drift.stale = self
-            .stale(desired, kinds, owner_uid)
+            .stale(desired, kinds, owner)
             .await?
             .iter()
             .map(OwnedChild::describe)
@@ -421,12 +426,12 @@ impl Children {
         &self,
         desired: &[Child],
         kinds: &[ChildKind],
-        owner_uid: &str,
+        owner: &Owner,
     ) -> Result<(), ProviderError> {
         for child in desired {
             self.apply_child(child).await?;
         }
-        for stale in self.stale(desired, kinds, owner_uid).await? {
+        for stale in self.stale(desired, kinds, owner).await? {
             self.delete(stale.kind, stale.namespace.as_deref(), &stale.name)
                 .await?;
         }
@@ -468,15 +473,22 @@ impl Children {
         name: &str,
         body: &Value,
     ) -> Result<(), ProviderError> {
-        self.api(kind, namespace)
-            .patch(
-                name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(body),
-            )
-            .await
-            .map_err(|e| kube_error(&format!("applying {} {name}", kind.kind), e))?;
-        Ok(())
+        let api = self.api(kind, namespace);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        // Right after the operator binds itself its role in a new namespace
+        // the apiserver's authorizer may not have seen the binding yet: a
+        // 403 is retried briefly before it counts as a failure.
+        let mut attempts = 0;
+        loop {
+            match api.patch(name, &params, &Patch::Apply(body)).await {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 403 && attempts < 10 => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(kube_error(&format!("applying {} {name}", kind.kind), e)),
+            }
+        }
     }
 
     /// Deletes a child; already gone is fine.
@@ -501,9 +513,9 @@ impl Children {
     pub async fn delete_owned(
         &self,
         kinds: &[ChildKind],
-        owner_uid: &str,
+        owner: &Owner,
     ) -> Result<(), ProviderError> {
-        for owned in self.list_owned(kinds, owner_uid).await? {
+        for owned in self.list_owned(kinds, owner).await? {
             self.delete(owned.kind, owned.namespace.as_deref(), &owned.name)
                 .await?;
         }

@@ -294,7 +294,7 @@ impl ExternalClient for KubernetesDatabaseClusters {
         d: &DesiredDatabaseCluster,
     ) -> Result<Observation<ObservedDatabaseCluster>, ProviderError> {
         let desired = self.desired_children(d, true);
-        let drift = self.children.drift(&desired, &KINDS, &d.owner.uid).await?;
+        let drift = self.children.drift(&desired, &KINDS, &d.owner).await?;
         if drift.existing == 0 {
             return Ok(Observation::Missing);
         }
@@ -336,7 +336,7 @@ impl ExternalClient for KubernetesDatabaseClusters {
 
     async fn create(&self, d: &DesiredDatabaseCluster) -> Result<(), ProviderError> {
         self.children
-            .apply(&self.desired_children(d, true), &KINDS, &d.owner.uid)
+            .apply(&self.desired_children(d, true), &KINDS, &d.owner)
             .await
     }
 
@@ -349,7 +349,7 @@ impl ExternalClient for KubernetesDatabaseClusters {
     }
 
     async fn delete(&self, d: &DesiredDatabaseCluster) -> Result<(), ProviderError> {
-        self.children.delete_owned(&KINDS, &d.owner.uid).await
+        self.children.delete_owned(&KINDS, &d.owner).await
     }
 }
 

@@ -11,7 +11,7 @@ use super::children::{
     CONFIG_MAP, ChildKind, Children, NAMESPACE, NETWORK_POLICY, RESOURCE_QUOTA, ROLE_BINDING,
 };
 use super::{Child, LABEL_OWNER_UID};
-use crate::api::environment::{EnvironmentRole, Tier, reasons as env_reasons};
+use crate::api::environment::{EnvironmentRole, LABEL_ADOPTABLE_BY, Tier, reasons as env_reasons};
 use crate::api::organization::{BillingPlan, MemberRole};
 use crate::api::{LABEL_ENVIRONMENT, LABEL_ORGANIZATION, LABEL_TIER};
 use crate::provider::{
@@ -25,6 +25,8 @@ pub const CONFIG_MAP_NAME: &str = "bulkhead-environment";
 pub const NETWORK_POLICY_NAME: &str = "bulkhead-private-network";
 /// Name of the ResourceQuota derived from the organization's plan.
 pub const QUOTA_NAME: &str = "bulkhead-plan";
+/// RoleBinding giving the operator its rights inside an environment namespace.
+pub const OPERATOR_BINDING_NAME: &str = "bulkhead-operator";
 /// Annotation on a namespace that existed before bulkhead adopted it: it is
 /// never deleted with its Environment, only unlabelled.
 pub const ANNOTATION_ADOPTED: &str = "bulkhead.dev/adopted";
@@ -98,19 +100,38 @@ impl KubernetesEnvironments {
             let mut adopted = false;
             if let Some(live) = &live {
                 let labels = live.pointer("/metadata/labels");
-                let owner_env = labels
-                    .and_then(|l| l.get(LABEL_ENVIRONMENT))
-                    .and_then(Value::as_str);
-                if let Some(other) = owner_env.filter(|o| *o != env) {
+                let label = |key: &str| labels.and_then(|l| l.get(key)).and_then(Value::as_str);
+                if let Some(other) = label(LABEL_ENVIRONMENT).filter(|o| *o != env) {
                     return Err(ProviderError::terminal(
                         env_reasons::NAMESPACE_TAKEN,
                         format!("namespace {ns} belongs to Environment {other}"),
                     ));
                 }
-                let ours = labels
-                    .and_then(|l| l.get(LABEL_OWNER_UID))
-                    .and_then(Value::as_str)
-                    == Some(d.owner.uid.as_str());
+                let ours = label(LABEL_OWNER_UID) == Some(d.owner.uid.as_str());
+                if !ours {
+                    // A namespace bulkhead did not create is adopted only
+                    // when a platform admin opted it in for this very
+                    // Environment; otherwise nothing is written anywhere.
+                    match label(LABEL_ADOPTABLE_BY) {
+                        Some(e) if e == env => {}
+                        Some(other) => {
+                            return Err(ProviderError::terminal(
+                                env_reasons::NAMESPACE_OPTED_IN_ELSEWHERE,
+                                format!(
+                                    "namespace {ns} exists and is opted in for Environment {other} ({LABEL_ADOPTABLE_BY}={other}), not for {env}; nothing was written"
+                                ),
+                            ));
+                        }
+                        None => {
+                            return Err(ProviderError::terminal(
+                                env_reasons::NAMESPACE_NOT_OPTED_IN,
+                                format!(
+                                    "namespace {ns} exists and bulkhead did not create it, so nothing was written; to let Environment {env} adopt it, a cluster admin labels it: kubectl label namespace {ns} {LABEL_ADOPTABLE_BY}={env}"
+                                ),
+                            ));
+                        }
+                    }
+                }
                 adopted = is_adopted(live) || !ours;
             }
             let mut fields = json!({ "metadata": { "labels": {
@@ -129,6 +150,22 @@ impl KubernetesEnvironments {
 
     fn namespace_children(&self, d: &DesiredEnvironment, ns: &str) -> Vec<Child> {
         let mut out = Vec::new();
+        // First the operator's own rights in this namespace (its Secrets
+        // and workloads): the operator holds none cluster-wide, so every
+        // other child of the namespace's DatabaseClusters depends on it.
+        if let Some(grant) = &d.operator_grant {
+            out.push(Child::new(
+                ROLE_BINDING,
+                Some(ns),
+                OPERATOR_BINDING_NAME,
+                &d.owner,
+                true,
+                json!({
+                    "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": grant.cluster_role },
+                    "subjects": [grant.subject],
+                }),
+            ));
+        }
         // One RoleBinding per role, for explicit grants and for members.
         let mut grants: BTreeMap<EnvironmentRole, Vec<Value>> = BTreeMap::new();
         for grant in &d.access {
@@ -288,7 +325,7 @@ impl ExternalClient for KubernetesEnvironments {
         d: &DesiredEnvironment,
     ) -> Result<Observation<ObservedEnvironment>, ProviderError> {
         let desired = self.desired_children(d).await?;
-        let drift = self.children.drift(&desired, &KINDS, &d.owner.uid).await?;
+        let drift = self.children.drift(&desired, &KINDS, &d.owner).await?;
         if drift.existing == 0 {
             return Ok(Observation::Missing);
         }
@@ -327,7 +364,7 @@ impl ExternalClient for KubernetesEnvironments {
 
     async fn create(&self, d: &DesiredEnvironment) -> Result<(), ProviderError> {
         let desired = self.desired_children(d).await?;
-        self.children.apply(&desired, &KINDS, &d.owner.uid).await
+        self.children.apply(&desired, &KINDS, &d.owner).await
     }
 
     async fn update(
@@ -342,7 +379,7 @@ impl ExternalClient for KubernetesEnvironments {
         // Adopted namespaces stay: re-apply them with nothing, which drops
         // bulkhead's labels (server-side apply removes fields we no longer
         // set). Everything else bulkhead made goes.
-        for ns in self.children.list_owned(&[NAMESPACE], &d.owner.uid).await? {
+        for ns in self.children.list_owned(&[NAMESPACE], &d.owner).await? {
             if is_adopted(&ns.body) {
                 let bare = json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": ns.name } });
                 self.children
@@ -351,12 +388,14 @@ impl ExternalClient for KubernetesEnvironments {
             }
         }
         self.children
-            .delete_owned(
-                &[ROLE_BINDING, NETWORK_POLICY, RESOURCE_QUOTA, CONFIG_MAP],
-                &d.owner.uid,
-            )
+            .delete_owned(&[NETWORK_POLICY, RESOURCE_QUOTA, CONFIG_MAP], &d.owner)
             .await?;
-        self.children.delete_owned(&[NAMESPACE], &d.owner.uid).await
+        // RoleBindings last: the operator's own bulkhead-operator binding is
+        // what lets it delete the rest.
+        self.children
+            .delete_owned(&[ROLE_BINDING], &d.owner)
+            .await?;
+        self.children.delete_owned(&[NAMESPACE], &d.owner).await
     }
 }
 

@@ -101,7 +101,7 @@ impl ExternalClient for KubernetesOrganizations {
         d: &DesiredOrganization,
     ) -> Result<Observation<ObservedOrganization>, ProviderError> {
         let desired = self.desired_children(d, true);
-        let drift = self.children.drift(&desired, &KINDS, &d.owner.uid).await?;
+        let drift = self.children.drift(&desired, &KINDS, &d.owner).await?;
         if drift.existing == 0 {
             return Ok(Observation::Missing);
         }
@@ -166,7 +166,7 @@ impl ExternalClient for KubernetesOrganizations {
 
     async fn create(&self, d: &DesiredOrganization) -> Result<(), ProviderError> {
         self.children
-            .apply(&self.desired_children(d, true), &KINDS, &d.owner.uid)
+            .apply(&self.desired_children(d, true), &KINDS, &d.owner)
             .await
     }
 
@@ -179,6 +179,6 @@ impl ExternalClient for KubernetesOrganizations {
     }
 
     async fn delete(&self, d: &DesiredOrganization) -> Result<(), ProviderError> {
-        self.children.delete_owned(&KINDS, &d.owner.uid).await
+        self.children.delete_owned(&KINDS, &d.owner).await
     }
 }
