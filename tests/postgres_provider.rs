@@ -1248,6 +1248,224 @@ async fn sanitized_copy_masks_every_row() {
     );
 }
 
+/// Every value of `column` in `table`, as text, sorted.
+async fn column_values(client: &tokio_postgres::Client, table: &str, column: &str) -> Vec<String> {
+    let sql = format!("SELECT {column}::text FROM {table} ORDER BY 1");
+    client
+        .query(&sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Asserts that no row of `table` holds any of `originals` anywhere in it.
+async fn assert_no_original_in(
+    client: &tokio_postgres::Client,
+    table: &str,
+    originals: &BTreeSet<String>,
+) {
+    let rows: Vec<String> = client
+        .query(&format!("SELECT t::text FROM {table} t"), &[])
+        .await
+        .unwrap_or_else(|e| panic!("rows of {table}: {e:?}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!rows.is_empty(), "{table} has rows");
+    for row in rows {
+        assert!(
+            !originals.iter().any(|o| row.contains(o.as_str())),
+            "an original value survived in {table}: {row}"
+        );
+    }
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+#[tokio::test]
+async fn sanitized_copy_across_servers() {
+    // Production and staging on different servers, as tiers must be.
+    let target_pg = shared().await;
+    let source_pg = TestPostgres::start_new().await;
+    let target_p = provider(target_pg);
+    let source_p = provider(&source_pg);
+    let source = cluster(
+        "xs-prod",
+        &[("app", None)],
+        &[("own", &["app"], Privileges::Owner)],
+    );
+    let target = cluster(
+        "xs-stage",
+        &[("app", None)],
+        &[
+            ("own", &["app"], Privileges::Owner),
+            ("ro", &["app"], Privileges::ReadOnly),
+        ],
+    );
+    source_p.create(&source).await.expect("create the source");
+    target_p.create(&target).await.expect("create the target");
+    sql_as(
+        &source_pg,
+        &source,
+        "own",
+        "app",
+        "CREATE TABLE customers (id int PRIMARY KEY, email text NOT NULL UNIQUE, phone text, plan text NOT NULL);
+         CREATE TABLE tickets (id serial PRIMARY KEY, customer_email text NOT NULL, body text);
+         CREATE TABLE payment_tokens (id serial PRIMARY KEY, token text NOT NULL);
+         INSERT INTO customers
+              SELECT i, 'c' || i || '@prod.example', '+1-555-' || lpad(i::text, 4, '0'),
+                     CASE WHEN i % 3 = 0 THEN 'pro' ELSE 'free' END
+                FROM generate_series(1, 40) i;
+         INSERT INTO tickets (customer_email, body)
+              SELECT 'c' || (1 + i % 40) || '@prod.example', 'ticket ' || i FROM generate_series(1, 90) i;
+         INSERT INTO payment_tokens (token) SELECT md5(i::text) FROM generate_series(1, 5) i;",
+    )
+    .await
+    .expect("fill the source");
+
+    let masked = copy_request(
+        &source,
+        CopyMode::Sanitized,
+        &[
+            ("customers.email", MaskAction::Hash),
+            ("customers.phone", MaskAction::Redact),
+            ("tickets.customer_email", MaskAction::Hash),
+        ],
+        &["payment_tokens"],
+    );
+
+    // Without the source's connection the copy looks on the target's
+    // server, where the source does not exist.
+    match target_p.copy_from(&target, &masked).await {
+        Err(ProviderError::Transient { reason, message }) => {
+            assert_eq!(reason, "SourceNotReady", "{message}");
+            assert!(
+                message.contains(&format!("{}:{}", target_pg.host(), target_pg.port())),
+                "says where it looked: {message}"
+            );
+        }
+        other => panic!("expected SourceNotReady, got {other:?}"),
+    }
+    // A source connection that is not a connection string: refused, and
+    // the error quotes nothing of it.
+    let garbage = CopyRequest {
+        source_connection: Some(Secret::new("fm1r_c2VjcmV0dG9rZW5fZm9yX2ZseQ")),
+        ..masked.clone()
+    };
+    match target_p.copy_from(&target, &garbage).await {
+        Err(ProviderError::Terminal { reason, message }) => {
+            assert_eq!(reason, "CredentialsUnavailable", "{message}");
+            assert!(
+                message.starts_with("the source's admin connection: "),
+                "{message}"
+            );
+            assert!(
+                !message.contains("fm1r") && !message.contains("c2Vj"),
+                "{message}"
+            );
+        }
+        other => panic!("expected CredentialsUnavailable, got {other:?}"),
+    }
+
+    let request = CopyRequest {
+        source_connection: Some(Secret::new(source_pg.admin_dsn())),
+        ..masked
+    };
+    let report = target_p
+        .copy_from(&target, &request)
+        .await
+        .expect("copy across servers");
+    let src = source_pg.admin(&phys(&source, "app")).await;
+    let dst = target_pg.admin(&phys(&target, "app")).await;
+    let source_rows = scalar_i64(&src, "SELECT count(*) FROM customers").await
+        + scalar_i64(&src, "SELECT count(*) FROM tickets").await;
+    assert_eq!(
+        report,
+        CopyReport {
+            tables: 2,
+            rows: source_rows
+        }
+    );
+
+    // Each cluster stays on its own server.
+    let target_admin = target_pg.admin("postgres").await;
+    let source_admin = source_pg.admin("postgres").await;
+    let on = |db: String| format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'");
+    assert_eq!(
+        scalar_i64(&target_admin, &on(phys(&source, "app"))).await,
+        0
+    );
+    assert_eq!(
+        scalar_i64(&source_admin, &on(phys(&target, "app"))).await,
+        0
+    );
+
+    // Rows arrived.
+    for table in ["customers", "tickets"] {
+        let sql = format!("SELECT count(*) FROM {table}");
+        assert_eq!(
+            scalar_i64(&dst, &sql).await,
+            scalar_i64(&src, &sql).await,
+            "{table}"
+        );
+    }
+    // Unmasked columns are as they were.
+    assert_eq!(
+        column_values(&dst, "customers", "plan").await,
+        column_values(&src, "customers", "plan").await
+    );
+    assert_eq!(
+        column_values(&dst, "tickets", "body").await,
+        column_values(&src, "tickets", "body").await
+    );
+    // Masked columns hold no original value.
+    let mut originals: BTreeSet<String> = column_values(&src, "customers", "email")
+        .await
+        .into_iter()
+        .collect();
+    originals.extend(column_values(&src, "customers", "phone").await);
+    originals.extend(column_values(&src, "tickets", "customer_email").await);
+    assert_no_original_in(&dst, "customers", &originals).await;
+    assert_no_original_in(&dst, "tickets", &originals).await;
+    for email in column_values(&dst, "customers", "email").await {
+        assert!(is_sha256_hex(&email), "hash expected, got {email}");
+    }
+    for phone in column_values(&dst, "customers", "phone").await {
+        assert_eq!(phone, "REDACTED");
+    }
+    // One key per copy, on the source's server: equal values still join.
+    let joined = "SELECT count(*) FROM tickets t JOIN customers c ON c.email = t.customer_email";
+    assert_eq!(
+        scalar_i64(&dst, joined).await,
+        scalar_i64(&src, joined).await
+    );
+    // The excluded table is absent.
+    assert_eq!(
+        scalar_i64(
+            &dst,
+            "SELECT count(*) FROM pg_class WHERE relname = 'payment_tokens'"
+        )
+        .await,
+        0
+    );
+    assert_allowed(
+        sql_as(
+            target_pg,
+            &target,
+            "ro",
+            "app",
+            "SELECT count(*) FROM tickets",
+        )
+        .await,
+        "the target's readOnly user reads the copy",
+    );
+    assert_up_to_date(&target_p, &target).await;
+}
+
 #[tokio::test]
 async fn stopped_server_is_unavailable_and_recovers() {
     let pg = TestPostgres::start_new().await;

@@ -1,7 +1,8 @@
-//! Copying one cluster's databases into another's on the same server,
-//! without external binaries: the schema is read from the source's catalogs
-//! and recreated, rows are streamed with COPY through a projection that
-//! masks sensitive columns.
+//! Copying one cluster's databases into another's, on the same server or
+//! from another one (`CopyRequest::source_connection`), without external
+//! binaries: the schema is read from the source's catalogs and recreated,
+//! rows are streamed with COPY through a projection that masks sensitive
+//! columns.
 //!
 //! What a copy holds: extensions, enum types, sequences, tables (columns with
 //! types, collations, defaults, identity and generated columns, NOT NULL),
@@ -22,13 +23,15 @@
 //!   with a random key per copy (sent as a session setting, never in SQL
 //!   text), so equal values still join within one copy but cannot be
 //!   recomputed. Text-like columns only (varchar(n) keeps its first n hex
-//!   digits).
+//!   digits). The projection runs on the source's server, so the key lives
+//!   in the source sessions, wherever they are.
 //!
 //! The target side of each database runs in one transaction: the target's
 //! tables, views, sequences and types are dropped and recreated, so a
 //! re-copy replaces and a failed copy leaves the previous contents. The
 //! source is read in one REPEATABLE READ snapshot.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::{SinkExt, TryStreamExt};
@@ -599,16 +602,76 @@ fn source_error(e: &tokio_postgres::Error, doing: &str) -> ProviderError {
     classify(e, doing)
 }
 
-/// Copies `source` into `target` (both on the server behind `conn`).
+/// The same error with `context` in front of its message.
+fn in_context(e: ProviderError, context: &str) -> ProviderError {
+    match e {
+        ProviderError::Transient { reason, message } => ProviderError::Transient {
+            reason,
+            message: format!("{context}: {message}"),
+        },
+        ProviderError::Terminal { reason, message } => ProviderError::Terminal {
+            reason,
+            message: format!("{context}: {message}"),
+        },
+        ProviderError::Unavailable { message } => ProviderError::Unavailable {
+            message: format!("{context}: {message}"),
+        },
+    }
+}
+
+/// The admin connection of the source's server: its own when the request
+/// carries one, else the target's. Parse errors never quote the value
+/// (see [`ConnInfo::parse`]), so they can be passed on.
+fn source_conn<'a>(
+    conn: &'a ConnInfo,
+    request: &CopyRequest,
+) -> Result<Cow<'a, ConnInfo>, ProviderError> {
+    match &request.source_connection {
+        None => Ok(Cow::Borrowed(conn)),
+        Some(secret) => ConnInfo::parse(secret.expose())
+            .map(Cow::Owned)
+            .map_err(|e| in_context(e, "the source's admin connection")),
+    }
+}
+
+/// Copies `source` into `target`. The target lives on the server behind
+/// `conn`; the source there too, or on the server of
+/// `request.source_connection`, which then serves everything on the source
+/// side (inventory, snapshots, schema, rows).
 pub async fn copy(
     conn: &ConnInfo,
     target: &Plan,
     source: &Plan,
     request: &CopyRequest,
 ) -> Result<CopyReport, ProviderError> {
+    let source_conn = source_conn(conn, request)?;
+    // Errors from the source's own server say so: otherwise "connecting to
+    // database …" could be either server.
+    let on_source = |e: ProviderError| match &request.source_connection {
+        Some(_) => in_context(
+            e,
+            &format!(
+                "the source's server {}:{}",
+                source_conn.host, source_conn.port
+            ),
+        ),
+        None => e,
+    };
     let admin = conn.connect_admin(&conn.admin_db).await?;
     let target_inv = Inventory::load(&admin, target).await?;
-    let source_inv = Inventory::load(&admin, source).await?;
+    let source_inv = match &request.source_connection {
+        None => Inventory::load(&admin, source).await?,
+        Some(_) => {
+            let source_admin = source_conn
+                .connect_admin(&source_conn.admin_db)
+                .await
+                .map_err(on_source)?;
+            Inventory::load(&source_admin, source)
+                .await
+                .map_err(on_source)?
+        }
+    };
+    drop(admin);
 
     let mut pairs = Vec::new();
     for db in &target.databases {
@@ -638,8 +701,8 @@ pub async fn copy(
                 return Err(ProviderError::transient(
                     SOURCE_NOT_READY,
                     format!(
-                        "database {} of the source does not exist (yet)",
-                        src.physical
+                        "database {} of the source does not exist (yet) on {}:{}",
+                        src.physical, source_conn.host, source_conn.port
                     ),
                 ));
             }
@@ -664,16 +727,20 @@ pub async fn copy(
             "the source cluster has none of the target's databases (databases are copied by name)",
         ));
     }
-    drop(admin);
 
     // Open every source snapshot and read every schema before writing
-    // anything, so a bad sanitize rule fails with nothing changed.
+    // anything, so a bad sanitize rule fails with nothing changed. The hash
+    // key is set in each source session: the masking projection runs on the
+    // source's server.
     let mut key_bytes = [0u8; 32];
     rand::rng().fill(&mut key_bytes);
     let key: String = key_bytes.iter().map(|b| format!("{b:02x}")).collect();
     let mut sources = Vec::new();
     for (_, src) in &pairs {
-        let client = conn.connect_admin(&src.physical).await?;
+        let client = source_conn
+            .connect_admin(&src.physical)
+            .await
+            .map_err(on_source)?;
         let doing = format!("reading the schema of {}", src.physical);
         client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL search_path = pg_catalog")
@@ -1136,4 +1203,63 @@ async fn copy_database_in_transaction(
     }
     let count = i64::try_from(tables.len()).unwrap_or(i64::MAX);
     Ok((count, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::database_cluster::{ResolvedSize, Sanitize};
+    use crate::provider::{DesiredDatabaseCluster, Owner, Secret};
+
+    fn request(mode: CopyMode) -> CopyRequest {
+        CopyRequest {
+            source: DesiredDatabaseCluster {
+                owner: Owner {
+                    api_version: "bulkhead.dev/v1alpha1".into(),
+                    kind: "DatabaseCluster".into(),
+                    name: "prod".into(),
+                    uid: "u-1".into(),
+                    namespace: Some("team".into()),
+                },
+                namespace: "team".into(),
+                external_name: "prod".into(),
+                environment: "prod".into(),
+                tier: crate::api::environment::Tier::Production,
+                organization: "org".into(),
+                version: "16".into(),
+                regions: vec![],
+                size: ResolvedSize {
+                    cpus: 1,
+                    memory_mib: 256,
+                    storage_gib: 1,
+                    replicas: 1,
+                },
+                databases: vec![],
+                users: vec![],
+                passwords: Default::default(),
+                deletion_policy: crate::api::DeletionPolicy::Delete,
+            },
+            source_connection: None,
+            mode,
+            sanitize: Sanitize::default(),
+            safe_columns: Vec::new(),
+            allow_unmasked: false,
+        }
+    }
+
+    #[test]
+    fn a_bad_source_connection_quotes_nothing_of_it() {
+        let mut r = request(CopyMode::Sanitized);
+        r.source_connection = Some(Secret::new("fm1r_c2VjcmV0dG9rZW4"));
+        let conn = ConnInfo::parse("host=db user=admin").expect("parses");
+        let err = source_conn(&conn, &r).expect_err("not a connection string");
+        assert_eq!(err.reason(), reasons::CREDENTIALS_UNAVAILABLE);
+        let message = err.to_string();
+        assert!(
+            message.starts_with("the source's admin connection: "),
+            "{message}"
+        );
+        assert!(!message.contains("c2Vj"), "{message}");
+        assert!(!message.contains("fm1r"), "{message}");
+    }
 }
