@@ -15,7 +15,7 @@ use bulkhead::api::database_cluster::{
     CopyMode, DatabaseSpec, MaskAction, Privileges, ResolvedSize, Sanitize, UserSpec,
 };
 use bulkhead::api::environment::Tier;
-use bulkhead::provider::postgres::PostgresDatabaseClusters;
+use bulkhead::provider::postgres::{PostgresDatabaseClusters, postgres_reasons};
 use bulkhead::provider::{
     CopyReport, CopyRequest, DatabaseClusterClient, DesiredDatabaseCluster, ExternalClient,
     Observation, Owner, ProviderError, Secret, generate_password,
@@ -1016,6 +1016,9 @@ async fn sanitized_copy_masks_every_row() {
     .await
     .expect("fill the source");
 
+    // Every column that looks sensitive (users.email, users.name in a table
+    // of people, users.ssn) is masked, so the copy is not refused; the
+    // audit log is excluded.
     let request = copy_request(
         &source,
         CopyMode::Sanitized,
@@ -1246,6 +1249,495 @@ async fn sanitized_copy_masks_every_row() {
         sql_as(pg, &target, "ro", "app", "SELECT * FROM audit_log").await,
         "grants follow a schema-only copy",
     );
+}
+
+/// Every value of `column` in `table`, as text, sorted.
+async fn column_values(client: &tokio_postgres::Client, table: &str, column: &str) -> Vec<String> {
+    let sql = format!("SELECT {column}::text FROM {table} ORDER BY 1");
+    client
+        .query(&sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Asserts that no row of `table` holds any of `originals` anywhere in it.
+async fn assert_no_original_in(
+    client: &tokio_postgres::Client,
+    table: &str,
+    originals: &BTreeSet<String>,
+) {
+    let rows: Vec<String> = client
+        .query(&format!("SELECT t::text FROM {table} t"), &[])
+        .await
+        .unwrap_or_else(|e| panic!("rows of {table}: {e:?}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!rows.is_empty(), "{table} has rows");
+    for row in rows {
+        assert!(
+            !originals.iter().any(|o| row.contains(o.as_str())),
+            "an original value survived in {table}: {row}"
+        );
+    }
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+#[tokio::test]
+async fn sanitized_copy_across_servers() {
+    // Production and staging on different servers, as tiers must be.
+    let target_pg = shared().await;
+    let source_pg = TestPostgres::start_new().await;
+    let target_p = provider(target_pg);
+    let source_p = provider(&source_pg);
+    let source = cluster(
+        "xs-prod",
+        &[("app", None)],
+        &[("own", &["app"], Privileges::Owner)],
+    );
+    let target = cluster(
+        "xs-stage",
+        &[("app", None)],
+        &[
+            ("own", &["app"], Privileges::Owner),
+            ("ro", &["app"], Privileges::ReadOnly),
+        ],
+    );
+    source_p.create(&source).await.expect("create the source");
+    target_p.create(&target).await.expect("create the target");
+    sql_as(
+        &source_pg,
+        &source,
+        "own",
+        "app",
+        "CREATE TABLE customers (id int PRIMARY KEY, email text NOT NULL UNIQUE, phone text, plan text NOT NULL);
+         CREATE TABLE tickets (id serial PRIMARY KEY, customer_email text NOT NULL, body text);
+         CREATE TABLE payment_tokens (id serial PRIMARY KEY, token text NOT NULL);
+         INSERT INTO customers
+              SELECT i, 'c' || i || '@prod.example', '+1-555-' || lpad(i::text, 4, '0'),
+                     CASE WHEN i % 3 = 0 THEN 'pro' ELSE 'free' END
+                FROM generate_series(1, 40) i;
+         INSERT INTO tickets (customer_email, body)
+              SELECT 'c' || (1 + i % 40) || '@prod.example', 'ticket ' || i FROM generate_series(1, 90) i;
+         INSERT INTO payment_tokens (token) SELECT md5(i::text) FROM generate_series(1, 5) i;",
+    )
+    .await
+    .expect("fill the source");
+
+    let masked = copy_request(
+        &source,
+        CopyMode::Sanitized,
+        &[
+            ("customers.email", MaskAction::Hash),
+            ("customers.phone", MaskAction::Redact),
+            ("tickets.customer_email", MaskAction::Hash),
+        ],
+        &["payment_tokens"],
+    );
+
+    // Without the source's connection the copy looks on the target's
+    // server, where the source does not exist.
+    match target_p.copy_from(&target, &masked).await {
+        Err(ProviderError::Transient { reason, message }) => {
+            assert_eq!(reason, "SourceNotReady", "{message}");
+            assert!(
+                message.contains(&format!("{}:{}", target_pg.host(), target_pg.port())),
+                "says where it looked: {message}"
+            );
+        }
+        other => panic!("expected SourceNotReady, got {other:?}"),
+    }
+    // A source connection that is not a connection string: refused, and
+    // the error quotes nothing of it.
+    let garbage = CopyRequest {
+        source_connection: Some(Secret::new("fm1r_c2VjcmV0dG9rZW5fZm9yX2ZseQ")),
+        ..masked.clone()
+    };
+    match target_p.copy_from(&target, &garbage).await {
+        Err(ProviderError::Terminal { reason, message }) => {
+            assert_eq!(reason, "CredentialsUnavailable", "{message}");
+            assert!(
+                message.starts_with("the source's admin connection: "),
+                "{message}"
+            );
+            assert!(
+                !message.contains("fm1r") && !message.contains("c2Vj"),
+                "{message}"
+            );
+        }
+        other => panic!("expected CredentialsUnavailable, got {other:?}"),
+    }
+
+    let request = CopyRequest {
+        source_connection: Some(Secret::new(source_pg.admin_dsn())),
+        ..masked
+    };
+    let report = target_p
+        .copy_from(&target, &request)
+        .await
+        .expect("copy across servers");
+    let src = source_pg.admin(&phys(&source, "app")).await;
+    let dst = target_pg.admin(&phys(&target, "app")).await;
+    let source_rows = scalar_i64(&src, "SELECT count(*) FROM customers").await
+        + scalar_i64(&src, "SELECT count(*) FROM tickets").await;
+    assert_eq!(
+        report,
+        CopyReport {
+            tables: 2,
+            rows: source_rows
+        }
+    );
+
+    // Each cluster stays on its own server.
+    let target_admin = target_pg.admin("postgres").await;
+    let source_admin = source_pg.admin("postgres").await;
+    let on = |db: String| format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'");
+    assert_eq!(
+        scalar_i64(&target_admin, &on(phys(&source, "app"))).await,
+        0
+    );
+    assert_eq!(
+        scalar_i64(&source_admin, &on(phys(&target, "app"))).await,
+        0
+    );
+
+    // Rows arrived.
+    for table in ["customers", "tickets"] {
+        let sql = format!("SELECT count(*) FROM {table}");
+        assert_eq!(
+            scalar_i64(&dst, &sql).await,
+            scalar_i64(&src, &sql).await,
+            "{table}"
+        );
+    }
+    // Unmasked columns are as they were.
+    assert_eq!(
+        column_values(&dst, "customers", "plan").await,
+        column_values(&src, "customers", "plan").await
+    );
+    assert_eq!(
+        column_values(&dst, "tickets", "body").await,
+        column_values(&src, "tickets", "body").await
+    );
+    // Masked columns hold no original value.
+    let mut originals: BTreeSet<String> = column_values(&src, "customers", "email")
+        .await
+        .into_iter()
+        .collect();
+    originals.extend(column_values(&src, "customers", "phone").await);
+    originals.extend(column_values(&src, "tickets", "customer_email").await);
+    assert_no_original_in(&dst, "customers", &originals).await;
+    assert_no_original_in(&dst, "tickets", &originals).await;
+    for email in column_values(&dst, "customers", "email").await {
+        assert!(is_sha256_hex(&email), "hash expected, got {email}");
+    }
+    for phone in column_values(&dst, "customers", "phone").await {
+        assert_eq!(phone, "REDACTED");
+    }
+    // One key per copy, on the source's server: equal values still join.
+    let joined = "SELECT count(*) FROM tickets t JOIN customers c ON c.email = t.customer_email";
+    assert_eq!(
+        scalar_i64(&dst, joined).await,
+        scalar_i64(&src, joined).await
+    );
+    // The excluded table is absent.
+    assert_eq!(
+        scalar_i64(
+            &dst,
+            "SELECT count(*) FROM pg_class WHERE relname = 'payment_tokens'"
+        )
+        .await,
+        0
+    );
+    assert_allowed(
+        sql_as(
+            target_pg,
+            &target,
+            "ro",
+            "app",
+            "SELECT count(*) FROM tickets",
+        )
+        .await,
+        "the target's readOnly user reads the copy",
+    );
+    assert_up_to_date(&target_p, &target).await;
+}
+
+/// The user relations of a database (tables, views, sequences, indexes).
+async fn relations(client: &tokio_postgres::Client) -> BTreeSet<String> {
+    client
+        .query(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')",
+            &[],
+        )
+        .await
+        .expect("list relations")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// A source with two sensitive-looking columns (`patients.email`,
+/// `patients.ssn`) among columns that only sound like it, and a target
+/// holding a table of its own.
+async fn sensitive_fixture(
+    pg: &TestPostgres,
+    p: &PostgresDatabaseClusters,
+    name: &str,
+) -> (DesiredDatabaseCluster, DesiredDatabaseCluster) {
+    let source = cluster(
+        &format!("{name}-prod"),
+        &[("app", None)],
+        &[("own", &["app"], Privileges::Owner)],
+    );
+    let target = cluster(
+        &format!("{name}-stage"),
+        &[("app", None)],
+        &[("own", &["app"], Privileges::Owner)],
+    );
+    p.create(&source).await.expect("create source");
+    p.create(&target).await.expect("create target");
+    sql_as(
+        pg,
+        &source,
+        "own",
+        "app",
+        "CREATE TABLE patients (id int PRIMARY KEY, email text NOT NULL, ssn varchar(11),
+                                email_verified boolean, username text, created_at timestamptz DEFAULT now());
+         CREATE TABLE visits (id serial PRIMARY KEY, patient_id int REFERENCES patients (id),
+                              hostname text, filename text, table_name text);
+         INSERT INTO patients (id, email, ssn, email_verified, username)
+              SELECT i, 'p' || i || '@clinic.example', lpad(i::text, 3, '0') || '-12-3456', i % 2 = 0, 'user' || i
+                FROM generate_series(1, 20) i;
+         INSERT INTO visits (patient_id, hostname, filename, table_name)
+              SELECT 1 + i % 20, 'host' || i, 'scan' || i || '.pdf', 'visits' FROM generate_series(1, 30) i;",
+    )
+    .await
+    .expect("fill the source");
+    sql_as(
+        pg,
+        &target,
+        "own",
+        "app",
+        "CREATE TABLE keep_me (id int); INSERT INTO keep_me SELECT generate_series(1, 3);",
+    )
+    .await
+    .expect("fill the target");
+    (source, target)
+}
+
+#[tokio::test]
+async fn copy_refuses_unmasked_sensitive_columns() {
+    let pg = shared().await;
+    let p = provider(pg);
+    let (source, target) = sensitive_fixture(pg, &p, "sens").await;
+    let dst = pg.admin(&phys(&target, "app")).await;
+    let before = relations(&dst).await;
+
+    let unmasked = copy_request(&source, CopyMode::Sanitized, &[], &[]);
+    let message = match p.copy_from(&target, &unmasked).await {
+        Err(ProviderError::Terminal { reason, message }) => {
+            assert_eq!(reason, postgres_reasons::SENSITIVE_COLUMNS_UNMASKED);
+            message
+        }
+        other => panic!("expected SensitiveColumnsUnmasked, got {other:?}"),
+    };
+    // Exactly the two columns, as database.schema.table.column (category).
+    let listed: BTreeSet<&str> = message
+        .split_once(": ")
+        .and_then(|(_, rest)| rest.split_once(". "))
+        .map(|(list, _)| list.split(", ").collect())
+        .unwrap_or_else(|| panic!("no list in {message}"));
+    assert_eq!(
+        listed,
+        BTreeSet::from([
+            "app.public.patients.email (email)",
+            "app.public.patients.ssn (national id)",
+        ]),
+        "{message}"
+    );
+    for how in [
+        "sanitize.columns",
+        "spec.copyPolicy.safeColumns",
+        "spec.copyPolicy.allowUnmasked",
+    ] {
+        assert!(message.contains(how), "the fix names {how}: {message}");
+    }
+    // Nothing was written to the target.
+    assert_eq!(scalar_i64(&dst, "SELECT count(*) FROM keep_me").await, 3);
+    assert_eq!(relations(&dst).await, before);
+
+    // Masking one and leaving the other still refuses, naming the other.
+    let half = copy_request(
+        &source,
+        CopyMode::Sanitized,
+        &[("patients.email", MaskAction::Hash)],
+        &[],
+    );
+    match p.copy_from(&target, &half).await {
+        Err(ProviderError::Terminal { reason, message }) => {
+            assert_eq!(reason, "SensitiveColumnsUnmasked");
+            assert!(
+                message.contains("app.public.patients.ssn (national id)"),
+                "{message}"
+            );
+            assert!(!message.contains("patients.email"), "{message}");
+        }
+        other => panic!("expected SensitiveColumnsUnmasked, got {other:?}"),
+    }
+    // A declaration that names nothing is an error, not a pass.
+    let typo = CopyRequest {
+        safe_columns: vec!["patients.ssn_typo".into()],
+        ..half.clone()
+    };
+    assert_eq!(
+        terminal_reason(p.copy_from(&target, &typo).await),
+        "UnknownColumn"
+    );
+    assert_eq!(scalar_i64(&dst, "SELECT count(*) FROM keep_me").await, 3);
+    assert_eq!(relations(&dst).await, before);
+
+    // SchemaOnly copies no rows: nothing to refuse.
+    let schema_only = copy_request(&source, CopyMode::SchemaOnly, &[], &[]);
+    let report = p
+        .copy_from(&target, &schema_only)
+        .await
+        .expect("schema-only copy");
+    assert_eq!(report, CopyReport { tables: 2, rows: 0 });
+    assert_eq!(scalar_i64(&dst, "SELECT count(*) FROM patients").await, 0);
+}
+
+#[tokio::test]
+async fn sensitive_columns_pass_once_masked_or_declared_safe() {
+    let pg = shared().await;
+    let p = provider(pg);
+    let (source, target) = sensitive_fixture(pg, &p, "sens-ok").await;
+    let src = pg.admin(&phys(&source, "app")).await;
+    let dst = pg.admin(&phys(&target, "app")).await;
+
+    // email masked, ssn declared safe by the source.
+    let request = CopyRequest {
+        safe_columns: vec!["public.patients.ssn".into()],
+        ..copy_request(
+            &source,
+            CopyMode::Sanitized,
+            &[("patients.email", MaskAction::Hash)],
+            &[],
+        )
+    };
+    p.copy_from(&target, &request).await.expect("copy");
+    let emails: BTreeSet<String> = column_values(&src, "patients", "email")
+        .await
+        .into_iter()
+        .collect();
+    assert_no_original_in(&dst, "patients", &emails).await;
+    assert_eq!(
+        column_values(&dst, "patients", "ssn").await,
+        column_values(&src, "patients", "ssn").await,
+        "a column declared safe is copied as it is"
+    );
+    assert_eq!(
+        scalar_i64(&dst, "SELECT count(*) FROM visits").await,
+        scalar_i64(&src, "SELECT count(*) FROM visits").await
+    );
+
+    // Both masked: passes too, with nothing declared.
+    let both = copy_request(
+        &source,
+        CopyMode::Sanitized,
+        &[
+            ("patients.email", MaskAction::Hash),
+            ("patients.ssn", MaskAction::Null),
+        ],
+        &[],
+    );
+    p.copy_from(&target, &both).await.expect("copy both masked");
+    assert_eq!(
+        scalar_i64(&dst, "SELECT count(*) FROM patients WHERE ssn IS NOT NULL").await,
+        0
+    );
+
+    // Excluding the table passes too.
+    let excluded = copy_request(&source, CopyMode::Sanitized, &[], &["patients", "visits"]);
+    let report = p
+        .copy_from(&target, &excluded)
+        .await
+        .expect("copy without patients");
+    assert_eq!(report, CopyReport { tables: 0, rows: 0 });
+}
+
+#[tokio::test]
+async fn domains_arrays_and_inet_columns_are_classified() {
+    let pg = shared().await;
+    let p = provider(pg);
+    let source = cluster(
+        "sens-types-prod",
+        &[("app", None)],
+        &[("own", &["app"], Privileges::Owner)],
+    );
+    let target = cluster(
+        "sens-types-stage",
+        &[("app", None)],
+        &[("own", &["app"], Privileges::Owner)],
+    );
+    p.create(&source).await.expect("create source");
+    p.create(&target).await.expect("create target");
+    sql_as(
+        pg,
+        &source,
+        "own",
+        "app",
+        "CREATE DOMAIN email_address AS text CHECK (VALUE LIKE '%@%');
+         CREATE TABLE signups (id int PRIMARY KEY, contact email_address, seen_from inet,
+                               phone text[], tags text[], referrer text);
+         INSERT INTO signups VALUES (1, 'a@b.example', '192.0.2.1', '{+1-555-0100}', '{x}', 'ad');",
+    )
+    .await
+    .expect("fill the source");
+    let request = copy_request(&source, CopyMode::Sanitized, &[], &[]);
+    let message = match p.copy_from(&target, &request).await {
+        Err(ProviderError::Terminal { reason, message }) => {
+            assert_eq!(reason, "SensitiveColumnsUnmasked", "{message}");
+            message
+        }
+        other => panic!("expected SensitiveColumnsUnmasked, got {other:?}"),
+    };
+    assert!(
+        message.starts_with(
+            "3 column(s) look sensitive and would be copied unmasked: \
+             app.public.signups.contact (email), app.public.signups.phone (phone), \
+             app.public.signups.seen_from (IP address). "
+        ),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn allow_unmasked_copies_sensitive_columns_in_clear() {
+    let pg = shared().await;
+    let p = provider(pg);
+    let (source, target) = sensitive_fixture(pg, &p, "sens-clear").await;
+    let request = CopyRequest {
+        allow_unmasked: true,
+        ..copy_request(&source, CopyMode::Sanitized, &[], &[])
+    };
+    p.copy_from(&target, &request).await.expect("copy");
+    let src = pg.admin(&phys(&source, "app")).await;
+    let dst = pg.admin(&phys(&target, "app")).await;
+    for column in ["email", "ssn"] {
+        assert_eq!(
+            column_values(&dst, "patients", column).await,
+            column_values(&src, "patients", column).await,
+            "{column} copied in clear"
+        );
+    }
 }
 
 #[tokio::test]

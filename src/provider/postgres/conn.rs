@@ -2,7 +2,11 @@
 //! `key=value` DSN), TLS as `sslmode` asks for it, connecting with a timeout,
 //! and classifying errors into [`ProviderError`]s.
 //!
-//! Nothing here ever puts a password into an error message or a log line.
+//! Nothing here ever puts a password into an error message or a log line,
+//! and a connection string that does not parse is described by its form
+//! only: the Secret may hold something else entirely (a cloud token, a bare
+//! password), and these messages end up in conditions and Events, so no
+//! error quotes any part of the value.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,6 +95,11 @@ impl std::fmt::Debug for ConnInfo {
     }
 }
 
+/// Parameters [`ConnInfo::parse`] accepts, for the error naming an unsupported one.
+const SUPPORTED: &str = "host, port, user, password, dbname, sslmode, sslrootcert, application_name, options, connect_timeout";
+
+/// A parse error. `message` must describe the form of the connection
+/// string and never quote it.
 fn invalid(message: impl Into<String>) -> ProviderError {
     ProviderError::terminal(
         reasons::CREDENTIALS_UNAVAILABLE,
@@ -107,9 +116,8 @@ fn parse_pairs(s: &str) -> Result<Vec<(String, String)>, ProviderError> {
     {
         parse_uri(rest)
     } else if trimmed.contains("://") {
-        Err(invalid(
-            "the URI scheme must be postgres:// or postgresql://",
-        ))
+        // Without the "://": the message must not echo the rejected scheme's tail.
+        Err(invalid("a URI must use the scheme postgres or postgresql"))
     } else {
         parse_dsn(trimmed)
     }
@@ -172,7 +180,7 @@ fn parse_uri(rest: &str) -> Result<Vec<(String, String)>, ProviderError> {
             let (host, port) = if let Some(v6) = h.strip_prefix('[') {
                 let (addr, after) = v6
                     .split_once(']')
-                    .ok_or_else(|| invalid("unterminated [IPv6] host"))?;
+                    .ok_or_else(|| invalid("an [IPv6] host has no closing ']'"))?;
                 (
                     addr.to_string(),
                     after.strip_prefix(':').map(str::to_string),
@@ -198,7 +206,7 @@ fn parse_uri(rest: &str) -> Result<Vec<(String, String)>, ProviderError> {
         for param in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = param
                 .split_once('=')
-                .ok_or_else(|| invalid("a URI parameter has no '='"))?;
+                .ok_or_else(|| invalid("an item of the URI query has no '='"))?;
             let key = percent_decode(k, "parameter name")?;
             let value = percent_decode(v, "parameter value")?;
             pairs.push((key, value));
@@ -223,7 +231,10 @@ fn parse_dsn(s: &str) -> Result<Vec<(String, String)>, ProviderError> {
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.next() != Some('=') {
-            return Err(invalid(format!("missing '=' after \"{key}\"")));
+            // Never the key: a bare token or password lands here whole.
+            // (No "value" either: the message must not share words with
+            // a token like `s3cr3tvalue`, for the tests to tell.)
+            return Err(invalid("a keyword is not followed by '='"));
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         let mut value = String::new();
@@ -232,17 +243,11 @@ fn parse_dsn(s: &str) -> Result<Vec<(String, String)>, ProviderError> {
                 match chars.next() {
                     Some('\\') => match chars.next() {
                         Some(c) => value.push(c),
-                        None => {
-                            return Err(invalid(format!(
-                                "unterminated quoted value for \"{key}\""
-                            )));
-                        }
+                        None => return Err(invalid("a quoted string has no closing quote")),
                     },
                     Some('\'') => break,
                     Some(c) => value.push(c),
-                    None => {
-                        return Err(invalid(format!("unterminated quoted value for \"{key}\"")));
-                    }
+                    None => return Err(invalid("a quoted string has no closing quote")),
                 }
             }
         } else {
@@ -281,13 +286,13 @@ impl ConnInfo {
                         .split(',')
                         .map(|p| {
                             if p.is_empty() {
-                                Ok(5432)
+                                Some(5432)
                             } else {
-                                p.parse::<u16>()
+                                p.parse::<u16>().ok().filter(|p| *p != 0)
                             }
                         })
-                        .collect::<Result<_, _>>()
-                        .map_err(|_| invalid("port must be a number"))?;
+                        .collect::<Option<_>>()
+                        .ok_or_else(|| invalid("a port is not a number from 1 to 65535"))?;
                 }
                 "user" => user = Some(value),
                 "password" => {
@@ -312,8 +317,11 @@ impl ConnInfo {
                         config.connect_timeout(Duration::from_secs(secs).min(CONNECT_TIMEOUT));
                     }
                 }
-                other => {
-                    return Err(invalid(format!("unsupported parameter \"{other}\"")));
+                // Not the key: it may be a secret that happens to contain '='.
+                _ => {
+                    return Err(invalid(format!(
+                        "an unsupported parameter (supported: {SUPPORTED})"
+                    )));
                 }
             }
         }
@@ -487,17 +495,22 @@ fn tls_config(
 fn root_store(root_cert: Option<&str>) -> Result<RootCertStore, ProviderError> {
     let mut roots = RootCertStore::empty();
     match root_cert {
+        // The path is part of the connection string: the errors name the
+        // parameter, not the path; nor do they quote the file (PEM errors
+        // can show a line of it, and it may not be a certificate at all).
         Some(path) if path != "system" => {
-            let pem =
-                std::fs::read(path).map_err(|e| invalid(format!("sslrootcert {path}: {e}")))?;
+            let pem = std::fs::read(path)
+                .map_err(|e| invalid(format!("the sslrootcert file cannot be read: {e}")))?;
             for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| invalid(format!("sslrootcert {path}: {e}")))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| invalid(format!("sslrootcert {path}: {e}")))?;
+                let cert = cert.map_err(|_| invalid("the sslrootcert file is not valid PEM"))?;
+                roots.add(cert).map_err(|e| {
+                    invalid(format!(
+                        "the sslrootcert file holds an unusable certificate: {e}"
+                    ))
+                })?;
             }
             if roots.is_empty() {
-                return Err(invalid(format!("sslrootcert {path} holds no certificate")));
+                return Err(invalid("the sslrootcert file holds no certificate"));
             }
         }
         _ => {
@@ -742,6 +755,105 @@ mod tests {
         let info =
             ConnInfo::parse("postgres://u:hunter2@h/db?sslmode=verify-full").expect("parses");
         assert!(!format!("{info:?}").contains("hunter2"));
+    }
+
+    /// Words a parse error may contain although the input has them too:
+    /// they name parameters and schemes, never a value.
+    const KEYWORDS: &[&str] = &[
+        "host",
+        "port",
+        "user",
+        "password",
+        "dbname",
+        "sslmode",
+        "sslrootcert",
+        "application_name",
+        "options",
+        "connect_timeout",
+        "postgres",
+        "postgresql",
+    ];
+
+    /// Asserts that no substring of `input` of 4 or more characters shows up
+    /// in `message`, case-insensitively, unless it is part of a keyword (the
+    /// message may name the parameter `password`, so `pass` from
+    /// `passw0rd=…` is fine; `w0rd` is not). Substrings with whitespace are
+    /// skipped (messages are made of words too): a leak of 4 or more
+    /// characters is still caught by its parts without whitespace.
+    fn assert_quotes_nothing_of(input: &str, message: &str) {
+        let input: Vec<char> = input.to_lowercase().chars().collect();
+        let message = message.to_lowercase();
+        for start in 0..input.len() {
+            for end in start + 4..=input.len() {
+                let fragment: String = input[start..end].iter().collect();
+                if fragment.contains(char::is_whitespace)
+                    || KEYWORDS.iter().any(|k| k.contains(&fragment))
+                {
+                    continue;
+                }
+                assert!(
+                    !message.contains(&fragment),
+                    "the error quotes {fragment:?} of the connection string: {message}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn parse_errors_describe_the_form_only() {
+        let root_cert = std::env::temp_dir().join(format!("s3cr3t-{}.pem", std::process::id()));
+        std::fs::write(&root_cert, "-----BEGIN s3cr3tline-----\n").expect("write a bad PEM");
+        let bad_pem = format!(
+            "host=db user=admin sslmode=verify-full sslrootcert={}",
+            root_cert.display()
+        );
+        let malformed = [
+            "fm1r_ZXhhbXBsZXNlY3JldA",
+            "fm1r_ZXhhbXBsZQ==",
+            "s3cr3tvalue",
+            "  s3cr3tvalue  ",
+            "postgres//admin:s3cr3t@db",
+            "mysql://u:p4ss@h/db",
+            "host=db password='unterminated",
+            r"host=db password='trailing\",
+            "user=x passw0rd=hunter2",
+            "host=db user=x hunter2",
+            "postgres://u:%zz@h/db",
+            "postgres://u:hunter2%@h/db",
+            "postgres://u:%ff%fe@h/db",
+            "postgres://u:hunter2@h:99999/db",
+            "postgres://u:hunter2@h:0/db",
+            "postgres://u:hunter2@[::1/db",
+            "postgres://u:hunter2@h/db?s3cr3tparam",
+            "postgres://u:hunter2@h/db?sslmode=s3cr3t",
+            "postgres://u:hunter2@h/db?s3cr3t=1",
+            "host=h user=u connect_timeout=s3cr3t",
+            "postgres://hunter2@/db",
+            "host=h password=hunter2",
+            "host=h,h2 port=1,2,3 user=u password=hunter2",
+            "host=db user=admin sslmode=verify-full sslrootcert=/nonexistent/s3cr3t.pem",
+            &bad_pem,
+        ];
+        for input in malformed {
+            let err = match ConnInfo::parse(input) {
+                Ok(info) => panic!("{input:?} parsed: {info:?}"),
+                Err(e) => e,
+            };
+            assert_eq!(err.reason(), reasons::CREDENTIALS_UNAVAILABLE, "{input:?}");
+            assert!(err.is_terminal(), "{input:?}: {err:?}");
+            assert_quotes_nothing_of(input, &err.to_string());
+        }
+        let _ = std::fs::remove_file(&root_cert);
+    }
+
+    #[test]
+    fn the_fragment_check_catches_a_quote() {
+        // The helper itself: a message quoting the input must fail it.
+        let quoted = std::panic::catch_unwind(|| {
+            assert_quotes_nothing_of("user=x passw0rd=hunter2", "unsupported \"passw0rd\"")
+        });
+        assert!(quoted.is_err());
+        assert_quotes_nothing_of("user=x passw0rd=hunter2", "no password for the user");
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! Copying one cluster's databases into another's on the same server,
-//! without external binaries: the schema is read from the source's catalogs
-//! and recreated, rows are streamed with COPY through a projection that
-//! masks sensitive columns.
+//! Copying one cluster's databases into another's, on the same server or
+//! from another one (`CopyRequest::source_connection`), without external
+//! binaries: the schema is read from the source's catalogs and recreated,
+//! rows are streamed with COPY through a projection that masks sensitive
+//! columns.
 //!
 //! What a copy holds: extensions, enum types, sequences, tables (columns with
 //! types, collations, defaults, identity and generated columns, NOT NULL),
@@ -22,13 +23,21 @@
 //!   with a random key per copy (sent as a session setting, never in SQL
 //!   text), so equal values still join within one copy but cannot be
 //!   recomputed. Text-like columns only (varchar(n) keeps its first n hex
-//!   digits).
+//!   digits). The projection runs on the source's server, so the key lives
+//!   in the source sessions, wherever they are.
+//!
+//! Before any row is copied, every column of every copied table is
+//! classified by name and type ([`super::classify`]); a column that looks
+//! sensitive and is neither masked, nor in an excluded table, nor declared
+//! safe by the source (`safe_columns`) refuses the copy with
+//! `SensitiveColumnsUnmasked`, unless the source allows unmasked copies.
 //!
 //! The target side of each database runs in one transaction: the target's
 //! tables, views, sequences and types are dropped and recreated, so a
 //! re-copy replaces and a failed copy leaves the previous contents. The
 //! source is read in one REPEATABLE READ snapshot.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::{SinkExt, TryStreamExt};
@@ -36,6 +45,7 @@ use rand::RngExt;
 use tokio_postgres::Client;
 
 use super::catalog::{Claim, Inventory, USER_SCHEMA_FILTER};
+use super::classify::sensitive;
 use super::conn::{ConnInfo, classify};
 use super::names::{NAME_CONFLICT, Plan};
 use super::sql::{ident, lit, qualified};
@@ -46,6 +56,7 @@ use crate::reconcile::reasons;
 pub const UNKNOWN_TABLE: &str = "UnknownTable";
 pub const UNKNOWN_COLUMN: &str = "UnknownColumn";
 pub const UNSUPPORTED_MASK: &str = "UnsupportedMask";
+pub const SENSITIVE_COLUMNS_UNMASKED: &str = "SensitiveColumnsUnmasked";
 const UNSUPPORTED_SCHEMA: &str = "UnsupportedSchema";
 const MASK_VIOLATES_CONSTRAINT: &str = "MaskViolatesConstraint";
 const SOURCE_NOT_READY: &str = "SourceNotReady";
@@ -55,12 +66,18 @@ const TARGET_NOT_READY: &str = "TargetNotReady";
 const KEY_SETTING: &str = "bulkhead.copy_key";
 const REDACTED: &str = "REDACTED";
 
+/// How many offending columns a refusal lists before "and N more".
+const MAX_LISTED: usize = 50;
+
 #[derive(Clone, Debug)]
 struct Column {
     attnum: i16,
     name: String,
     ty: String,
     category: char,
+    /// The element type's category for arrays, else `category`: what the
+    /// values look like, for classifying the column.
+    value_category: char,
     not_null: bool,
     default: Option<String>,
     /// 'a' (ALWAYS), 'd' (BY DEFAULT) or none.
@@ -211,7 +228,8 @@ async fn read_schema(client: &Client) -> Result<SourceSchema, tokio_postgres::Er
                     CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation
                          THEN (SELECT format('%I.%I', cn.nspname, co.collname)
                                  FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace
-                                WHERE co.oid = a.attcollation) END
+                                WHERE co.oid = a.attcollation) END,
+                    (SELECT et.typcategory::text FROM pg_type et WHERE et.oid = t.typelem AND t.typcategory = 'A')
                FROM pg_attribute a
                JOIN pg_type t ON t.oid = a.atttypid
                LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
@@ -226,11 +244,17 @@ async fn read_schema(client: &Client) -> Result<SourceSchema, tokio_postgres::Er
         let category: String = row.get(4);
         let identity: String = row.get(7);
         let generated: String = row.get(8);
+        let element_category: Option<String> = row.get(10);
+        let category = first_char(&category).unwrap_or('X');
         out.tables[i].columns.push(Column {
             attnum: row.get(1),
             name: row.get(2),
             ty: row.get(3),
-            category: first_char(&category).unwrap_or('X'),
+            category,
+            value_category: element_category
+                .as_deref()
+                .and_then(first_char)
+                .unwrap_or(category),
             not_null: row.get(5),
             default: row.get(6),
             identity: first_char(&identity),
@@ -392,7 +416,8 @@ fn parse_table(key: &str) -> Result<TableRef, ProviderError> {
     }
 }
 
-fn parse_column(key: &str) -> Result<(TableRef, String), ProviderError> {
+/// A `table.column` or `schema.table.column` key of the list `field`.
+fn parse_column(key: &str, field: &str) -> Result<(TableRef, String), ProviderError> {
     let parts: Vec<&str> = key.split('.').collect();
     match parts.as_slice() {
         [t, c] if !t.is_empty() && !c.is_empty() => Ok((
@@ -411,7 +436,7 @@ fn parse_column(key: &str) -> Result<(TableRef, String), ProviderError> {
         )),
         _ => Err(ProviderError::terminal(
             reasons::INVALID_SPEC,
-            format!("sanitize.columns key {key:?} must be table.column or schema.table.column"),
+            format!("{field} entry {key:?} must be table.column or schema.table.column"),
         )),
     }
 }
@@ -454,7 +479,7 @@ fn plan_masks(
         }
     }
     for (key, action) in &sanitize.columns {
-        let (r, column) = parse_column(key)?;
+        let (r, column) = parse_column(key, "sanitize.columns")?;
         let mut table_found = false;
         let mut column_found = false;
         for (schema, plan) in schemas.iter().zip(plans.iter_mut()) {
@@ -488,6 +513,114 @@ fn plan_masks(
         }
     }
     Ok(plans)
+}
+
+/// Refuses a Sanitized copy while a column that looks sensitive would be
+/// copied as it is: not masked, not in an excluded table, not declared safe
+/// by the source. `databases` are the logical names of the source databases,
+/// in the order of `schemas` and `plans`. Runs before anything is written.
+fn refuse_unmasked(
+    databases: &[&str],
+    schemas: &[&SourceSchema],
+    plans: &[CopyPlan],
+    request: &CopyRequest,
+) -> Result<(), ProviderError> {
+    // SchemaOnly copies no rows; allowUnmasked is the source's explicit
+    // choice to hand its data out in clear.
+    if request.mode == CopyMode::SchemaOnly || request.allow_unmasked {
+        return Ok(());
+    }
+    let safe = resolve_safe_columns(schemas, &request.safe_columns)?;
+    let mut offending = Vec::new();
+    for (((db, schema), plan), safe) in databases.iter().zip(schemas).zip(plans).zip(&safe) {
+        for t in schema
+            .tables
+            .iter()
+            .filter(|t| !plan.excluded.contains(&t.oid))
+        {
+            let masks = plan.masks.get(&t.oid);
+            for c in &t.columns {
+                // Generated columns are recomputed in the copy from the
+                // (classified) columns they read.
+                if c.generated
+                    || masks.is_some_and(|m| m.contains_key(&c.attnum))
+                    || safe.contains(&(t.oid, c.attnum))
+                {
+                    continue;
+                }
+                if let Some(category) = sensitive(&t.name, &c.name, &c.ty, c.value_category) {
+                    offending.push(format!(
+                        "{db}.{}.{}.{} ({})",
+                        t.schema,
+                        t.name,
+                        c.name,
+                        category.as_str()
+                    ));
+                }
+            }
+        }
+    }
+    if offending.is_empty() {
+        return Ok(());
+    }
+    offending.sort();
+    offending.dedup();
+    let total = offending.len();
+    let mut listed = offending
+        .into_iter()
+        .take(MAX_LISTED)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if total > MAX_LISTED {
+        listed.push_str(&format!(", and {} more", total - MAX_LISTED));
+    }
+    Err(ProviderError::terminal(
+        SENSITIVE_COLUMNS_UNMASKED,
+        format!(
+            "{total} column(s) look sensitive and would be copied unmasked: {listed}. \
+             For each, mask it in sanitize.columns, exclude its table in sanitize.excludeTables, \
+             or have the source DatabaseCluster declare it in spec.copyPolicy.safeColumns \
+             (or allow unmasked copies with spec.copyPolicy.allowUnmasked)"
+        ),
+    ))
+}
+
+/// Per source database, the (table oid, column number) of every column
+/// `safe_columns` names. An entry that names nothing is an error, as in
+/// `sanitize.columns`: a typo must not pass for a declaration.
+fn resolve_safe_columns(
+    schemas: &[&SourceSchema],
+    safe_columns: &[String],
+) -> Result<Vec<BTreeSet<(u32, i16)>>, ProviderError> {
+    const FIELD: &str = "copyPolicy.safeColumns";
+    let mut safe = vec![BTreeSet::new(); schemas.len()];
+    for key in safe_columns {
+        let (r, column) = parse_column(key, FIELD)?;
+        let mut table_found = false;
+        let mut column_found = false;
+        for (schema, safe) in schemas.iter().zip(safe.iter_mut()) {
+            for t in schema.tables.iter().filter(|t| r.matches(t)) {
+                table_found = true;
+                if let Some(c) = t.columns.iter().find(|c| c.name == column) {
+                    column_found = true;
+                    safe.insert((t.oid, c.attnum));
+                }
+            }
+        }
+        if !table_found {
+            return Err(ProviderError::terminal(
+                UNKNOWN_TABLE,
+                format!("{FIELD} names {key:?}, but no source database has that table"),
+            ));
+        }
+        if !column_found {
+            return Err(ProviderError::terminal(
+                UNKNOWN_COLUMN,
+                format!("{FIELD} names {key:?}, but the table has no column {column:?}"),
+            ));
+        }
+    }
+    Ok(safe)
 }
 
 fn is_text(c: &Column) -> bool {
@@ -599,16 +732,76 @@ fn source_error(e: &tokio_postgres::Error, doing: &str) -> ProviderError {
     classify(e, doing)
 }
 
-/// Copies `source` into `target` (both on the server behind `conn`).
+/// The same error with `context` in front of its message.
+fn in_context(e: ProviderError, context: &str) -> ProviderError {
+    match e {
+        ProviderError::Transient { reason, message } => ProviderError::Transient {
+            reason,
+            message: format!("{context}: {message}"),
+        },
+        ProviderError::Terminal { reason, message } => ProviderError::Terminal {
+            reason,
+            message: format!("{context}: {message}"),
+        },
+        ProviderError::Unavailable { message } => ProviderError::Unavailable {
+            message: format!("{context}: {message}"),
+        },
+    }
+}
+
+/// The admin connection of the source's server: its own when the request
+/// carries one, else the target's. Parse errors never quote the value
+/// (see [`ConnInfo::parse`]), so they can be passed on.
+fn source_conn<'a>(
+    conn: &'a ConnInfo,
+    request: &CopyRequest,
+) -> Result<Cow<'a, ConnInfo>, ProviderError> {
+    match &request.source_connection {
+        None => Ok(Cow::Borrowed(conn)),
+        Some(secret) => ConnInfo::parse(secret.expose())
+            .map(Cow::Owned)
+            .map_err(|e| in_context(e, "the source's admin connection")),
+    }
+}
+
+/// Copies `source` into `target`. The target lives on the server behind
+/// `conn`; the source there too, or on the server of
+/// `request.source_connection`, which then serves everything on the source
+/// side (inventory, snapshots, schema, rows).
 pub async fn copy(
     conn: &ConnInfo,
     target: &Plan,
     source: &Plan,
     request: &CopyRequest,
 ) -> Result<CopyReport, ProviderError> {
+    let source_conn = source_conn(conn, request)?;
+    // Errors from the source's own server say so: otherwise "connecting to
+    // database …" could be either server.
+    let on_source = |e: ProviderError| match &request.source_connection {
+        Some(_) => in_context(
+            e,
+            &format!(
+                "the source's server {}:{}",
+                source_conn.host, source_conn.port
+            ),
+        ),
+        None => e,
+    };
     let admin = conn.connect_admin(&conn.admin_db).await?;
     let target_inv = Inventory::load(&admin, target).await?;
-    let source_inv = Inventory::load(&admin, source).await?;
+    let source_inv = match &request.source_connection {
+        None => Inventory::load(&admin, source).await?,
+        Some(_) => {
+            let source_admin = source_conn
+                .connect_admin(&source_conn.admin_db)
+                .await
+                .map_err(on_source)?;
+            Inventory::load(&source_admin, source)
+                .await
+                .map_err(on_source)?
+        }
+    };
+    drop(admin);
 
     let mut pairs = Vec::new();
     for db in &target.databases {
@@ -638,8 +831,8 @@ pub async fn copy(
                 return Err(ProviderError::transient(
                     SOURCE_NOT_READY,
                     format!(
-                        "database {} of the source does not exist (yet)",
-                        src.physical
+                        "database {} of the source does not exist (yet) on {}:{}",
+                        src.physical, source_conn.host, source_conn.port
                     ),
                 ));
             }
@@ -664,16 +857,20 @@ pub async fn copy(
             "the source cluster has none of the target's databases (databases are copied by name)",
         ));
     }
-    drop(admin);
 
     // Open every source snapshot and read every schema before writing
-    // anything, so a bad sanitize rule fails with nothing changed.
+    // anything, so a bad sanitize rule or an unmasked sensitive column
+    // fails with nothing changed. The hash key is set in each source
+    // session: the masking projection runs on the source's server.
     let mut key_bytes = [0u8; 32];
     rand::rng().fill(&mut key_bytes);
     let key: String = key_bytes.iter().map(|b| format!("{b:02x}")).collect();
     let mut sources = Vec::new();
     for (_, src) in &pairs {
-        let client = conn.connect_admin(&src.physical).await?;
+        let client = source_conn
+            .connect_admin(&src.physical)
+            .await
+            .map_err(on_source)?;
         let doing = format!("reading the schema of {}", src.physical);
         client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL search_path = pg_catalog")
@@ -705,6 +902,8 @@ pub async fn copy(
             ));
         }
     }
+    let databases: Vec<&str> = pairs.iter().map(|(_, src)| src.logical.as_str()).collect();
+    refuse_unmasked(&databases, &schema_refs, &plans, request)?;
 
     let mut report = CopyReport::default();
     for (((db, _), (source_client, schema)), plan) in pairs.iter().zip(&sources).zip(&plans) {
@@ -1136,4 +1335,224 @@ async fn copy_database_in_transaction(
     }
     let count = i64::try_from(tables.len()).unwrap_or(i64::MAX);
     Ok((count, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::database_cluster::{ResolvedSize, Sanitize};
+    use crate::provider::{DesiredDatabaseCluster, Owner, Secret};
+
+    fn request(mode: CopyMode) -> CopyRequest {
+        CopyRequest {
+            source: DesiredDatabaseCluster {
+                owner: Owner {
+                    api_version: "bulkhead.dev/v1alpha1".into(),
+                    kind: "DatabaseCluster".into(),
+                    name: "prod".into(),
+                    uid: "u-1".into(),
+                    namespace: Some("team".into()),
+                },
+                namespace: "team".into(),
+                external_name: "prod".into(),
+                environment: "prod".into(),
+                tier: crate::api::environment::Tier::Production,
+                organization: "org".into(),
+                version: "16".into(),
+                regions: vec![],
+                size: ResolvedSize {
+                    cpus: 1,
+                    memory_mib: 256,
+                    storage_gib: 1,
+                    replicas: 1,
+                },
+                databases: vec![],
+                users: vec![],
+                passwords: Default::default(),
+                deletion_policy: crate::api::DeletionPolicy::Delete,
+            },
+            source_connection: None,
+            mode,
+            sanitize: Sanitize::default(),
+            safe_columns: Vec::new(),
+            allow_unmasked: false,
+        }
+    }
+
+    fn column(attnum: i16, name: &str, ty: &str, category: char) -> Column {
+        Column {
+            attnum,
+            name: name.into(),
+            ty: ty.into(),
+            category,
+            value_category: category,
+            not_null: false,
+            default: None,
+            identity: None,
+            generated: false,
+            collation: None,
+        }
+    }
+
+    fn table(oid: u32, name: &str, columns: Vec<Column>) -> Table {
+        Table {
+            oid,
+            schema: "public".into(),
+            name: name.into(),
+            partitioned: false,
+            columns,
+            constraints: Vec::new(),
+            indexes: Vec::new(),
+            primary: BTreeSet::new(),
+            unique: BTreeSet::new(),
+        }
+    }
+
+    /// A source database with `users (id, email, ssn, username, created_at)`
+    /// and `sessions (id, token)`.
+    fn schema() -> SourceSchema {
+        SourceSchema {
+            tables: vec![
+                table(
+                    10,
+                    "users",
+                    vec![
+                        column(1, "id", "integer", 'N'),
+                        column(2, "email", "text", 'S'),
+                        column(3, "ssn", "character varying(11)", 'S'),
+                        column(4, "username", "text", 'S'),
+                        column(5, "created_at", "timestamp with time zone", 'D'),
+                    ],
+                ),
+                table(
+                    11,
+                    "sessions",
+                    vec![
+                        column(1, "id", "integer", 'N'),
+                        column(2, "token", "text", 'S'),
+                    ],
+                ),
+            ],
+            ..SourceSchema::default()
+        }
+    }
+
+    /// The refusal for `request` against one database `app` of [`schema`].
+    fn check(request: &CopyRequest) -> Result<(), ProviderError> {
+        let schema = schema();
+        let plans = plan_masks(&[&schema], request)?;
+        refuse_unmasked(&["app"], &[&schema], &plans, request)
+    }
+
+    #[test]
+    fn unmasked_sensitive_columns_are_listed_sorted() {
+        let err = check(&request(CopyMode::Sanitized)).expect_err("refused");
+        assert_eq!(err.reason(), SENSITIVE_COLUMNS_UNMASKED);
+        assert!(err.is_terminal());
+        let message = err.to_string();
+        assert!(
+            message.contains(
+                "app.public.sessions.token (token or secret), app.public.users.email (email), app.public.users.ssn (national id)."
+            ),
+            "{message}"
+        );
+        for field in [
+            "sanitize.columns",
+            "sanitize.excludeTables",
+            "spec.copyPolicy.safeColumns",
+            "spec.copyPolicy.allowUnmasked",
+        ] {
+            assert!(message.contains(field), "names {field}: {message}");
+        }
+        for innocent in ["username", "created_at", ".id ("] {
+            assert!(!message.contains(innocent), "{innocent}: {message}");
+        }
+    }
+
+    #[test]
+    fn masked_excluded_or_declared_columns_pass() {
+        let mut r = request(CopyMode::Sanitized);
+        r.sanitize
+            .columns
+            .insert("users.email".into(), MaskAction::Hash);
+        r.sanitize.exclude_tables.push("sessions".into());
+        r.safe_columns.push("public.users.ssn".into());
+        check(&r).expect("nothing unmasked");
+
+        // Dropping any one of the three brings its columns back.
+        let mut no_safe = r.clone();
+        no_safe.safe_columns.clear();
+        let message = check(&no_safe).expect_err("ssn unmasked").to_string();
+        assert!(message.starts_with("1 column(s)"), "{message}");
+        assert!(
+            message.contains("app.public.users.ssn (national id)"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn schema_only_and_allow_unmasked_skip_the_check() {
+        check(&request(CopyMode::SchemaOnly)).expect("no rows copied");
+        let mut r = request(CopyMode::Sanitized);
+        r.allow_unmasked = true;
+        check(&r).expect("the source allows unmasked copies");
+    }
+
+    #[test]
+    fn safe_columns_must_name_a_column() {
+        let mut r = request(CopyMode::Sanitized);
+        r.safe_columns = vec!["users.phone".into()];
+        assert_eq!(
+            check(&r).expect_err("no such column").reason(),
+            UNKNOWN_COLUMN
+        );
+        r.safe_columns = vec!["customers.email".into()];
+        assert_eq!(
+            check(&r).expect_err("no such table").reason(),
+            UNKNOWN_TABLE
+        );
+        r.safe_columns = vec!["email".into()];
+        assert_eq!(
+            check(&r).expect_err("not table.column").reason(),
+            reasons::INVALID_SPEC
+        );
+    }
+
+    #[test]
+    fn a_long_list_is_capped() {
+        let columns = (1..=60)
+            .map(|i| column(i, &format!("email_{i:02}"), "text", 'S'))
+            .collect();
+        let schema = SourceSchema {
+            tables: vec![table(20, "contacts", columns)],
+            ..SourceSchema::default()
+        };
+        let r = request(CopyMode::Sanitized);
+        let plans = plan_masks(&[&schema], &r).expect("no rules");
+        let message = refuse_unmasked(&["app"], &[&schema], &plans, &r)
+            .expect_err("refused")
+            .to_string();
+        assert!(message.starts_with("60 column(s)"), "{message}");
+        assert!(
+            message.contains("email_50 (email), and 10 more."),
+            "{message}"
+        );
+        assert!(!message.contains("email_51"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_source_connection_quotes_nothing_of_it() {
+        let mut r = request(CopyMode::Sanitized);
+        r.source_connection = Some(Secret::new("fm1r_c2VjcmV0dG9rZW4"));
+        let conn = ConnInfo::parse("host=db user=admin").expect("parses");
+        let err = source_conn(&conn, &r).expect_err("not a connection string");
+        assert_eq!(err.reason(), reasons::CREDENTIALS_UNAVAILABLE);
+        let message = err.to_string();
+        assert!(
+            message.starts_with("the source's admin connection: "),
+            "{message}"
+        );
+        assert!(!message.contains("c2Vj"), "{message}");
+        assert!(!message.contains("fm1r"), "{message}");
+    }
 }

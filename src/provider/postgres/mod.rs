@@ -45,8 +45,18 @@
 //!   users of that database become members of that user's role.
 //! - Grants nobody declared (on the database, memberships from outside the
 //!   cluster, extra table privileges) are revoked by `update`.
+//!
+//! # Copies
+//! `copy_from` recreates the source's schema in the target's databases and
+//! streams the rows through the sanitize masks (see `copy`). The source may
+//! live on another server (`CopyRequest::source_connection`, its admin
+//! connection string). A Sanitized copy is refused with
+//! `SensitiveColumnsUnmasked` while a column that looks sensitive by name or
+//! type (see `classify`) would be copied unmasked and the source has not
+//! declared it safe (or allowed unmasked copies).
 
 mod catalog;
+mod classify;
 mod conn;
 mod converge;
 mod copy;
@@ -76,7 +86,9 @@ use sql::ident;
 
 /// Reasons specific to this backend (besides the shared ones).
 pub mod postgres_reasons {
-    pub use super::copy::{UNKNOWN_COLUMN, UNKNOWN_TABLE, UNSUPPORTED_MASK};
+    pub use super::copy::{
+        SENSITIVE_COLUMNS_UNMASKED, UNKNOWN_COLUMN, UNKNOWN_TABLE, UNSUPPORTED_MASK,
+    };
     pub use super::names::{INVALID_NAME, NAME_CONFLICT, NAME_TOO_LONG};
 }
 
