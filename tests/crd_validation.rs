@@ -478,7 +478,7 @@ metadata:
 spec:
   provider:
     type: fly
-    credentialsSecretRef: {{namespace: {INVALID_NS}, name: fly-api, key: token}}
+    credentialsSecretRef: {{name: fly-api, key: token}}
   slug: {slug}
   displayName: Valid (boundaries)
   members:
@@ -515,6 +515,7 @@ spec:
     allowedCIDRs: [10.8.0.0/16, "2001:db8::/32"]
   naming: {{suffix: ""}}
   isolation: {{mode: Warn}}
+  databaseProvider: {{type: postgres, credentialsSecretRef: {{name: pg-admin, key: dsn}}}}
 "#
         ),
     );
@@ -540,9 +541,6 @@ metadata:
   namespace: {INVALID_NS}
 spec:
   environmentRef: {{name: valid-max-{u}}}
-  provider:
-    type: postgres
-    credentialsSecretRef: {{namespace: {INVALID_NS}, name: pg-admin, key: uri}}
   engine: postgres
   version: "16.4"
   size:
@@ -559,6 +557,13 @@ spec:
     sanitize:
       excludeTables: [audit_log, billing.invoices]
       columns: {{users.email: hash, users.phone: "null", users.name: redact}}
+  copyPolicy:
+    allowedEnvironments: [staging, development]
+    sanitize:
+      excludeTables: [audit_log]
+      columns: {{users.email: hash}}
+    safeColumns: [users.country, billing.invoices.city]
+    allowUnmasked: false
   deletionPolicy: Orphan
 "#
             ),
@@ -595,7 +600,7 @@ fn organization_slug_and_provider_type_are_immutable() {
     apply_rejected(
         cp,
         &org(&format!(
-            "  slug: {name}\n  provider:\n    type: postgres\n    credentialsSecretRef: {{namespace: default, name: pg, key: uri}}\n"
+            "  slug: {name}\n  provider:\n    type: postgres\n    credentialsSecretRef: {{name: pg, key: uri}}\n"
         )),
         "spec.provider.type: Invalid value: spec.provider.type is immutable: create a new Organization to move providers",
     );

@@ -388,4 +388,20 @@ async fn an_unreachable_server_is_reported_and_recovers() {
         1,
         "the change made while the server was down is applied"
     );
+
+    // Neither the outage nor the recovery put the admin password anywhere
+    // a user or a log pipeline sees: the operator's text log, Events, status.
+    let cp = ControlPlane::full();
+    let haystacks = [
+        OPERATOR.get().map(Operator::log).unwrap_or_default(),
+        cp.kubectl_ok(&["get", "events", "-A", "-o", "json"]),
+        cp.kubectl_ok(&["get", "org,env,dbc", "-A", "-o", "json"]),
+    ];
+    for haystack in &haystacks {
+        assert!(!haystack.is_empty());
+        assert!(
+            !haystack.contains(private.admin_password()),
+            "the admin password leaked"
+        );
+    }
 }
