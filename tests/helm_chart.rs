@@ -876,8 +876,6 @@ async fn chart_rbac_is_enough_for_the_examples_and_no_more() {
         ],
         // Credentials are read from the release namespace only, by name.
         vec!["get", "secrets/postgres-admin", "-n", NAMESPACE],
-        // Inside an environment namespace, through its bulkhead-operator binding.
-        vec!["create", "secrets", "-n", "staging"],
     ] {
         assert!(
             can_i(cp, &allowed).await,

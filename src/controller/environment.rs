@@ -16,8 +16,8 @@ use kube::{Api, ResourceExt};
 
 use super::{Context, error_policy, managed_children, owner_of, trigger_stream};
 use crate::api::environment::{
-    AccessGrant, CONDITION_ISOLATED, CONDITION_ORGANIZATION_READY, IsolationMode, Tier,
-    reasons as env_reasons,
+    AccessGrant, CONDITION_ISOLATED, CONDITION_ORGANIZATION_READY, IsolationMode,
+    LABEL_ADOPTABLE_BY, Tier, reasons as env_reasons,
 };
 use crate::api::{
     CONDITION_READY, ConditionStatus, DeletionPolicy, Environment, EnvironmentStatus,
@@ -54,6 +54,17 @@ pub fn controller(
         .owns(
             Api::<ResourceQuota>::all(client.clone()),
             managed_children(),
+        )
+        // A cluster admin opting a namespace in (bulkhead.dev/adoptable-by)
+        // requeues the Environment it names.
+        .watches(
+            Api::<Namespace>::all(client.clone()),
+            kube::runtime::watcher::Config::default().labels(LABEL_ADOPTABLE_BY),
+            |ns| {
+                ns.labels()
+                    .get(LABEL_ADOPTABLE_BY)
+                    .map(|env| ObjectRef::<Environment>::new(env))
+            },
         )
         // An Organization becoming ready (or changing members or plan)
         // requeues its Environments.

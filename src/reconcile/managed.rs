@@ -453,7 +453,14 @@ where
     kube::runtime::finalizer::finalizer(api, crate::api::FINALIZER, obj, |event| async {
         match event {
             kube::runtime::finalizer::Event::Apply(o) => apply(o).await,
-            kube::runtime::finalizer::Event::Cleanup(o) => cleanup(o).await,
+            kube::runtime::finalizer::Event::Cleanup(o) => {
+                let (kind, name) = (K::kind(&()).into_owned(), o.name_any());
+                // Status is not written while deleting, so the log is
+                // where a stuck deletion shows (retried with backoff).
+                cleanup(o).await.inspect_err(|e| {
+                    warn!(kind, name, reason = e.reason(), error = %e, "cleanup failed");
+                })
+            }
         }
     })
     .await

@@ -376,9 +376,19 @@ impl ExternalClient for KubernetesEnvironments {
     }
 
     async fn delete(&self, d: &DesiredEnvironment) -> Result<(), ProviderError> {
+        // Inside the namespaces first, while they still carry the
+        // environment label (admission lets the operator touch RoleBindings
+        // only there) and while its own bulkhead-operator RoleBinding, which
+        // lets it delete the rest, still exists: that one goes last.
+        self.children
+            .delete_owned(&[NETWORK_POLICY, RESOURCE_QUOTA, CONFIG_MAP], &d.owner)
+            .await?;
+        self.children
+            .delete_owned(&[ROLE_BINDING], &d.owner)
+            .await?;
         // Adopted namespaces stay: re-apply them with nothing, which drops
         // bulkhead's labels (server-side apply removes fields we no longer
-        // set). Everything else bulkhead made goes.
+        // set). The namespaces bulkhead made go.
         for ns in self.children.list_owned(&[NAMESPACE], &d.owner).await? {
             if is_adopted(&ns.body) {
                 let bare = json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": ns.name } });
@@ -387,14 +397,6 @@ impl ExternalClient for KubernetesEnvironments {
                     .await?;
             }
         }
-        self.children
-            .delete_owned(&[NETWORK_POLICY, RESOURCE_QUOTA, CONFIG_MAP], &d.owner)
-            .await?;
-        // RoleBindings last: the operator's own bulkhead-operator binding is
-        // what lets it delete the rest.
-        self.children
-            .delete_owned(&[ROLE_BINDING], &d.owner)
-            .await?;
         self.children.delete_owned(&[NAMESPACE], &d.owner).await
     }
 }
