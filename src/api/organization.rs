@@ -246,9 +246,6 @@ pub struct OrganizationStatus {
     /// Environments bound to this organization.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub environments: Vec<String>,
-    /// When the provider was last observed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_sync_time: Option<Time>,
 }
 
 /// State of a membership at the provider.

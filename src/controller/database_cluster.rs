@@ -17,7 +17,10 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::{Context, error_policy, managed_children, owner_of, trigger_stream};
+use super::{
+    Context, error_policy, is_ready, managed_children, owner_of, related_stream, related_trigger,
+    trigger_stream,
+};
 use crate::api::database_cluster::{
     CONDITION_PROVISIONED, CopyMode, CopyStatus, Endpoint, ReplicaStatus, Sanitize,
     reasons as dbc_reasons,
@@ -67,9 +70,10 @@ pub fn controller(
         .owns(Api::<ConfigMap>::all(client.clone()), managed_children())
         // An Environment becoming ready (or changing suffix) requeues the
         // DatabaseClusters in its namespaces.
-        .watches(
-            Api::<Environment>::all(client),
-            Default::default(),
+        .watches_stream(
+            related_stream(Api::<Environment>::all(client), |e: &Environment| {
+                related_trigger(e, is_ready(e.status.as_ref().map(|s| &s.conditions)))
+            }),
             move |env| {
                 let namespaces = env.namespaces();
                 by_env

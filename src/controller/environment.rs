@@ -14,7 +14,10 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
-use super::{Context, error_policy, managed_children, owner_of, trigger_stream};
+use super::{
+    Context, error_policy, is_ready, managed_children, owner_of, related_stream, related_trigger,
+    trigger_stream,
+};
 use crate::api::environment::{
     AccessGrant, CONDITION_ISOLATED, CONDITION_ORGANIZATION_READY, IsolationMode,
     LABEL_ADOPTABLE_BY, Tier, reasons as env_reasons,
@@ -68,9 +71,13 @@ pub fn controller(
         )
         // An Organization becoming ready (or changing members or plan)
         // requeues its Environments.
-        .watches(
-            Api::<Organization>::all(client.clone()),
-            Default::default(),
+        .watches_stream(
+            related_stream(
+                Api::<Organization>::all(client.clone()),
+                |o: &Organization| {
+                    related_trigger(o, is_ready(o.status.as_ref().map(|s| &s.conditions)))
+                },
+            ),
             move |org| {
                 let name = org.name_any();
                 by_org
@@ -83,9 +90,10 @@ pub fn controller(
         )
         // Isolation depends on the other Environments of the same
         // organization or namespaces.
-        .watches(
-            Api::<Environment>::all(client),
-            Default::default(),
+        .watches_stream(
+            related_stream(Api::<Environment>::all(client), |e: &Environment| {
+                related_trigger(e, ())
+            }),
             move |changed| {
                 let namespaces: BTreeSet<String> = changed.namespaces().into_iter().collect();
                 by_peer
@@ -244,6 +252,13 @@ fn join_messages(violations: &[Violation]) -> String {
 
 /// The isolation violations of `env` among `all`, database servers included.
 async fn isolation(env: &Environment, all: &[Arc<Environment>], ctx: &Context) -> Vec<Violation> {
+    // An Environment being deleted shares nothing any more.
+    let all: Vec<Arc<Environment>> = all
+        .iter()
+        .filter(|e| e.metadata.deletion_timestamp.is_none())
+        .cloned()
+        .collect();
+    let all = all.as_slice();
     let mine_prod = env.spec.tier == Tier::Production;
     let mut servers = BTreeMap::new();
     servers.insert(env.name_any(), database_servers(env, ctx).await);

@@ -351,6 +351,53 @@ where
     (reader, stream)
 }
 
+/// Hash of what another kind's controller cares about in `obj`: its spec
+/// (generation), the start of its deletion, its finalizers (their removal is
+/// the last update before it is gone) and `extra` (e.g. whether it is
+/// Ready). Status writes that change none of these wake nobody.
+pub fn related_trigger<K: Resource>(obj: &K, extra: impl std::hash::Hash) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = obj.meta();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    meta.generation.hash(&mut h);
+    meta.deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .hash(&mut h);
+    meta.finalizers.hash(&mut h);
+    extra.hash(&mut h);
+    Some(h.finish())
+}
+
+/// A watch of a related kind, filtered by `trigger`, for
+/// `Controller::watches_stream`.
+pub fn related_stream<K, P>(
+    api: Api<K>,
+    trigger: P,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    P: kube::runtime::Predicate<K> + Send + 'static,
+{
+    watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(trigger, Default::default())
+}
+
+/// Whether a bulkhead object reports Ready=True (for triggers).
+pub fn is_ready(
+    conditions: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>,
+) -> bool {
+    conditions.is_some_and(|c| crate::api::is_condition_true(c, crate::api::CONDITION_READY))
+}
+
 /// Watch config for children bulkhead manages.
 pub fn managed_children() -> watcher::Config {
     watcher::Config::default().labels(&format!(

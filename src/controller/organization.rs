@@ -5,14 +5,16 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
-use super::{Context, error_policy, managed_children, owner_of, trigger_stream};
+use super::{
+    Context, error_policy, managed_children, owner_of, related_stream, related_trigger,
+    trigger_stream,
+};
 use crate::api::organization::{Member, reasons as org_reasons};
 use crate::api::{Environment, ManagementPolicy, Organization, OrganizationStatus, ProviderType};
 use crate::provider::kubernetes::KubernetesOrganizations;
@@ -42,9 +44,11 @@ pub fn controller(
         )
         // An Environment binding to or leaving an organization changes what
         // its members may read.
-        .watches(
-            Api::<Environment>::all(client.clone()),
-            Default::default(),
+        .watches_stream(
+            related_stream(
+                Api::<Environment>::all(client.clone()),
+                |e: &Environment| related_trigger(e, ()),
+            ),
             |env| {
                 Some(ObjectRef::<Organization>::new(
                     &env.spec.organization_ref.name,
@@ -53,9 +57,10 @@ pub fn controller(
         )
         // A slug claimed twice: when one claimer changes or goes, the
         // others look again (the next in line takes the slug).
-        .watches(
-            Api::<Organization>::all(client),
-            Default::default(),
+        .watches_stream(
+            related_stream(Api::<Organization>::all(client), |o: &Organization| {
+                related_trigger(o, o.spec.slug.clone())
+            }),
             move |changed| {
                 let slug = changed.slug();
                 by_slug
@@ -126,7 +131,7 @@ async fn desired(
         .all_environments()
         .await?
         .into_iter()
-        .filter(|e| e.spec.organization_ref.name == name)
+        .filter(|e| e.spec.organization_ref.name == name && e.metadata.deletion_timestamp.is_none())
         .map(|e| e.name_any())
         .collect();
     environments.sort();
@@ -244,7 +249,6 @@ async fn apply(
         status.members = members;
         status.slug = Some(desired.slug.clone());
         status.environments = desired.environments.clone();
-        status.last_sync_time = Some(Time(now));
         set_converged_conditions(
             &mut status.conditions,
             &converged.readiness,
@@ -292,6 +296,7 @@ async fn cleanup(org: Arc<Organization>, ctx: &Context) -> Result<Action, Reconc
 mod tests {
     use super::*;
     use crate::api::organization::MemberRole;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn org(name: &str, slug: &str, created: i64) -> Arc<Organization> {
         let mut o: Organization = serde_json::from_value(serde_json::json!({
