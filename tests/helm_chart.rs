@@ -23,8 +23,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use support::controlplane::{ControlPlane, condition, repo, unique, wait_for, wait_gone};
 
-const RELEASE: &str = "bulkhead";
-const NAMESPACE: &str = "bulkhead-system";
+use support::helm::{NAMESPACE, RELEASE};
 const WAIT: Duration = Duration::from_secs(120);
 
 fn chart() -> PathBuf {
@@ -55,21 +54,9 @@ fn tools() -> &'static Path {
 }
 
 /// `helm` with its caches in a scratch directory, pointed at `kubeconfig`
-/// when given.
+/// when given (otherwise at no cluster, so it never reaches one by accident).
 fn helm(kubeconfig: Option<&Path>, args: &[&str]) -> Output {
-    let home = std::env::temp_dir().join(format!("bulkhead-helm-{}", std::process::id()));
-    let mut cmd = Command::new(tools().join("helm"));
-    cmd.args(args)
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .stdin(Stdio::null());
-    match kubeconfig {
-        Some(k) => cmd.env("KUBECONFIG", k),
-        // No cluster: make sure helm never reaches one by accident.
-        None => cmd.env("KUBECONFIG", home.join("no-kubeconfig")),
-    };
-    cmd.output().expect("run helm")
+    support::helm::helm_in(tools(), kubeconfig, args)
 }
 
 fn text(out: &Output) -> String {
@@ -506,31 +493,12 @@ async fn rendered_chart_passes_server_side_dry_run() {
 
 /// `helm install` into the full control plane, once per test binary.
 fn installed() -> &'static ControlPlane {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
     let cp = ControlPlane::full();
-    INSTALLED.get_or_init(|| {
-        let chart = chart();
-        let out = helm(
-            Some(cp.kubeconfig()),
-            &[
-                "install",
-                RELEASE,
-                chart.to_str().expect("utf-8 path"),
-                "--namespace",
-                NAMESPACE,
-                "--create-namespace",
-                "--wait",
-                "--timeout",
-                "180s",
-            ],
-        );
-        assert!(out.status.success(), "helm install failed:\n{}", text(&out));
-        assert!(
-            text(&out).contains(&format!("bulkhead 0.1.0 is installed as release {RELEASE}")),
-            "NOTES.txt is shown:\n{}",
-            text(&out)
-        );
-    });
+    let notes = support::helm::install_chart(cp);
+    assert!(
+        notes.contains(&format!("bulkhead 0.1.0 is installed as release {RELEASE}")),
+        "NOTES.txt is shown:\n{notes}"
+    );
     cp
 }
 

@@ -474,7 +474,7 @@ async fn apply(
                 CONDITION_ISOLATED,
                 ConditionStatus::True,
                 env_reasons::ISOLATED,
-                "no production/non-production sharing of organization or namespaces",
+                "no production/non-production sharing of organization, namespaces or database servers",
                 generation,
                 now,
             );

@@ -180,30 +180,12 @@ impl Context {
     /// Every Environment, from the Environment controller's cache (a LIST
     /// only before that controller has started).
     pub async fn all_environments(&self) -> Result<Vec<Arc<Environment>>, ReconcileError> {
-        match self.environments.get() {
-            Some(store) => Ok(store.state()),
-            None => Ok(Api::<Environment>::all(self.client.clone())
-                .list(&Default::default())
-                .await?
-                .items
-                .into_iter()
-                .map(Arc::new)
-                .collect()),
-        }
+        cached_or_listed(self.environments.get(), &self.client).await
     }
 
     /// Every Organization, from the Organization controller's cache.
     pub async fn all_organizations(&self) -> Result<Vec<Arc<Organization>>, ReconcileError> {
-        match self.organizations.get() {
-            Some(store) => Ok(store.state()),
-            None => Ok(Api::<Organization>::all(self.client.clone())
-                .list(&Default::default())
-                .await?
-                .items
-                .into_iter()
-                .map(Arc::new)
-                .collect()),
-        }
+        cached_or_listed(self.organizations.get(), &self.client).await
     }
 
     /// Reads one key of a provider credentials Secret. Credentials live
@@ -282,6 +264,32 @@ impl Context {
                 "the fly provider does not manage DatabaseClusters in this release; use kubernetes or postgres",
             )),
         }
+    }
+}
+
+/// Every object of a cluster-scoped kind: the store's when there is one.
+async fn cached_or_listed<K>(
+    store: Option<&reflector::Store<K>>,
+    client: &Client,
+) -> Result<Vec<Arc<K>>, ReconcileError>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    match store {
+        Some(store) => Ok(store.state()),
+        None => Ok(Api::<K>::all(client.clone())
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .map(Arc::new)
+            .collect()),
     }
 }
 

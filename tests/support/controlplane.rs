@@ -137,22 +137,7 @@ impl ControlPlane {
 
     /// `kubectl apply -f -` of a manifest under another identity.
     pub fn apply_as(&self, kubeconfig: &Path, manifest: &str) -> Output {
-        use std::io::Write;
-        let mut child = Command::new(self.bin.join("kubectl"))
-            .env("KUBECONFIG", kubeconfig)
-            .args(["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kubectl apply");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(manifest.as_bytes())
-            .expect("write manifest");
-        child.wait_with_output().expect("kubectl apply")
+        self.apply_with(kubeconfig, manifest, &[])
     }
 
     /// A token for a ServiceAccount (`kubectl create token`), and a
@@ -185,9 +170,13 @@ impl ControlPlane {
 
     /// `kubectl apply -f -` of a manifest; returns the output.
     pub fn apply_stdin(&self, manifest: &str, extra: &[&str]) -> Output {
+        self.apply_with(&self.kubeconfig, manifest, extra)
+    }
+
+    fn apply_with(&self, kubeconfig: &Path, manifest: &str, extra: &[&str]) -> Output {
         use std::io::Write;
         let mut child = Command::new(self.bin.join("kubectl"))
-            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .args(["apply", "-f", "-"])
             .args(extra)
             .stdin(Stdio::piped())

@@ -35,9 +35,10 @@ pub fn helm_in(bin: &Path, kubeconfig: Option<&Path>, args: &[&str]) -> Output {
 }
 
 /// `helm install bulkhead charts/bulkhead -n bulkhead-system
-/// --create-namespace --wait` into `cp`, once per test binary.
-pub fn install_chart(cp: &ControlPlane) {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
+/// --create-namespace --wait` into `cp`, once per test binary; what helm
+/// printed (NOTES.txt included).
+pub fn install_chart(cp: &ControlPlane) -> &'static str {
+    static INSTALLED: OnceLock<String> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         let chart = repo().join("charts").join("bulkhead");
         let out = helm_in(
@@ -55,11 +56,12 @@ pub fn install_chart(cp: &ControlPlane) {
                 "180s",
             ],
         );
-        assert!(
-            out.status.success(),
-            "helm install failed:\n{}{}",
+        let printed = format!(
+            "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-    });
+        assert!(out.status.success(), "helm install failed:\n{printed}");
+        printed
+    })
 }
