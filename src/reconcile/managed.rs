@@ -7,157 +7,43 @@
 //! nothing. Controllers call [`converge`] inside the `Apply` branch of
 //! kube-runtime's `finalizer` helper and [`finalize`] inside `Cleanup`, then
 //! write status with [`patch_status`].
+//!
+//! The decisions themselves are pure and live in [`super::decision`]
+//! (table-tested without an apiserver); [`converge`] and [`finalize`] only
+//! execute them. Errors and backoff, status helpers and Events live in
+//! sibling files and are re-exported here, so `reconcile::managed::X` stays
+//! the one path callers use.
 
-use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::Mutex;
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
 use tracing::{info, warn};
 
-use super::reasons;
-use crate::api::{
-    ANNOTATION_CREATE_PENDING, ANNOTATION_EXTERNAL_NAME, CONDITION_READY, CONDITION_SYNCED,
-    ConditionStatus, DeletionPolicy, ManagementPolicy, set_condition,
+use super::decision::{
+    DecisionInput, DeletionStep, MissingStep, Presence, Then, decide_deletion, when_exists,
+    when_missing,
 };
+use super::reasons;
+use crate::api::{ANNOTATION_CREATE_PENDING, ANNOTATION_EXTERNAL_NAME, set_condition};
+use crate::api::{CONDITION_SYNCED, ConditionStatus};
 use crate::provider::{ExternalClient, Observation, ProviderError, Readiness};
+
+pub use super::decision::Policies;
+pub use super::errors::{Backoff, ErrorCategory, ReconcileError, error_action};
+pub use super::events::{publish, publish_failure};
+pub use super::status::{
+    ManagedResource, annotate, patch_status, set_converged_conditions, set_error_conditions,
+    wait_until, write_status,
+};
 
 /// Field manager for everything bulkhead writes with server-side apply.
 pub const FIELD_MANAGER: &str = "bulkhead";
-
-/// How a reconcile failed, and so what happens next.
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
-    /// The Kubernetes API failed (conflict, timeout, …): retry with backoff.
-    #[error("kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    /// A provider call failed; its category decides.
-    #[error("{0}")]
-    Provider(#[from] ProviderError),
-    /// A dependency is not there or not ready: wait and look again.
-    #[error("{message}")]
-    Waiting {
-        reason: &'static str,
-        message: String,
-    },
-    /// The spec is wrong in a way the schema cannot say: wait for a change.
-    #[error("{message}")]
-    Invalid {
-        reason: &'static str,
-        message: String,
-    },
-    /// The finalizer helper failed around our code.
-    #[error("finalizer: {0}")]
-    Finalizer(String),
-}
-
-/// What kind of failure, for backoff, conditions and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCategory {
-    Transient,
-    Terminal,
-    Unavailable,
-    Waiting,
-}
-
-impl ErrorCategory {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCategory::Transient => "transient",
-            ErrorCategory::Terminal => "terminal",
-            ErrorCategory::Unavailable => "unavailable",
-            ErrorCategory::Waiting => "waiting",
-        }
-    }
-}
-
-impl ReconcileError {
-    pub fn waiting(reason: &'static str, message: impl Into<String>) -> Self {
-        ReconcileError::Waiting {
-            reason,
-            message: message.into(),
-        }
-    }
-    pub fn invalid(reason: &'static str, message: impl Into<String>) -> Self {
-        ReconcileError::Invalid {
-            reason,
-            message: message.into(),
-        }
-    }
-
-    pub fn category(&self) -> ErrorCategory {
-        match self {
-            ReconcileError::Kube(_) | ReconcileError::Finalizer(_) => ErrorCategory::Transient,
-            ReconcileError::Provider(ProviderError::Transient { .. }) => ErrorCategory::Transient,
-            ReconcileError::Provider(ProviderError::Terminal { .. }) => ErrorCategory::Terminal,
-            ReconcileError::Provider(ProviderError::Unavailable { .. }) => {
-                ErrorCategory::Unavailable
-            }
-            ReconcileError::Waiting { .. } => ErrorCategory::Waiting,
-            ReconcileError::Invalid { .. } => ErrorCategory::Terminal,
-        }
-    }
-
-    /// CamelCase reason for the Synced condition.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ReconcileError::Kube(_) | ReconcileError::Finalizer(_) => reasons::RECONCILE_ERROR,
-            ReconcileError::Provider(e) => e.reason(),
-            ReconcileError::Waiting { reason, .. } | ReconcileError::Invalid { reason, .. } => {
-                reason
-            }
-        }
-    }
-}
-
-/// Per-object exponential backoff for failed reconciles: 1 s doubling to a
-/// cap, reset by the next success. Keyed by object UID.
-#[derive(Default)]
-pub struct Backoff {
-    failures: Mutex<HashMap<String, u32>>,
-}
-
-impl Backoff {
-    pub const BASE: Duration = Duration::from_secs(1);
-    pub const CAP: Duration = Duration::from_secs(300);
-
-    /// Records a failure and returns how long to wait before the next try.
-    pub fn next_delay(&self, key: &str) -> Duration {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let n = failures.entry(key.to_string()).or_insert(0);
-        let delay = Self::BASE
-            .saturating_mul(2u32.saturating_pow(*n))
-            .min(Self::CAP);
-        *n = n.saturating_add(1);
-        delay
-    }
-
-    pub fn reset(&self, key: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
-    }
-
-    /// Failures in a row for this key.
-    pub fn failures(&self, key: &str) -> u32 {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .copied()
-            .unwrap_or(0)
-    }
-}
 
 /// Deliberate crash points, for tests that prove a crash never creates twice.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,13 +59,6 @@ pub enum FailPoint {
 pub struct Managed<'a> {
     pub recorder: &'a Recorder,
     pub fail_point: Option<FailPoint>,
-}
-
-/// Policies of the object being reconciled.
-#[derive(Clone, Copy, Debug)]
-pub struct Policies {
-    pub deletion: DeletionPolicy,
-    pub management: ManagementPolicy,
 }
 
 /// Result of converging: what the provider now reports.
@@ -206,138 +85,177 @@ where
     C: ExternalClient + ?Sized,
 {
     let name = obj.name_any();
-    let pending = obj.annotations().contains_key(ANNOTATION_CREATE_PENDING);
-    match client.observe(desired).await? {
-        Observation::Missing => {
-            if policies.management == ManagementPolicy::ObserveOnly {
-                return Err(ProviderError::terminal(
-                    reasons::EXTERNAL_MISSING,
-                    format!(
-                        "managementPolicy is ObserveOnly and the provider has no object named {external_name:?} to observe"
-                    ),
-                )
-                .into());
+    let observation = client.observe(desired).await?;
+    let input = DecisionInput::from_annotations(
+        Presence::of(&observation),
+        obj.annotations(),
+        external_name,
+        policies.management,
+        client.deterministic_names(),
+    );
+    // Matching on the observation (not on `decide`'s step) keeps the
+    // provider's payload and the step in the same case by construction;
+    // `when_missing`/`when_exists` are exactly what `decide` dispatches to.
+    match observation {
+        Observation::Missing => match when_missing(&input) {
+            MissingStep::RefuseObserveOnly => Err(observe_only_missing(external_name)),
+            MissingStep::RefuseCreatePendingUnresolved => {
+                Err(create_pending_unresolved(external_name))
             }
-            if pending && !client.deterministic_names() {
-                return Err(ProviderError::terminal(
-                    reasons::CREATE_PENDING_UNRESOLVED,
-                    format!(
-                        "a create was started but its result is unknown; check the provider for {external_name:?}, \
-                         set the {ANNOTATION_EXTERNAL_NAME} annotation if it exists, then remove {ANNOTATION_CREATE_PENDING}"
-                    ),
-                )
-                .into());
+            MissingStep::Create => {
+                create(managed, api, obj, &name, client, desired, external_name).await
             }
-            // Written before the call so that a crash in between is seen by
-            // the next reconcile (which observes first and never creates
-            // blindly).
-            annotate(
-                api,
-                &name,
-                &[(
-                    ANNOTATION_CREATE_PENDING,
-                    Some(&Timestamp::now().to_string()),
-                )],
-            )
-            .await?;
-            if managed.fail_point == Some(FailPoint::ExitAfterCreatePending) {
-                warn!(object = %name, "fail point exit-after-create-pending: exiting");
-                std::process::exit(17);
-            }
-            // A failure here is reported once as a Warning Event by the
-            // controller (`publish_failure`), with its reason.
-            client.create(desired).await?;
-            if managed.fail_point == Some(FailPoint::ExitAfterCreate) {
-                warn!(object = %name, "fail point exit-after-create: exiting");
-                std::process::exit(18);
-            }
-            annotate(
-                api,
-                &name,
-                &[
-                    (ANNOTATION_CREATE_PENDING, None),
-                    (ANNOTATION_EXTERNAL_NAME, Some(external_name)),
-                ],
-            )
-            .await?;
-            info!(object = %name, external_name, "created external object");
-            publish(
-                managed.recorder,
-                obj,
-                EventType::Normal,
-                "Created",
-                "Create",
-                format!("created {external_name}"),
-            )
-            .await;
-            let (observed, readiness) = observe_existing(client, desired, external_name).await?;
-            Ok(Converged {
-                observed,
-                readiness,
-                created: true,
-                updated: false,
-            })
-        }
+        },
         Observation::Exists {
             up_to_date,
             drift,
             readiness,
             observed,
         } => {
-            if pending
-                || obj
-                    .annotations()
-                    .get(ANNOTATION_EXTERNAL_NAME)
-                    .map(String::as_str)
-                    != Some(external_name)
-            {
+            let step = when_exists(&input, up_to_date);
+            if step.record_external_name {
                 // A crash after the create: the object is there, so finish
                 // the bookkeeping instead of creating again. Also records
                 // the external name of an adopted object.
-                if policies.management == ManagementPolicy::Full || !pending {
-                    annotate(
-                        api,
-                        &name,
-                        &[
-                            (ANNOTATION_CREATE_PENDING, None),
-                            (ANNOTATION_EXTERNAL_NAME, Some(external_name)),
-                        ],
-                    )
-                    .await?;
-                }
+                annotate(
+                    api,
+                    &name,
+                    &[
+                        (ANNOTATION_CREATE_PENDING, None),
+                        (ANNOTATION_EXTERNAL_NAME, Some(external_name)),
+                    ],
+                )
+                .await?;
             }
-            if up_to_date || policies.management == ManagementPolicy::ObserveOnly {
-                return Ok(Converged {
+            match step.then {
+                Then::UpToDate | Then::ObserveOnly => Ok(Converged {
                     observed,
                     readiness,
                     created: false,
                     updated: false,
-                });
+                }),
+                Then::Update => {
+                    let summary = drift.join("; ");
+                    client.update(desired, &observed).await?;
+                    info!(object = %name, external_name, drift = %summary, "updated external object");
+                    publish(
+                        managed.recorder,
+                        obj,
+                        EventType::Normal,
+                        "Updated",
+                        "Update",
+                        update_note(external_name, &summary),
+                    )
+                    .await;
+                    let (observed, readiness) =
+                        observe_existing(client, desired, external_name).await?;
+                    Ok(Converged {
+                        observed,
+                        readiness,
+                        created: false,
+                        updated: true,
+                    })
+                }
             }
-            let summary = drift.join("; ");
-            client.update(desired, &observed).await?;
-            info!(object = %name, external_name, drift = %summary, "updated external object");
-            publish(
-                managed.recorder,
-                obj,
-                EventType::Normal,
-                "Updated",
-                "Update",
-                if summary.is_empty() {
-                    format!("updated {external_name}")
-                } else {
-                    format!("updated {external_name}: {summary}")
-                },
-            )
-            .await;
-            let (observed, readiness) = observe_existing(client, desired, external_name).await?;
-            Ok(Converged {
-                observed,
-                readiness,
-                created: false,
-                updated: true,
-            })
         }
+    }
+}
+
+/// [`MissingStep::Create`]: create-pending, create, bookkeeping, Event.
+async fn create<K, C>(
+    managed: &Managed<'_>,
+    api: &Api<K>,
+    obj: &K,
+    name: &str,
+    client: &C,
+    desired: &C::Desired,
+    external_name: &str,
+) -> Result<Converged<C::Observed>, ReconcileError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
+    C: ExternalClient + ?Sized,
+{
+    // Written before the call so that a crash in between is seen by
+    // the next reconcile (which observes first and never creates
+    // blindly).
+    annotate(
+        api,
+        name,
+        &[(
+            ANNOTATION_CREATE_PENDING,
+            Some(&Timestamp::now().to_string()),
+        )],
+    )
+    .await?;
+    if managed.fail_point == Some(FailPoint::ExitAfterCreatePending) {
+        warn!(object = %name, "fail point exit-after-create-pending: exiting");
+        std::process::exit(17);
+    }
+    // A failure here is reported once as a Warning Event by the
+    // controller (`publish_failure`), with its reason.
+    client.create(desired).await?;
+    if managed.fail_point == Some(FailPoint::ExitAfterCreate) {
+        warn!(object = %name, "fail point exit-after-create: exiting");
+        std::process::exit(18);
+    }
+    annotate(
+        api,
+        name,
+        &[
+            (ANNOTATION_CREATE_PENDING, None),
+            (ANNOTATION_EXTERNAL_NAME, Some(external_name)),
+        ],
+    )
+    .await?;
+    info!(object = %name, external_name, "created external object");
+    publish(
+        managed.recorder,
+        obj,
+        EventType::Normal,
+        "Created",
+        "Create",
+        format!("created {external_name}"),
+    )
+    .await;
+    let (observed, readiness) = observe_existing(client, desired, external_name).await?;
+    Ok(Converged {
+        observed,
+        readiness,
+        created: true,
+        updated: false,
+    })
+}
+
+/// [`MissingStep::RefuseObserveOnly`]'s error.
+fn observe_only_missing(external_name: &str) -> ReconcileError {
+    ProviderError::terminal(
+        reasons::EXTERNAL_MISSING,
+        format!(
+            "managementPolicy is ObserveOnly and the provider has no object named {external_name:?} to observe"
+        ),
+    )
+    .into()
+}
+
+/// [`MissingStep::RefuseCreatePendingUnresolved`]'s error: says how a human
+/// resolves it.
+fn create_pending_unresolved(external_name: &str) -> ReconcileError {
+    ProviderError::terminal(
+        reasons::CREATE_PENDING_UNRESOLVED,
+        format!(
+            "a create was started but its result is unknown; check the provider for {external_name:?}, \
+             set the {ANNOTATION_EXTERNAL_NAME} annotation if it exists, then remove {ANNOTATION_CREATE_PENDING}"
+        ),
+    )
+    .into()
+}
+
+/// The note of the Updated Event: the drift, when the provider said what.
+fn update_note(external_name: &str, summary: &str) -> String {
+    if summary.is_empty() {
+        format!("updated {external_name}")
+    } else {
+        format!("updated {external_name}: {summary}")
     }
 }
 
@@ -378,46 +296,50 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<(), ReconcileError>>,
 {
-    if policies.deletion == DeletionPolicy::Delete && policies.management == ManagementPolicy::Full
-    {
-        client.delete(desired).await?;
-        publish(
-            managed.recorder,
-            obj,
-            EventType::Normal,
-            "Deleted",
-            "Delete",
-            format!("deleted {external_name}"),
-        )
-        .await;
-    } else {
-        orphan().await?;
-        let why = if policies.management == ManagementPolicy::ObserveOnly {
-            "managementPolicy is ObserveOnly"
-        } else {
-            "deletionPolicy is Orphan"
-        };
-        publish(
-            managed.recorder,
-            obj,
-            EventType::Normal,
-            "Orphaned",
-            "Delete",
-            format!("left {external_name} in place at the provider: {why}"),
-        )
-        .await;
-    }
+    let step = decide_deletion(policies);
+    execute_deletion(step, client, desired, orphan).await?;
+    let (reason, note) = deletion_event(step, external_name);
+    publish(
+        managed.recorder,
+        obj,
+        EventType::Normal,
+        reason,
+        "Delete",
+        note,
+    )
+    .await;
     Ok(Action::await_change())
 }
 
-/// A bulkhead kind, as the shared reconcile steps need it: its status and
-/// the conditions inside.
-pub trait ManagedResource:
-    Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static
+/// The provider side of a [`DeletionStep`], apart from the Event so it can
+/// be tested with a fake client.
+async fn execute_deletion<C, F, Fut>(
+    step: DeletionStep,
+    client: &C,
+    desired: &C::Desired,
+    orphan: F,
+) -> Result<(), ReconcileError>
+where
+    C: ExternalClient + ?Sized,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), ReconcileError>>,
 {
-    type Status: Default + Clone + Serialize + PartialEq + Send + Sync;
-    fn status(&self) -> Option<&Self::Status>;
-    fn conditions_mut(status: &mut Self::Status) -> &mut Vec<Condition>;
+    match step {
+        DeletionStep::Delete => client.delete(desired).await?,
+        DeletionStep::Orphan { .. } => orphan().await?,
+    }
+    Ok(())
+}
+
+/// Reason and note of the Event recorded once a [`DeletionStep`] is done.
+fn deletion_event(step: DeletionStep, external_name: &str) -> (&'static str, String) {
+    match step {
+        DeletionStep::Delete => ("Deleted", format!("deleted {external_name}")),
+        DeletionStep::Orphan { why } => (
+            "Orphaned",
+            format!("left {external_name} in place at the provider: {why}"),
+        ),
+    }
 }
 
 /// The first steps of every reconcile: a paused object only reports
@@ -476,20 +398,6 @@ fn flatten_finalizer_error(e: kube::runtime::finalizer::Error<ReconcileError>) -
     }
 }
 
-/// Writes status unless it is unchanged (an unchanged write would still
-/// cost an API call on every resync).
-pub async fn write_status<K: ManagedResource>(
-    api: &Api<K>,
-    obj: &K,
-    status: K::Status,
-) -> Result<(), ReconcileError> {
-    if obj.status() == Some(&status) {
-        return Ok(());
-    }
-    patch_status(api, &obj.name_any(), &status).await?;
-    Ok(())
-}
-
 /// Ends a reconcile. On success: writes status, resets the object's backoff
 /// and looks again after `Ok(wait)`. On failure: records a Warning Event if
 /// the failure is new, sets Synced (and Ready) False with its reason, writes
@@ -518,251 +426,210 @@ pub async fn finish<K: ManagedResource>(
     }
 }
 
-/// `wait`, shortened so the object is looked at again just after `at`
-/// (an expiry, a rotation due).
-pub fn wait_until(wait: Duration, at: Timestamp) -> Duration {
-    wait.min(at.duration_since(Timestamp::now()).unsigned_abs() + Duration::from_secs(1))
-}
-
-/// Sets or removes annotations with a JSON merge patch (not server-side
-/// apply: the user owns the other annotations).
-pub async fn annotate<K>(
-    api: &Api<K>,
-    name: &str,
-    changes: &[(&str, Option<&str>)],
-) -> Result<(), kube::Error>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
-{
-    let mut annotations = serde_json::Map::new();
-    for (key, value) in changes {
-        annotations.insert(
-            key.to_string(),
-            value.map_or(serde_json::Value::Null, |v| json!(v)),
-        );
-    }
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "metadata": { "annotations": annotations } })),
-    )
-    .await?;
-    Ok(())
-}
-
-/// Writes the status subresource with server-side apply, owned by bulkhead.
-pub async fn patch_status<K, S>(api: &Api<K>, name: &str, status: &S) -> Result<(), kube::Error>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
-    S: Serialize,
-{
-    let patch = json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
-}
-
-/// Records a Kubernetes Event about `obj`. Event failures are logged, never
-/// fatal: an Event is a courtesy, the condition is the contract.
-pub async fn publish<K: Resource<DynamicType = ()>>(
-    recorder: &Recorder,
-    obj: &K,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(truncate(note, 1000)),
-        action: action.to_string(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
-        warn!(error = %e, reason, "could not record event");
-    }
-}
-
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut cut = max;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-    }
-    s
-}
-
-/// Sets Ready and Synced from a converge result.
-pub fn set_converged_conditions(
-    conditions: &mut Vec<Condition>,
-    readiness: &Readiness,
-    observe_only: bool,
-    generation: Option<i64>,
-) {
-    let now = Timestamp::now();
-    let (ready_reason, ready_message) = if observe_only && readiness.ready {
-        (
-            reasons::OBSERVED,
-            format!(
-                "{} (ObserveOnly: observed, never written)",
-                readiness.message
-            ),
-        )
-    } else {
-        (readiness.reason, readiness.message.clone())
-    };
-    set_condition(
-        conditions,
-        CONDITION_READY,
-        readiness.ready.into(),
-        ready_reason,
-        ready_message,
-        generation,
-        now,
-    );
-    set_condition(
-        conditions,
-        CONDITION_SYNCED,
-        ConditionStatus::True,
-        reasons::RECONCILE_SUCCESS,
-        "",
-        generation,
-        now,
-    );
-}
-
-/// Sets Synced=False (and Ready=False unless it was True and the error is
-/// only about reaching the provider) from a failed reconcile.
-pub fn set_error_conditions(
-    conditions: &mut Vec<Condition>,
-    error: &ReconcileError,
-    generation: Option<i64>,
-) {
-    let now = Timestamp::now();
-    let message = error.to_string();
-    set_condition(
-        conditions,
-        CONDITION_SYNCED,
-        ConditionStatus::False,
-        error.reason(),
-        &message,
-        generation,
-        now,
-    );
-    let keep_ready = matches!(
-        error.category(),
-        ErrorCategory::Unavailable | ErrorCategory::Transient
-    ) && crate::api::is_condition_true(conditions, CONDITION_READY);
-    if !keep_ready {
-        set_condition(
-            conditions,
-            CONDITION_READY,
-            ConditionStatus::False,
-            error.reason(),
-            message,
-            generation,
-            now,
-        );
-    }
-}
-
-/// Records a Warning event when a reconcile fails in a new way (the Synced
-/// reason or message differs from what status already says), so retries of
-/// the same failure do not flood the Events.
-pub async fn publish_failure<K: Resource<DynamicType = ()>>(
-    recorder: &Recorder,
-    obj: &K,
-    before: &[Condition],
-    error: &ReconcileError,
-) {
-    let message = error.to_string();
-    let known = crate::api::find_condition(before, CONDITION_SYNCED)
-        .is_some_and(|c| c.status == "False" && c.reason == error.reason() && c.message == message);
-    if !known {
-        // Logged once when a failure starts or changes, like the Event;
-        // messages are built never to carry secret material.
-        warn!(
-            kind = %K::kind(&()),
-            name = %obj.name_any(),
-            namespace = obj.namespace().as_deref().unwrap_or(""),
-            reason = error.reason(),
-            category = error.category().as_str(),
-            error = %message,
-            "reconcile failed"
-        );
-        publish(
-            recorder,
-            obj,
-            EventType::Warning,
-            error.reason(),
-            "Reconcile",
-            message,
-        )
-        .await;
-    }
-}
-
-/// The requeue after a failed reconcile: backoff for transient and
-/// unavailable errors, a slow look for terminal ones (a spec change
-/// triggers a reconcile anyway), a short wait for dependencies.
-pub fn error_action(backoff: &Backoff, key: &str, error: &ReconcileError) -> Action {
-    match error.category() {
-        ErrorCategory::Transient | ErrorCategory::Unavailable => {
-            Action::requeue(backoff.next_delay(key))
-        }
-        ErrorCategory::Waiting => Action::requeue(
-            Duration::from_secs(15).min(backoff.next_delay(key).max(Duration::from_secs(2))),
-        ),
-        ErrorCategory::Terminal => Action::requeue(Duration::from_secs(600)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
     use super::*;
+    use crate::api::{DeletionPolicy, ManagementPolicy};
 
-    #[test]
-    fn backoff_doubles_caps_and_resets() {
-        let b = Backoff::default();
-        let delays: Vec<u64> = (0..12).map(|_| b.next_delay("uid").as_secs()).collect();
-        assert_eq!(&delays[..5], &[1, 2, 4, 8, 16]);
-        assert_eq!(*delays.last().unwrap_or(&0), 300, "capped");
-        assert_eq!(b.next_delay("other").as_secs(), 1, "per object");
-        b.reset("uid");
-        assert_eq!(b.next_delay("uid").as_secs(), 1, "reset on success");
+    /// Calls the fake client saw, by kind.
+    #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+    struct Calls {
+        observe: u32,
+        create: u32,
+        update: u32,
+        delete: u32,
     }
 
-    #[test]
-    fn error_categories_map_to_reasons() {
-        let e: ReconcileError = ProviderError::unavailable("connection refused").into();
+    /// An external client driven by a script of observations, recording
+    /// every call (after crossplane-runtime's fake ExternalClient).
+    #[derive(Default)]
+    struct FakeClient {
+        observations: Mutex<VecDeque<Observation<String>>>,
+        delete_error: Option<&'static str>,
+        calls: Mutex<Calls>,
+    }
+
+    impl FakeClient {
+        fn observing(observations: Vec<Observation<String>>) -> Self {
+            FakeClient {
+                observations: Mutex::new(observations.into()),
+                ..FakeClient::default()
+            }
+        }
+        fn calls(&self) -> Calls {
+            *self.calls.lock().unwrap_or_else(|p| p.into_inner())
+        }
+        fn count(&self, f: impl FnOnce(&mut Calls)) {
+            f(&mut self.calls.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    }
+
+    #[async_trait]
+    impl ExternalClient for FakeClient {
+        type Desired = ();
+        type Observed = String;
+
+        async fn observe(&self, _: &()) -> Result<Observation<String>, ProviderError> {
+            self.count(|c| c.observe += 1);
+            self.observations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front()
+                .ok_or_else(|| ProviderError::unavailable("fake: no observation scripted"))
+        }
+        async fn create(&self, _: &()) -> Result<(), ProviderError> {
+            self.count(|c| c.create += 1);
+            Ok(())
+        }
+        async fn update(&self, _: &(), _: &String) -> Result<(), ProviderError> {
+            self.count(|c| c.update += 1);
+            Ok(())
+        }
+        async fn delete(&self, _: &()) -> Result<(), ProviderError> {
+            self.count(|c| c.delete += 1);
+            match self.delete_error {
+                Some(message) => Err(ProviderError::unavailable(message)),
+                None => Ok(()),
+            }
+        }
+    }
+
+    fn exists(observed: &str) -> Observation<String> {
+        Observation::Exists {
+            up_to_date: true,
+            drift: Vec::new(),
+            readiness: Readiness::ready("up"),
+            observed: observed.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn observe_existing_returns_what_the_provider_shows() {
+        let client = FakeClient::observing(vec![exists("v2")]);
+        let (observed, readiness) = observe_existing(&client, &(), "acme")
+            .await
+            .expect("exists");
+        assert_eq!(observed, "v2");
+        assert_eq!(readiness, Readiness::ready("up"));
+        let want = Calls {
+            observe: 1,
+            ..Calls::default()
+        };
+        assert_eq!(client.calls(), want, "looks once, never writes");
+    }
+
+    #[tokio::test]
+    async fn observe_existing_after_a_write_that_does_not_show_is_transient() {
+        let client = FakeClient::observing(vec![Observation::Missing]);
+        let e = observe_existing(&client, &(), "acme")
+            .await
+            .expect_err("missing after a write");
+        assert_eq!(e.category(), ErrorCategory::Transient);
+        assert_eq!(e.reason(), reasons::RECONCILE_ERROR);
+        assert_eq!(
+            e.to_string(),
+            "acme was written but the provider does not show it yet"
+        );
+    }
+
+    #[tokio::test]
+    async fn deletion_steps_call_the_provider_or_orphan_never_both() {
+        #[rustfmt::skip]
+        let cases = [
+            ("Delete + Full", DeletionPolicy::Delete, ManagementPolicy::Full, 1, false),
+            ("Orphan + Full", DeletionPolicy::Orphan, ManagementPolicy::Full, 0, true),
+            ("Delete + ObserveOnly", DeletionPolicy::Delete, ManagementPolicy::ObserveOnly, 0, true),
+        ];
+        for (name, deletion, management, deletes, orphaned) in cases {
+            let client = FakeClient::default();
+            let orphan_called = Mutex::new(false);
+            let step = decide_deletion(Policies {
+                deletion,
+                management,
+            });
+            execute_deletion(step, &client, &(), || async {
+                *orphan_called.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                Ok(())
+            })
+            .await
+            .expect("no failure scripted");
+            let want = Calls {
+                delete: deletes,
+                ..Calls::default()
+            };
+            assert_eq!(client.calls(), want, "case: {name}");
+            assert_eq!(
+                *orphan_called.lock().unwrap_or_else(|p| p.into_inner()),
+                orphaned,
+                "case: {name}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_delete_is_returned_with_its_category() {
+        let client = FakeClient {
+            delete_error: Some("connection refused"),
+            ..FakeClient::default()
+        };
+        let e = execute_deletion(DeletionStep::Delete, &client, &(), || async {
+            Err(ReconcileError::Finalizer("orphan must not run".into()))
+        })
+        .await
+        .expect_err("delete fails");
         assert_eq!(e.category(), ErrorCategory::Unavailable);
-        assert_eq!(e.reason(), reasons::PROVIDER_UNAVAILABLE);
-        let e = ReconcileError::invalid(reasons::INVALID_SPEC, "bad");
-        assert_eq!(e.category(), ErrorCategory::Terminal);
-        assert_eq!(e.reason(), "InvalidSpec");
+        assert_eq!(client.calls().delete, 1);
     }
 
     #[test]
-    fn unavailable_provider_keeps_ready_true_but_marks_synced_false() {
-        let mut conds = Vec::new();
-        set_converged_conditions(&mut conds, &Readiness::ready("up"), false, Some(1));
-        let e: ReconcileError = ProviderError::unavailable("down").into();
-        set_error_conditions(&mut conds, &e, Some(1));
-        assert!(crate::api::is_condition_true(&conds, CONDITION_READY));
-        assert!(!crate::api::is_condition_true(&conds, CONDITION_SYNCED));
-        let e = ReconcileError::invalid(reasons::INVALID_SPEC, "bad");
-        set_error_conditions(&mut conds, &e, Some(2));
-        assert!(!crate::api::is_condition_true(&conds, CONDITION_READY));
+    fn deletion_events_name_what_happened_and_why() {
+        assert_eq!(
+            deletion_event(DeletionStep::Delete, "acme"),
+            ("Deleted", "deleted acme".to_string())
+        );
+        let step = decide_deletion(Policies {
+            deletion: DeletionPolicy::Delete,
+            management: ManagementPolicy::ObserveOnly,
+        });
+        assert_eq!(
+            deletion_event(step, "acme"),
+            (
+                "Orphaned",
+                "left acme in place at the provider: managementPolicy is ObserveOnly".to_string()
+            )
+        );
+    }
+
+    #[test]
+    fn refusals_are_terminal_with_their_reasons() {
+        let e = observe_only_missing("acme");
+        assert_eq!(e.category(), ErrorCategory::Terminal);
+        assert_eq!(e.reason(), reasons::EXTERNAL_MISSING);
+        assert_eq!(
+            e.to_string(),
+            "managementPolicy is ObserveOnly and the provider has no object named \"acme\" to observe"
+        );
+        let e = create_pending_unresolved("acme");
+        assert_eq!(e.category(), ErrorCategory::Terminal);
+        assert_eq!(e.reason(), reasons::CREATE_PENDING_UNRESOLVED);
+        assert_eq!(
+            e.to_string(),
+            "a create was started but its result is unknown; check the provider for \"acme\", \
+             set the bulkhead.dev/external-name annotation if it exists, then remove bulkhead.dev/create-pending"
+        );
+    }
+
+    #[test]
+    fn update_note_carries_the_drift_when_known() {
+        assert_eq!(update_note("acme", ""), "updated acme");
+        assert_eq!(
+            update_note("acme", "members; billing"),
+            "updated acme: members; billing"
+        );
     }
 }
