@@ -313,7 +313,7 @@ launch_kube_apiserver() {
     --service-account-signing-key-file="$PKI/sa.key" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --disable-admission-plugins=ServiceAccount \
-    --service-cluster-ip-range=10.0.0.0/24 \
+    --service-cluster-ip-range=10.0.0.0/16 \
     --allow-privileged=true \
     --endpoint-reconciler-type=none \
     --profiling=false \
@@ -386,7 +386,7 @@ if [[ $WITH_CONTROLLERS -eq 1 ]]; then
       --root-ca-file="$PKI/ca.crt" \
       --cluster-signing-cert-file="$PKI/ca.crt" \
       --cluster-signing-key-file="$PKI/ca.key" \
-      --service-cluster-ip-range=10.0.0.0/24 \
+      --service-cluster-ip-range=10.0.0.0/16 \
       --leader-elect=false \
       --use-service-account-credentials=false \
       --controllers='*' \
