@@ -17,7 +17,6 @@ pub const CONDITION_PROVISIONED: &str = "Provisioned";
 
 /// Reasons a DatabaseCluster's conditions can carry.
 pub mod reasons {
-    pub const ENVIRONMENT_NOT_FOUND: &str = "EnvironmentNotFound";
     pub const ENVIRONMENT_NOT_READY: &str = "EnvironmentNotReady";
     pub const NO_ENVIRONMENT: &str = "NoEnvironment";
     pub const REPLICAS_NOT_READY: &str = "ReplicasNotReady";

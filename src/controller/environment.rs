@@ -400,126 +400,7 @@ async fn apply(
     status.observed_generation = generation;
     status.suffix = Some(env.suffix());
 
-    let result: Result<Option<Timestamp>, ReconcileError> = async {
-        // Dereference: the Organization.
-        let orgs: Api<Organization> = Api::all(ctx.client.clone());
-        let org_name = &env.spec.organization_ref.name;
-        let Some(org) = orgs.get_opt(org_name).await? else {
-            set_condition(
-                &mut status.conditions,
-                CONDITION_ORGANIZATION_READY,
-                ConditionStatus::False,
-                env_reasons::ORGANIZATION_NOT_FOUND,
-                format!("Organization {org_name} does not exist"),
-                generation,
-                now,
-            );
-            return Err(ReconcileError::waiting(
-                env_reasons::ORGANIZATION_NOT_FOUND,
-                format!("waiting for Organization {org_name}: it does not exist"),
-            ));
-        };
-        let org_ready = org.status.as_ref().is_some_and(|s| is_condition_true(&s.conditions, CONDITION_READY));
-        if !org_ready {
-            set_condition(
-                &mut status.conditions,
-                CONDITION_ORGANIZATION_READY,
-                ConditionStatus::False,
-                env_reasons::ORGANIZATION_NOT_READY,
-                format!("Organization {org_name} is not Ready"),
-                generation,
-                now,
-            );
-            return Err(ReconcileError::waiting(
-                env_reasons::ORGANIZATION_NOT_READY,
-                format!("waiting for Organization {org_name} to become Ready"),
-            ));
-        }
-        set_condition(
-            &mut status.conditions,
-            CONDITION_ORGANIZATION_READY,
-            ConditionStatus::True,
-            env_reasons::ORGANIZATION_READY,
-            format!("Organization {org_name} is Ready"),
-            generation,
-            now,
-        );
-        status.organization_slug = Some(org.slug());
-
-        // Validate: namespaces it may claim, isolation policy, promotion path.
-        check_namespaces(&env, ctx)?;
-        let all = ctx.all_environments().await?;
-        let violations = isolation(&env, &all, ctx).await;
-        if let Some(first) = violations.first() {
-            let message = join_messages(&violations);
-            let was_isolated = !status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == CONDITION_ISOLATED && c.status == "False" && c.message == message);
-            set_condition(&mut status.conditions, CONDITION_ISOLATED, ConditionStatus::False, first.reason, &message, generation, now);
-            if was_isolated {
-                publish(&ctx.recorder, env.as_ref(), EventType::Warning, first.reason, "CheckIsolation", message.clone()).await;
-            }
-            // Only the Environment that causes a violation stops: the lower
-            // tier. Production reports it and keeps converging.
-            if env.spec.tier != Tier::Production && env.isolation_mode() == IsolationMode::Enforce {
-                return Err(ReconcileError::invalid(
-                    reasons::ISOLATION_VIOLATED,
-                    format!("isolation policy (Enforce) stops provisioning: {message}"),
-                ));
-            }
-        } else {
-            set_condition(
-                &mut status.conditions,
-                CONDITION_ISOLATED,
-                ConditionStatus::True,
-                env_reasons::ISOLATED,
-                "no production/non-production sharing of organization, namespaces or database servers",
-                generation,
-                now,
-            );
-        }
-        if let Some(promotion) = &env.spec.promotion {
-            let from = &promotion.from.name;
-            match all.iter().map(AsRef::as_ref).find(|e: &&Environment| &e.name_any() == from) {
-                None => {
-                    return Err(ReconcileError::waiting(
-                        env_reasons::PROMOTION_SOURCE_NOT_FOUND,
-                        format!("spec.promotion.from: Environment {from} does not exist"),
-                    ));
-                }
-                Some(up) if up.spec.tier.rank() >= env.spec.tier.rank() => {
-                    return Err(ReconcileError::invalid(
-                        env_reasons::PROMOTION_DOWNWARD,
-                        format!(
-                            "spec.promotion.from: {from} is {} and this Environment is {}; promotions only flow upward (development → staging → production)",
-                            up.spec.tier.as_str(),
-                            env.spec.tier.as_str()
-                        ),
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
-
-        // Build, with expired grants removed and reported.
-        let resolved = resolve(&env, &org, now, &ctx.settings);
-        let expired: Vec<String> = resolved.expired.iter().map(describe_grant).collect();
-        for e in &expired {
-            if !status.expired_access.contains(e) {
-                publish(&ctx.recorder, env.as_ref(), EventType::Normal, env_reasons::ACCESS_EXPIRED, "RemoveAccess", format!("removed access {e}: expired")).await;
-            }
-        }
-        status.expired_access = expired;
-
-        // Apply.
-        let client = KubernetesEnvironments::new(ctx.children.clone());
-        let converged = converge(&ctx.managed(), api, env.as_ref(), &client, &resolved.desired, &env.name_any(), policies()).await?;
-        status.namespaces = converged.observed.namespaces.clone();
-        set_converged_conditions(&mut status.conditions, &converged.readiness, false, generation);
-        Ok(resolved.next_expiry)
-    }
-    .await;
+    let result = provision(&env, api, ctx, &mut status, generation, now).await;
 
     let result = result.map(|next_expiry| {
         next_expiry.map_or(ctx.settings.resync, |t| wait_until(ctx.settings.resync, t))
@@ -533,6 +414,181 @@ async fn apply(
         result,
     )
     .await
+}
+
+/// Dereference the Organization, validate (namespaces, isolation,
+/// promotion), build the desired state and converge it, filling `status`
+/// as it goes. Returns the next access expiry.
+async fn provision(
+    env: &Arc<Environment>,
+    api: &Api<Environment>,
+    ctx: &Context,
+    status: &mut EnvironmentStatus,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Result<Option<Timestamp>, ReconcileError> {
+    // Dereference: the Organization.
+    let orgs: Api<Organization> = Api::all(ctx.client.clone());
+    let org_name = &env.spec.organization_ref.name;
+    let Some(org) = orgs.get_opt(org_name).await? else {
+        set_condition(
+            &mut status.conditions,
+            CONDITION_ORGANIZATION_READY,
+            ConditionStatus::False,
+            env_reasons::ORGANIZATION_NOT_FOUND,
+            format!("Organization {org_name} does not exist"),
+            generation,
+            now,
+        );
+        return Err(ReconcileError::waiting(
+            env_reasons::ORGANIZATION_NOT_FOUND,
+            format!("waiting for Organization {org_name}: it does not exist"),
+        ));
+    };
+    let org_ready = org
+        .status
+        .as_ref()
+        .is_some_and(|s| is_condition_true(&s.conditions, CONDITION_READY));
+    if !org_ready {
+        set_condition(
+            &mut status.conditions,
+            CONDITION_ORGANIZATION_READY,
+            ConditionStatus::False,
+            env_reasons::ORGANIZATION_NOT_READY,
+            format!("Organization {org_name} is not Ready"),
+            generation,
+            now,
+        );
+        return Err(ReconcileError::waiting(
+            env_reasons::ORGANIZATION_NOT_READY,
+            format!("waiting for Organization {org_name} to become Ready"),
+        ));
+    }
+    set_condition(
+        &mut status.conditions,
+        CONDITION_ORGANIZATION_READY,
+        ConditionStatus::True,
+        env_reasons::ORGANIZATION_READY,
+        format!("Organization {org_name} is Ready"),
+        generation,
+        now,
+    );
+    status.organization_slug = Some(org.slug());
+
+    // Validate: namespaces it may claim, isolation policy, promotion path.
+    check_namespaces(env, ctx)?;
+    let all = ctx.all_environments().await?;
+    let violations = isolation(env, &all, ctx).await;
+    if let Some(first) = violations.first() {
+        let message = join_messages(&violations);
+        let was_isolated = !status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == CONDITION_ISOLATED && c.status == "False" && c.message == message);
+        set_condition(
+            &mut status.conditions,
+            CONDITION_ISOLATED,
+            ConditionStatus::False,
+            first.reason,
+            &message,
+            generation,
+            now,
+        );
+        if was_isolated {
+            publish(
+                &ctx.recorder,
+                env.as_ref(),
+                EventType::Warning,
+                first.reason,
+                "CheckIsolation",
+                message.clone(),
+            )
+            .await;
+        }
+        // Only the Environment that causes a violation stops: the lower
+        // tier. Production reports it and keeps converging.
+        if env.spec.tier != Tier::Production && env.isolation_mode() == IsolationMode::Enforce {
+            return Err(ReconcileError::invalid(
+                reasons::ISOLATION_VIOLATED,
+                format!("isolation policy (Enforce) stops provisioning: {message}"),
+            ));
+        }
+    } else {
+        set_condition(
+            &mut status.conditions,
+            CONDITION_ISOLATED,
+            ConditionStatus::True,
+            env_reasons::ISOLATED,
+            "no production/non-production sharing of organization, namespaces or database servers",
+            generation,
+            now,
+        );
+    }
+    if let Some(promotion) = &env.spec.promotion {
+        let from = &promotion.from.name;
+        match all
+            .iter()
+            .map(AsRef::as_ref)
+            .find(|e: &&Environment| &e.name_any() == from)
+        {
+            None => {
+                return Err(ReconcileError::waiting(
+                    env_reasons::PROMOTION_SOURCE_NOT_FOUND,
+                    format!("spec.promotion.from: Environment {from} does not exist"),
+                ));
+            }
+            Some(up) if up.spec.tier.rank() >= env.spec.tier.rank() => {
+                return Err(ReconcileError::invalid(
+                    env_reasons::PROMOTION_DOWNWARD,
+                    format!(
+                        "spec.promotion.from: {from} is {} and this Environment is {}; promotions only flow upward (development → staging → production)",
+                        up.spec.tier.as_str(),
+                        env.spec.tier.as_str()
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+
+    // Build, with expired grants removed and reported.
+    let resolved = resolve(env, &org, now, &ctx.settings);
+    let expired: Vec<String> = resolved.expired.iter().map(describe_grant).collect();
+    for e in &expired {
+        if !status.expired_access.contains(e) {
+            publish(
+                &ctx.recorder,
+                env.as_ref(),
+                EventType::Normal,
+                env_reasons::ACCESS_EXPIRED,
+                "RemoveAccess",
+                format!("removed access {e}: expired"),
+            )
+            .await;
+        }
+    }
+    status.expired_access = expired;
+
+    // Apply.
+    let client = KubernetesEnvironments::new(ctx.children.clone());
+    let converged = converge(
+        &ctx.managed(),
+        api,
+        env.as_ref(),
+        &client,
+        &resolved.desired,
+        &env.name_any(),
+        policies(),
+    )
+    .await?;
+    status.namespaces = converged.observed.namespaces.clone();
+    set_converged_conditions(
+        &mut status.conditions,
+        &converged.readiness,
+        false,
+        generation,
+    );
+    Ok(resolved.next_expiry)
 }
 
 async fn cleanup(env: Arc<Environment>, ctx: &Context) -> Result<Action, ReconcileError> {

@@ -26,6 +26,8 @@ use crate::reconcile::managed::{
 use crate::reconcile::reasons;
 
 const KIND: &str = "Organization";
+const TOKENS_UNSUPPORTED: &str =
+    "spec.tokens needs a provider that mints tokens (fly); the kubernetes provider has none";
 
 pub fn controller(
     ctx: Arc<Context>,
@@ -219,7 +221,7 @@ async fn apply(
         if !org.spec.tokens.is_empty() && org.spec.provider.type_ == ProviderType::Kubernetes {
             return Err(ReconcileError::invalid(
                 reasons::UNSUPPORTED,
-                "spec.tokens needs a provider that mints tokens (fly); the kubernetes provider has none",
+                TOKENS_UNSUPPORTED,
             ));
         }
         let (desired, expired, next_expiry) = desired(&org, ctx, now).await?;
@@ -236,7 +238,16 @@ async fn apply(
                 .await;
             }
         }
-        let converged = converge(&ctx.managed(), api, org.as_ref(), &client, &desired, &desired.slug, policies(&org)).await?;
+        let converged = converge(
+            &ctx.managed(),
+            api,
+            org.as_ref(),
+            &client,
+            &desired,
+            &desired.slug,
+            policies(&org),
+        )
+        .await?;
         Ok((desired, converged, next_expiry))
     }
     .await;
