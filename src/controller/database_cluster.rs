@@ -28,8 +28,8 @@ use crate::api::database_cluster::{
 use crate::api::{
     ANNOTATION_EXTERNAL_NAME, CONDITION_READY, ConditionStatus, DatabaseCluster,
     DatabaseClusterStatus, Environment, LABEL_DATABASE_CLUSTER, LABEL_ENVIRONMENT,
-    LABEL_MANAGED_BY, MANAGER, ManagementPolicy, Organization, ProviderSpec, ProviderType,
-    is_condition_true, set_condition,
+    LABEL_MANAGED_BY, MANAGER, ManagementPolicy, Organization, ProviderSpec, is_condition_true,
+    set_condition,
 };
 use crate::provider::{
     CopyRequest, DatabaseClusterClient, DesiredDatabaseCluster, SUPERUSER, Secret,
@@ -529,7 +529,7 @@ async fn write_connection_secret(
                 .unwrap_or_else(|| "postgres".into());
             (u.name.clone(), d.passwords.get(&u.name).cloned(), db)
         }
-        None if built.provider.type_ == ProviderType::Kubernetes => (
+        None if built.client.has_own_superuser() => (
             "postgres".to_string(),
             d.passwords.get(SUPERUSER).cloned(),
             d.databases
@@ -746,16 +746,10 @@ async fn cleanup(dbc: Arc<DatabaseCluster>, ctx: &Context) -> Result<Action, Rec
         Err(_) if never_created => return Ok(Action::await_change()),
         Err(e) => return Err(e),
     };
-    let kube_client = crate::provider::kubernetes::KubernetesDatabaseClusters::new(
-        ctx.children.clone(),
-        ctx.settings.postgres_image.clone(),
-    );
-    let is_kubernetes = built.provider.type_ == ProviderType::Kubernetes;
     let desired = built.desired.clone();
+    // The backend detaches what it made (finalize calls its `orphan`);
+    // the Secrets bulkhead wrote for the cluster are the controller's.
     let orphan = || async {
-        if is_kubernetes {
-            kube_client.orphan(&desired).await?;
-        }
         // The generated passwords and the connection Secret stay with an
         // orphaned cluster: without them nobody could log in to it.
         let secrets: Api<KubeSecret> = Api::namespaced(ctx.client.clone(), &desired.namespace);

@@ -24,9 +24,8 @@ use crate::api::environment::{
 };
 use crate::api::{
     CONDITION_READY, ConditionStatus, DeletionPolicy, Environment, EnvironmentStatus,
-    ManagementPolicy, Organization, ProviderType, is_condition_true, set_condition,
+    ManagementPolicy, Organization, is_condition_true, set_condition,
 };
-use crate::provider::kubernetes::KubernetesEnvironments;
 use crate::provider::{DesiredEnvironment, OperatorGrant};
 use crate::reconcile::managed::{
     ManagedResource, Policies, ReconcileError, converge, finalize, finish, publish,
@@ -233,11 +232,15 @@ async fn database_servers(env: &Environment, ctx: &Context) -> Vec<String> {
         return Vec::new();
     }
     let mut out = vec![ctx.describe_credentials(provider)];
-    if provider.type_ == ProviderType::Postgres
-        && let Ok(client) = ctx.postgres_client(provider).await
+    // A malformed credential is reported on the DatabaseClusters; here it
+    // just has no server to compare.
+    if let Some(server) = ctx
+        .database_clusters(provider)
+        .await
+        .ok()
+        .and_then(|c| c.server_identity())
     {
-        let endpoint = client.endpoint();
-        out.push(format!("server {}:{}", endpoint.host, endpoint.port));
+        out.push(server);
     }
     out
 }
@@ -570,7 +573,7 @@ async fn provision(
     status.expired_access = expired;
 
     // Apply.
-    let client = KubernetesEnvironments::new(ctx.children.clone());
+    let client = ctx.environments_client();
     let converged = converge(
         &ctx.managed(),
         api,
@@ -592,7 +595,7 @@ async fn provision(
 }
 
 async fn cleanup(env: Arc<Environment>, ctx: &Context) -> Result<Action, ReconcileError> {
-    let client = KubernetesEnvironments::new(ctx.children.clone());
+    let client = ctx.environments_client();
     let desired = DesiredEnvironment {
         owner: owner_of(env.as_ref()),
         tier: env.spec.tier,

@@ -14,8 +14,10 @@ use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use crate::api::{Environment, Organization, ProviderSpec, ProviderType};
-use crate::provider::kubernetes::{Children, KubernetesDatabaseClusters};
-use crate::provider::{DatabaseClusterClient, Owner, Secret};
+use crate::provider::kubernetes::{
+    Children, KubernetesDatabaseClusters, KubernetesEnvironments, KubernetesOrganizations,
+};
+use crate::provider::{DatabaseClusterClient, OrganizationClient, Owner, Secret};
 use crate::reconcile::managed::{Backoff, FailPoint, Managed};
 use crate::reconcile::{ReconcileError, reasons};
 
@@ -246,6 +248,33 @@ impl Context {
                     format!("{}: {e}", self.describe_credentials(spec)),
                 )
             })
+    }
+
+    /// The Organization backend for a provider spec: one match arm per
+    /// provider, the only place controllers learn which one it is.
+    pub fn organizations(
+        &self,
+        spec: &ProviderSpec,
+    ) -> Result<Arc<dyn OrganizationClient>, ReconcileError> {
+        match spec.type_ {
+            ProviderType::Kubernetes => Ok(Arc::new(KubernetesOrganizations::new(
+                self.children.clone(),
+            ))),
+            ProviderType::Fly => Err(ReconcileError::invalid(
+                reasons::UNSUPPORTED,
+                "the fly provider is not available in this release; use provider type kubernetes",
+            )),
+            ProviderType::Postgres => Err(ReconcileError::invalid(
+                reasons::INVALID_SPEC,
+                "provider type postgres holds DatabaseClusters only; an Organization needs kubernetes or fly",
+            )),
+        }
+    }
+
+    /// The Environment backend: Environments are always realised in the
+    /// cluster, whatever the Organization's provider.
+    pub fn environments_client(&self) -> KubernetesEnvironments {
+        KubernetesEnvironments::new(self.children.clone())
     }
 
     /// The DatabaseCluster backend for a provider spec.

@@ -16,8 +16,7 @@ use super::{
     trigger_stream,
 };
 use crate::api::organization::{Member, reasons as org_reasons};
-use crate::api::{Environment, ManagementPolicy, Organization, OrganizationStatus, ProviderType};
-use crate::provider::kubernetes::KubernetesOrganizations;
+use crate::api::{Environment, ManagementPolicy, Organization, OrganizationStatus};
 use crate::provider::{DesiredOrganization, ObservedOrganization};
 use crate::reconcile::managed::{
     ManagedResource, Policies, ReconcileError, converge, finalize, finish, publish,
@@ -27,7 +26,7 @@ use crate::reconcile::reasons;
 
 const KIND: &str = "Organization";
 const TOKENS_UNSUPPORTED: &str =
-    "spec.tokens needs a provider that mints tokens (fly); the kubernetes provider has none";
+    "spec.tokens needs a provider that mints tokens (fly); this Organization's provider has none";
 
 pub fn controller(
     ctx: Arc<Context>,
@@ -151,23 +150,6 @@ async fn desired(
     ))
 }
 
-fn client_for(
-    org: &Organization,
-    ctx: &Context,
-) -> Result<KubernetesOrganizations, ReconcileError> {
-    match org.spec.provider.type_ {
-        ProviderType::Kubernetes => Ok(KubernetesOrganizations::new(ctx.children.clone())),
-        ProviderType::Fly => Err(ReconcileError::invalid(
-            reasons::UNSUPPORTED,
-            "the fly provider is not available in this release; use provider type kubernetes",
-        )),
-        ProviderType::Postgres => Err(ReconcileError::invalid(
-            reasons::INVALID_SPEC,
-            "provider type postgres holds DatabaseClusters only; an Organization needs kubernetes or fly",
-        )),
-    }
-}
-
 /// The Organization that holds a slug when several claim it: the oldest
 /// (then the first by name). The others get `SlugConflict` and change
 /// nothing, so two objects never fight over one external organization.
@@ -216,9 +198,9 @@ async fn apply(
     let generation = org.metadata.generation;
     status.observed_generation = generation;
     let result = async {
-        let client = client_for(&org, ctx)?;
+        let client = ctx.organizations(&org.spec.provider)?;
         check_slug(&org, &ctx.all_organizations().await?)?;
-        if !org.spec.tokens.is_empty() && org.spec.provider.type_ == ProviderType::Kubernetes {
+        if !org.spec.tokens.is_empty() && !client.mints_tokens() {
             return Err(ReconcileError::invalid(
                 reasons::UNSUPPORTED,
                 TOKENS_UNSUPPORTED,
@@ -242,7 +224,7 @@ async fn apply(
             &ctx.managed(),
             api,
             org.as_ref(),
-            &client,
+            client.as_ref(),
             &desired,
             &desired.slug,
             policies(&org),
@@ -284,21 +266,19 @@ async fn cleanup(org: Arc<Organization>, ctx: &Context) -> Result<Action, Reconc
         // It never held its slug: what exists under it is another's.
         return Ok(Action::await_change());
     }
-    let client = KubernetesOrganizations::new(ctx.children.clone());
-    let (desired, _, _) = desired(&org, ctx, Timestamp::now()).await?;
-    if org.spec.provider.type_ != ProviderType::Kubernetes {
-        // Nothing was ever created at a provider this build cannot reach.
+    // Nothing was ever created at a provider this build cannot reach.
+    let Ok(client) = ctx.organizations(&org.spec.provider) else {
         return Ok(Action::await_change());
-    }
-    let orphan = || async { client.orphan(&desired).await.map_err(ReconcileError::from) };
+    };
+    let (desired, _, _) = desired(&org, ctx, Timestamp::now()).await?;
     finalize(
         &ctx.managed(),
         org.as_ref(),
-        &client,
+        client.as_ref(),
         &desired,
         &desired.slug,
         policies(&org),
-        orphan,
+        || async { Ok(()) },
     )
     .await
 }

@@ -147,6 +147,24 @@ pub trait ExternalClient: Send + Sync {
     fn deterministic_names(&self) -> bool {
         true
     }
+    /// Detaches what the backend made in the cluster from the Kubernetes
+    /// object, so garbage collection leaves it (deletionPolicy Orphan, or
+    /// ObserveOnly). Backends that keep nothing in the cluster have nothing
+    /// to detach.
+    async fn orphan(&self, desired: &Self::Desired) -> Result<(), ProviderError> {
+        let _ = desired;
+        Ok(())
+    }
+}
+
+/// Organization backends.
+pub trait OrganizationClient:
+    ExternalClient<Desired = DesiredOrganization, Observed = ObservedOrganization>
+{
+    /// Whether the backend mints the tokens of `spec.tokens`.
+    fn mints_tokens(&self) -> bool {
+        false
+    }
 }
 
 /// Identity of the Kubernetes object a desired state was built from, for
@@ -295,6 +313,19 @@ pub trait DatabaseClusterClient:
     ) -> (String, String) {
         let _ = target;
         (user.to_string(), database.to_string())
+    }
+
+    /// Whether the backend runs its own server, so a cluster that declares
+    /// no user can hand out its superuser in the connection Secret (on a
+    /// shared server it never can).
+    fn has_own_superuser(&self) -> bool {
+        false
+    }
+
+    /// What identifies the server the databases live on (e.g.
+    /// `server db:5432`), to find production and non-production sharing one.
+    fn server_identity(&self) -> Option<String> {
+        None
     }
 
     /// Copies `request.source` into `target` as the mode says. Replaces what

@@ -326,7 +326,10 @@ where
 {
     match step {
         DeletionStep::Delete => client.delete(desired).await?,
-        DeletionStep::Orphan { .. } => orphan().await?,
+        DeletionStep::Orphan { .. } => {
+            client.orphan(desired).await?;
+            orphan().await?
+        }
     }
     Ok(())
 }

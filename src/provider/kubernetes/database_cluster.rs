@@ -194,13 +194,6 @@ impl KubernetesDatabaseClusters {
         out.push(statefulset);
         out
     }
-
-    /// Detaches the children so garbage collection leaves them (Orphan).
-    pub async fn orphan(&self, d: &DesiredDatabaseCluster) -> Result<(), ProviderError> {
-        self.children
-            .reapply_existing(&self.desired_children(d, false))
-            .await
-    }
 }
 
 /// Creates the declared databases and users when pod 0 initialises. Names
@@ -351,7 +344,19 @@ impl ExternalClient for KubernetesDatabaseClusters {
     async fn delete(&self, d: &DesiredDatabaseCluster) -> Result<(), ProviderError> {
         self.children.delete_owned(&KINDS, &d.owner).await
     }
+
+    /// Detaches the children so garbage collection leaves them.
+    async fn orphan(&self, d: &DesiredDatabaseCluster) -> Result<(), ProviderError> {
+        self.children
+            .reapply_existing(&self.desired_children(d, false))
+            .await
+    }
 }
 
 #[async_trait]
-impl DatabaseClusterClient for KubernetesDatabaseClusters {}
+impl DatabaseClusterClient for KubernetesDatabaseClusters {
+    /// The cluster runs its own PostgreSQL, superuser included.
+    fn has_own_superuser(&self) -> bool {
+        true
+    }
+}

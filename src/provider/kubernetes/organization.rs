@@ -11,8 +11,8 @@ use super::Child;
 use super::children::{CLUSTER_ROLE, CLUSTER_ROLE_BINDING, ChildKind, Children};
 use crate::api::organization::{MemberState, MemberStatus};
 use crate::provider::{
-    DesiredOrganization, ExternalClient, Observation, ObservedOrganization, ProviderError,
-    Readiness,
+    DesiredOrganization, ExternalClient, Observation, ObservedOrganization, OrganizationClient,
+    ProviderError, Readiness,
 };
 
 const KINDS: [ChildKind; 2] = [CLUSTER_ROLE, CLUSTER_ROLE_BINDING];
@@ -80,14 +80,6 @@ impl KubernetesOrganizations {
                 }),
             ),
         ]
-    }
-
-    /// Detaches the children from the Organization so garbage collection
-    /// leaves them (deletionPolicy Orphan).
-    pub async fn orphan(&self, d: &DesiredOrganization) -> Result<(), ProviderError> {
-        self.children
-            .reapply_existing(&self.desired_children(d, false))
-            .await
     }
 }
 
@@ -181,4 +173,15 @@ impl ExternalClient for KubernetesOrganizations {
     async fn delete(&self, d: &DesiredOrganization) -> Result<(), ProviderError> {
         self.children.delete_owned(&KINDS, &d.owner).await
     }
+
+    /// Detaches the children from the Organization so garbage collection
+    /// leaves them.
+    async fn orphan(&self, d: &DesiredOrganization) -> Result<(), ProviderError> {
+        self.children
+            .reapply_existing(&self.desired_children(d, false))
+            .await
+    }
 }
+
+/// In the cluster there are no tokens to mint.
+impl OrganizationClient for KubernetesOrganizations {}

@@ -435,6 +435,12 @@ impl ExternalClient for PostgresDatabaseClusters {
 
 #[async_trait]
 impl DatabaseClusterClient for PostgresDatabaseClusters {
+    /// The admin connection's host and port: clusters of two Environments
+    /// whose connections name the same server share it.
+    fn server_identity(&self) -> Option<String> {
+        Some(format!("server {}:{}", self.conn.host, self.conn.port))
+    }
+
     /// Physical (cluster-prefixed) names of a declared user and database.
     fn connection_names(
         &self,
