@@ -114,6 +114,9 @@ pub fn subject_for(username: &str) -> serde_json::Value {
     }
 }
 
+/// Longest wait for the answer to one non-watch API request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Names of the CRDs bulkhead needs.
 pub fn required_crds() -> Vec<String> {
     crate::api::crds()
@@ -211,9 +214,17 @@ async fn termination() {
 
 pub async fn run(args: RunArgs) -> Result<()> {
     telemetry::init(args.log_format, &args.log_level);
-    let client = Client::try_default()
+    let config = kube::Config::infer()
         .await
         .map_err(|e| Error::Config(e.to_string()))?;
+    // Watches are long reads that the apiserver ends itself; every other
+    // request gets a read timeout, so a response that never comes fails
+    // the reconcile (retried with backoff) instead of holding it forever.
+    let watch_client =
+        Client::try_from(config.clone()).map_err(|e| Error::Config(e.to_string()))?;
+    let mut request_config = config;
+    request_config.read_timeout = Some(REQUEST_TIMEOUT);
+    let client = Client::try_from(request_config).map_err(|e| Error::Config(e.to_string()))?;
     check_crds(&client).await?;
     info!("bulkhead CRDs installed");
 
@@ -256,7 +267,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         namespace_role: args.namespace_role.clone(),
         operator_subject: own_subject(&client).await,
     };
-    let ctx = Context::new(client.clone(), settings, metrics.clone());
+    let ctx = Context::new(client.clone(), watch_client, settings, metrics.clone());
     let stopped = {
         let mut rx = stop_rx.clone();
         async move {

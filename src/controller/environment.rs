@@ -39,7 +39,7 @@ pub fn controller(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Stream<Item = ()> {
-    let client = ctx.client.clone();
+    let client = ctx.watch_client.clone();
     let (reader, stream) = trigger_stream(Api::<Environment>::all(client.clone()));
     ctx.track_sync(reader.clone());
     let _ = ctx.environments.set(reader.clone());

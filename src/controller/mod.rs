@@ -94,7 +94,10 @@ impl Settings {
 
 /// What every reconcile shares.
 pub struct Context {
+    /// For requests (with a read timeout).
     pub client: Client,
+    /// For the controllers' watches (long reads, no read timeout).
+    pub watch_client: Client,
     pub recorder: Recorder,
     pub settings: Settings,
     pub backoff: Backoff,
@@ -115,6 +118,7 @@ const CONTROLLERS: usize = 3;
 impl Context {
     pub fn new(
         client: Client,
+        watch_client: Client,
         settings: Settings,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
@@ -128,6 +132,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             children: Children::new(client.clone()),
             client,
+            watch_client,
             settings,
             backoff: Backoff::default(),
             metrics,
