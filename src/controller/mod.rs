@@ -353,18 +353,8 @@ pub fn owner_of<K: Resource<DynamicType = ()>>(obj: &K) -> Owner {
 /// start of deletion. Status writes change none of these, so a status
 /// write never triggers another reconcile.
 pub fn reconcile_trigger<K: Resource>(obj: &K) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
     let meta = obj.meta();
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    meta.generation.hash(&mut h);
-    meta.annotations.hash(&mut h);
-    meta.finalizers.hash(&mut h);
-    meta.deletion_timestamp
-        .as_ref()
-        .map(|t| t.0.as_second())
-        .hash(&mut h);
-    meta.labels.hash(&mut h);
-    Some(h.finish())
+    related_trigger(obj, (&meta.annotations, &meta.labels))
 }
 
 /// The main watch stream of a controller: a reflector-backed watcher
