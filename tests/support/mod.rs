@@ -7,6 +7,7 @@
 
 pub mod controlplane;
 pub mod helm;
+pub mod objects;
 pub mod postgres;
 
 use std::path::PathBuf;

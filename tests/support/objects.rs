@@ -1,0 +1,211 @@
+//! Test objects built in code (after kube-rs/controller-rs `fixtures.rs`)
+//! instead of `format!` YAML, and the condition checks every test binary
+//! uses to say what a user would see.
+//!
+//! Builders start from the smallest valid object; a test states what it
+//! needs on top with the `with_*` methods or by setting typed fields.
+
+use std::time::Duration;
+
+use bulkhead::api::{DatabaseCluster, Environment, Organization};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::PostParams;
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::controlplane::{condition, wait_for};
+
+/// How long a test waits for the operator to converge an object.
+pub const WAIT: Duration = Duration::from_secs(90);
+
+const API_VERSION: &str = "bulkhead.dev/v1alpha1";
+
+/// A custom resource under construction: its JSON form, so builders can
+/// set any field the CRD has, parsed into the typed object at the end.
+#[derive(Clone, Debug)]
+pub struct Build<K> {
+    body: Value,
+    kind: std::marker::PhantomData<K>,
+}
+
+impl<K: DeserializeOwned + serde::Serialize> Build<K> {
+    fn new(kind: &str, metadata: Value, spec: Value) -> Self {
+        Build {
+            body: json!({ "apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "spec": spec }),
+            kind: std::marker::PhantomData,
+        }
+    }
+
+    /// Sets (or replaces) `spec.<field>`.
+    pub fn spec(mut self, field: &str, value: Value) -> Self {
+        self.body["spec"][field] = value;
+        self
+    }
+
+    /// Sets a label.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.body["metadata"]["labels"][key] = json!(value);
+        self
+    }
+
+    /// Sets an annotation.
+    pub fn annotation(mut self, key: &str, value: &str) -> Self {
+        self.body["metadata"]["annotations"][key] = json!(value);
+        self
+    }
+
+    /// The typed object.
+    pub fn build(&self) -> K {
+        serde_json::from_value(self.body.clone()).expect("test object matches its type")
+    }
+
+    /// The object as JSON text, for `kubectl apply -f -` (as a tenant, say).
+    pub fn manifest(&self) -> String {
+        self.body.to_string()
+    }
+
+    /// Creates the object through `api`.
+    pub async fn create(&self, api: &Api<K>) -> K
+    where
+        K: Resource + Clone + std::fmt::Debug,
+    {
+        api.create(&PostParams::default(), &self.build())
+            .await
+            .expect("create test object")
+    }
+}
+
+/// An Organization with an empty spec (kubernetes provider, defaults).
+pub fn organization(name: &str) -> Build<Organization> {
+    Build::new("Organization", json!({ "name": name }), json!({}))
+}
+
+impl Build<Organization> {
+    /// Adds a member with `role` (`admin` or `member`).
+    pub fn member(mut self, email: &str, role: &str) -> Self {
+        let members = self.body["spec"]["members"].as_array().cloned();
+        let mut members = members.unwrap_or_default();
+        members.push(json!({ "email": email, "role": role }));
+        self.body["spec"]["members"] = Value::Array(members);
+        self
+    }
+}
+
+/// An Environment of `tier` in Organization `org`, owning the namespace
+/// named after it.
+pub fn environment(name: &str, org: &str, tier: &str) -> Build<Environment> {
+    Build::new(
+        "Environment",
+        json!({ "name": name }),
+        json!({ "organizationRef": { "name": org }, "tier": tier }),
+    )
+}
+
+impl Build<Environment> {
+    /// Databases on the PostgreSQL server whose admin connection is under
+    /// key `dsn` of Secret `secret` in the credentials namespace.
+    pub fn postgres(self, secret: &str) -> Self {
+        self.spec(
+            "databaseProvider",
+            json!({ "type": "postgres", "credentialsSecretRef": { "name": secret, "key": "dsn" } }),
+        )
+    }
+
+    /// The `developer` role for Group `group`.
+    pub fn developers(self, group: &str) -> Self {
+        self.spec(
+            "access",
+            json!([{ "role": "developer", "subjects": [{ "kind": "Group", "name": group }] }]),
+        )
+    }
+}
+
+/// A DatabaseCluster in `namespace` with database `app` and its
+/// read-write user `app_rw`.
+pub fn database_cluster(name: &str, namespace: &str) -> Build<DatabaseCluster> {
+    Build::new(
+        "DatabaseCluster",
+        json!({ "name": name, "namespace": namespace }),
+        json!({
+            "databases": [{ "name": "app" }],
+            "users": [{ "name": "app_rw", "databases": ["app"], "privileges": "readWrite" }],
+        }),
+    )
+}
+
+impl Build<DatabaseCluster> {
+    /// Also the read-only user `app_ro` on `app`.
+    pub fn with_reader(mut self) -> Self {
+        let reader = json!({ "name": "app_ro", "databases": ["app"], "privileges": "readOnly" });
+        if let Some(users) = self.body["spec"]["users"].as_array_mut() {
+            users.push(reader);
+        }
+        self
+    }
+
+    /// The connection Secret `<name>-conn`.
+    pub fn connection_secret(self) -> Self {
+        let name = format!(
+            "{}-conn",
+            self.body["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        self.spec("writeConnectionSecretToRef", json!({ "name": name }))
+    }
+}
+
+/// The kinds that carry conditions.
+pub trait Conditioned: Resource {
+    fn conditions(&self) -> &[Condition];
+    fn observed_generation(&self) -> Option<i64>;
+}
+
+macro_rules! conditioned {
+    ($($kind:ty),*) => {$(
+        impl Conditioned for $kind {
+            fn conditions(&self) -> &[Condition] {
+                self.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default()
+            }
+            fn observed_generation(&self) -> Option<i64> {
+                self.status.as_ref().and_then(|s| s.observed_generation)
+            }
+        }
+    )*};
+}
+conditioned!(Organization, Environment, DatabaseCluster);
+
+/// Ready=True, reported for the object's current generation.
+pub fn is_ready<K: Conditioned>(obj: &K) -> bool {
+    condition(obj.conditions(), "Ready")
+        .is_some_and(|c| c.status == "True" && c.observed_generation == obj.meta().generation)
+}
+
+/// Condition `type_` has `status` and `reason`.
+pub fn has_reason<K: Conditioned>(obj: &K, type_: &str, status: &str, reason: &str) -> bool {
+    condition(obj.conditions(), type_).is_some_and(|c| c.status == status && c.reason == reason)
+}
+
+/// The reason and message of condition `type_`, for assertions and logs.
+pub fn reason_of<K: Conditioned>(obj: &K, type_: &str) -> Option<(String, String)> {
+    condition(obj.conditions(), type_).map(|c| (c.reason.clone(), c.message.clone()))
+}
+
+/// Waits until the object is Ready at its current generation.
+pub async fn wait_ready<K>(api: &Api<K>, name: &str) -> K
+where
+    K: Conditioned + Clone + DeserializeOwned + std::fmt::Debug + serde::Serialize,
+{
+    wait_for(api, name, WAIT, "Ready", is_ready).await
+}
+
+/// Waits until condition `type_` is `status` with `reason`.
+pub async fn wait_reason<K>(api: &Api<K>, name: &str, type_: &str, status: &str, reason: &str) -> K
+where
+    K: Conditioned + Clone + DeserializeOwned + std::fmt::Debug + serde::Serialize,
+{
+    let what = format!("{type_}={status} {reason}");
+    wait_for(api, name, WAIT, &what, |o| {
+        has_reason(o, type_, status, reason)
+    })
+    .await
+}
