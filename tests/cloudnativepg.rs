@@ -569,3 +569,42 @@ async fn cloudnativepg_not_installed_is_reported_until_its_crds_are_installed() 
         .expect("the Cluster, accepted by CloudNativePG's CRD");
     assert_eq!(json_of(&cluster)["spec"]["instances"], 1);
 }
+
+#[tokio::test]
+async fn a_secret_the_team_made_is_never_overwritten_by_a_role_secret() {
+    let (_cp, client) = setup().await;
+    let ns = environment(&client, "staging").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    // The team's own Secret under the name the `app` role's would get.
+    create_yaml(
+        &secrets,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: taken-stage-role-app}\nstringData: {password: the-teams-own}\n",
+    )
+    .await;
+    database_cluster(&client, &ns, "taken", "").await;
+    let d = wait_for(
+        &Api::<DatabaseCluster>::namespaced(client.clone(), &ns),
+        "taken",
+        WAIT,
+        "SecretConflict",
+        |d| has(&conditions(d), "Synced", "False", "SecretConflict"),
+    )
+    .await;
+    let message = condition(&conditions(&d), "Synced")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("taken-stage-role-app"), "{message}");
+    let s = secrets
+        .get("taken-stage-role-app")
+        .await
+        .expect("the team's Secret");
+    assert_eq!(secret_text(&s, "password"), "the-teams-own", "untouched");
+    assert!(
+        cnpg::clusters(&client, &ns)
+            .get_opt("taken-stage")
+            .await
+            .expect("get")
+            .is_none(),
+        "nothing is created while the conflict stands"
+    );
+}
