@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bulkhead's quick start: a local control plane (etcd, kube-apiserver,
-# controller-manager, scheduler, kwok), a local PostgreSQL, the CRDs, the
+# controller-manager, scheduler, kwok, and CloudNativePG for in-cluster
+# DatabaseClusters), a local PostgreSQL, the CRDs, the
 # operator, and the production and staging examples — then what a user wants
 # to see: objects, conditions, and a connection Secret that really connects.
 #
@@ -51,7 +52,7 @@ say "starting the control plane"
 hack/controlplane/stop.sh --dir "$DEMO/cp" >/dev/null 2>&1 || true
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
-KUBECONFIG="$(hack/controlplane/start.sh --dir "$DEMO/cp" --with-controllers --with-kwok --owner-pid $$ | tail -n 1)"
+KUBECONFIG="$(hack/controlplane/start.sh --dir "$DEMO/cp" --with-controllers --with-kwok --with-cnpg --owner-pid $$ | tail -n 1)"
 export KUBECONFIG
 
 say "starting two local PostgreSQL servers on 127.0.0.1 (production, staging)"
@@ -122,15 +123,21 @@ psql "$(secret uri)" -Atc "select 'connected as ' || current_user || ' to ' || c
 echo
 cat <<EOF
 What is real here: etcd, kube-apiserver, controller-manager and scheduler
-(v1.37.2, built from Go modules), the operator, and PostgreSQL. kwok plays the
-kubelet: pods of in-cluster DatabaseClusters would be simulated; this demo's
-DatabaseClusters are real databases on two local PostgreSQL servers, one
-per tier (sharing one would be reported as an isolation violation).
+(v1.37.2, built from Go modules), the CloudNativePG operator (v1.28.1, also
+from its Go module), the operator, and PostgreSQL. kwok plays the kubelet:
+pods of in-cluster DatabaseClusters (CloudNativePG Clusters) are simulated,
+so those never become Ready here; this demo's DatabaseClusters are real
+databases on two local PostgreSQL servers, one per tier (sharing one would
+be reported as an isolation violation).
 
 Keep exploring:
   export KUBECONFIG=$KUBECONFIG PATH=$BULKHEAD_CP_BIN:\$PATH
   kubectl get bulkhead -A
   kubectl describe env production
+  # an in-cluster DatabaseCluster: a CloudNativePG Cluster, as far as kwok lets it get
+  kubectl apply -f - <<<'{"apiVersion":"bulkhead.dev/v1alpha1","kind":"Environment","metadata":{"name":"dev-sandbox"},"spec":{"organizationRef":{"name":"acme-staging"},"tier":"development"}}'
+  kubectl -n dev-sandbox apply -f - <<<'{"apiVersion":"bulkhead.dev/v1alpha1","kind":"DatabaseCluster","metadata":{"name":"scratch"},"spec":{"databases":[{"name":"app"}]}}'
+  kubectl -n dev-sandbox get dbc,clusters.postgresql.cnpg.io,databases.postgresql.cnpg.io,pods,svc
 EOF
 
 if [[ "${BULKHEAD_DEMO_EXIT:-}" == "1" || ! -t 0 ]]; then

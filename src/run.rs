@@ -53,8 +53,9 @@ pub struct RunArgs {
     /// Seconds between full resyncs, which find and correct drift.
     #[arg(long, env = "BULKHEAD_RESYNC_SECONDS", default_value_t = 300)]
     pub resync_seconds: u64,
-    /// Image repository for in-cluster PostgreSQL; the tag is spec.version.
-    #[arg(long, env = "BULKHEAD_POSTGRES_IMAGE", default_value = "postgres")]
+    /// Image repository of the PostgreSQL images CloudNativePG runs for
+    /// in-cluster DatabaseClusters; the tag is spec.version.
+    #[arg(long, env = "BULKHEAD_POSTGRES_IMAGE", default_value = crate::controller::DEFAULT_POSTGRES_IMAGE)]
     pub postgres_image: String,
     /// Reconciles running at once per kind.
     #[arg(long, env = "BULKHEAD_CONCURRENCY", default_value_t = 4)]

@@ -8,13 +8,13 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bulkhead::api::{DatabaseCluster, Environment, Organization};
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
+use support::cnpg::{self, json_of, write_healthy_status_as_cloudnativepg_would};
 use support::controlplane::{
     ControlPlane, Operator, condition, create_yaml, repo, unique, wait_for, wait_gone,
 };
@@ -120,6 +120,19 @@ async fn examples_become_ready_and_kubectl_wait_works() {
     for env in ["production", "staging"] {
         wait_for(&envs, env, WAIT, "Environment Ready", env_ready).await;
     }
+    // CloudNativePG runs the clusters; under kwok it never hears from a
+    // PostgreSQL, so its healthy status is written in its place.
+    for (ns, cluster) in [("staging", "my-app-db-stage"), ("production", "my-app-db")] {
+        wait_for(
+            &cnpg::clusters(&client, ns),
+            cluster,
+            WAIT,
+            "Cluster",
+            |_| true,
+        )
+        .await;
+        write_healthy_status_as_cloudnativepg_would(&client, ns, cluster).await;
+    }
     let staging_db = wait_for(
         &Api::<DatabaseCluster>::namespaced(client.clone(), "staging"),
         "my-app-db",
@@ -171,20 +184,24 @@ async fn examples_become_ready_and_kubectl_wait_works() {
             .as_deref(),
         Some("my-app-db")
     );
-    let sts = Api::<StatefulSet>::namespaced(client.clone(), "staging")
+    let cluster = cnpg::clusters(&client, "staging")
         .get("my-app-db-stage")
         .await
-        .expect("StatefulSet my-app-db-stage");
+        .expect("Cluster my-app-db-stage");
     assert_eq!(
-        sts.spec.replicas,
-        Some(1),
+        json_of(&cluster)["spec"]["instances"],
+        1,
         "staging uses the development preset"
     );
-    let prod_sts = Api::<StatefulSet>::namespaced(client.clone(), "production")
+    let prod_cluster = cnpg::clusters(&client, "production")
         .get("my-app-db")
         .await
-        .expect("production StatefulSet");
-    assert_eq!(prod_sts.spec.replicas, Some(3), "production preset is HA");
+        .expect("production Cluster");
+    assert_eq!(
+        json_of(&prod_cluster)["spec"]["instances"],
+        3,
+        "production preset is HA"
+    );
     assert_eq!(
         prod_db
             .status
@@ -204,7 +221,7 @@ async fn examples_become_ready_and_kubectl_wait_works() {
     }
     assert_eq!(
         String::from_utf8_lossy(&data["host"].0),
-        "my-app-db-stage.staging.svc.cluster.local"
+        "my-app-db-stage-rw.staging.svc.cluster.local"
     );
 
     // Namespaces are labelled; RBAC, private network and config exist.
@@ -523,73 +540,17 @@ async fn database_cluster_in_a_namespace_no_environment_owns_waits() {
         "{conds:?}"
     );
     assert!(
-        Api::<StatefulSet>::namespaced(client.clone(), &ns)
+        cnpg::clusters(&client, &ns)
             .list(&Default::default())
             .await
             .expect("list")
             .items
-            .is_empty()
+            .is_empty(),
+        "no Cluster without an Environment"
     );
 }
 
-async fn dbc_with_policy(client: &Client, ns: &str, name: &str, policy: &str) -> DatabaseCluster {
-    let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), ns);
-    create_yaml(
-        &dbcs,
-        &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: DatabaseCluster\nmetadata: {{name: {name}}}\nspec:\n  deletionPolicy: {policy}\n  databases: [{{name: app}}]\n  users: [{{name: app, databases: [app], privileges: readWrite}}]\n  writeConnectionSecretToRef: {{name: {name}-conn}}\n"),
-    )
-    .await;
-    wait_for(&dbcs, name, WAIT, "Ready", dbc_ready).await
-}
-
-#[tokio::test]
-async fn deleting_a_database_cluster_honours_its_deletion_policy() {
-    let (_cp, client) = setup().await;
-    let (_org, ns) = org_and_env(&client, "staging").await;
-    let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
-    let stss: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
-    let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-
-    dbc_with_policy(&client, &ns, "gone", "Delete").await;
-    dbc_with_policy(&client, &ns, "kept", "Orphan").await;
-    assert!(stss.get_opt("gone-stage").await.expect("get").is_some());
-
-    dbcs.delete("gone", &DeleteParams::default())
-        .await
-        .expect("delete gone");
-    dbcs.delete("kept", &DeleteParams::default())
-        .await
-        .expect("delete kept");
-    wait_gone(&dbcs, "gone", WAIT).await;
-    wait_gone(&dbcs, "kept", WAIT).await;
-
-    wait_gone(&stss, "gone-stage", WAIT).await;
-    wait_gone(&svcs, "gone-stage", WAIT).await;
-    wait_gone(&secrets, "gone-conn", WAIT).await;
-
-    // Orphan: the cluster and its secrets stay, detached from the deleted object.
-    tokio::time::sleep(Duration::from_secs(3)).await; // give the garbage collector a chance to (wrongly) act
-    let kept = stss
-        .get("kept-stage")
-        .await
-        .expect("orphaned StatefulSet stays");
-    assert!(
-        kept.owner_references().is_empty(),
-        "no owner references left: {:?}",
-        kept.owner_references()
-    );
-    let svc = svcs
-        .get("kept-stage")
-        .await
-        .expect("orphaned Service stays");
-    assert!(svc.owner_references().is_empty());
-    let conn = secrets
-        .get("kept-conn")
-        .await
-        .expect("connection Secret stays");
-    assert!(conn.owner_references().is_empty());
-}
+// deletionPolicy Delete vs Orphan of in-cluster DatabaseClusters: tests/cloudnativepg.rs.
 
 #[tokio::test]
 async fn paused_objects_are_left_alone() {

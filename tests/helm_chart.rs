@@ -21,6 +21,7 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams};
 use serde::Deserialize;
 use serde_json::Value;
+use support::cnpg;
 use support::controlplane::{ControlPlane, condition, repo, unique, wait_for, wait_gone};
 
 use support::helm::{NAMESPACE, RELEASE};
@@ -708,6 +709,19 @@ async fn chart_rbac_is_enough_for_the_examples_and_no_more() {
         })
         .await;
         no_forbidden_reason(env, &e.status.unwrap_or_default().conditions);
+    }
+    // CloudNativePG runs the in-cluster clusters; under kwok it never hears
+    // from a PostgreSQL, so its healthy status is written in its place.
+    for (ns, cluster) in [("production", "my-app-db"), ("staging", "my-app-db-stage")] {
+        wait_for(
+            &cnpg::clusters(&admin, ns),
+            cluster,
+            WAIT,
+            "Cluster",
+            |_| true,
+        )
+        .await;
+        cnpg::write_healthy_status_as_cloudnativepg_would(&admin, ns, cluster).await;
     }
     for ns in ["production", "staging"] {
         let dbcs: Api<DatabaseCluster> = Api::namespaced(admin.clone(), ns);

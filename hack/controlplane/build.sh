@@ -3,7 +3,13 @@
 #
 # Usage: hack/controlplane/build.sh [COMPONENT...]
 #   COMPONENT: kube-apiserver etcd kubectl etcdctl helm kwok
-#              kube-controller-manager kube-scheduler   (default: all)
+#              kube-controller-manager kube-scheduler cnpg-manager   (default: all)
+#
+# cnpg-manager (the CloudNativePG operator) is cached under its own
+# version key (…/controlplane/cnpg-<version>/, with the CRDs and webhook
+# manifests of the same module), so bumping CloudNativePG never rebuilds the
+# Kubernetes binaries; the bin dir gets symlinks `cnpg-manager` and `cnpg`
+# (the CloudNativePG dir: bin/, crds/, webhook/).
 #
 # Progress goes to stderr. The LAST stdout line is the bin dir, so callers do:
 #   BIN=$(hack/controlplane/build.sh | tail -1)
@@ -29,19 +35,21 @@ ETCD_VERSION="$(modver etcd go.etcd.io/etcd/server/v3)"
 ETCDCTL_VERSION="$(modver etcd go.etcd.io/etcd/etcdctl/v3)"
 HELM_VERSION="$(modver helm helm.sh/helm/v3)"
 KWOK_VERSION="$(modver kwok sigs.k8s.io/kwok)"
-for v in K8S_VERSION ETCD_VERSION ETCDCTL_VERSION HELM_VERSION KWOK_VERSION; do
+CNPG_VERSION="$(modver cloudnative-pg github.com/cloudnative-pg/cloudnative-pg)"
+for v in K8S_VERSION ETCD_VERSION ETCDCTL_VERSION HELM_VERSION KWOK_VERSION CNPG_VERSION; do
   [[ -n "${!v}" ]] || die "could not determine $v from $HERE/*/go.mod"
 done
 
 CACHE_ROOT="${BULKHEAD_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/bulkhead}/controlplane"
 KEY="k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}-helm-${HELM_VERSION}-kwok-${KWOK_VERSION}"
 BUILD_BIN="$CACHE_ROOT/$KEY/bin"
+CNPG_DIR="$CACHE_ROOT/cnpg-${CNPG_VERSION}"
 
 # Bump RECIPE whenever the way a binary is built changes (ldflags, tags, …):
 # cached binaries with an older recipe stamp are rebuilt.
 RECIPE=2
 
-ALL=(kube-apiserver etcd kubectl etcdctl helm kwok kube-controller-manager kube-scheduler)
+ALL=(kube-apiserver etcd kubectl etcdctl helm kwok kube-controller-manager kube-scheduler cnpg-manager)
 if [[ $# -gt 0 ]]; then
   WANT=("$@")
   for c in "${WANT[@]}"; do
@@ -61,6 +69,15 @@ component_module_dir() {
     etcd|etcdctl) echo etcd ;;
     helm) echo helm ;;
     kwok) echo kwok ;;
+    cnpg-manager) echo cloudnative-pg ;;
+  esac
+}
+
+# Where a component's binary is built and cached.
+component_bin_dir() {
+  case "$1" in
+    cnpg-manager) echo "$CNPG_DIR/bin" ;;
+    *) echo "$BUILD_BIN" ;;
   esac
 }
 
@@ -71,6 +88,7 @@ component_pkg() {
     etcdctl) echo "go.etcd.io/etcd/etcdctl/v3" ;;      # module root is package main
     helm) echo "helm.sh/helm/v3/cmd/helm" ;;
     kwok) echo "sigs.k8s.io/kwok/cmd/kwok" ;;
+    cnpg-manager) echo "github.com/cloudnative-pg/cloudnative-pg/cmd/manager" ;;
   esac
 }
 
@@ -81,6 +99,7 @@ component_version() {
     etcdctl) echo "$ETCDCTL_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
     kwok) echo "$KWOK_VERSION" ;;
+    cnpg-manager) echo "$CNPG_VERSION" ;;
   esac
 }
 
@@ -106,6 +125,10 @@ component_ldflags() {
       ld+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${HELM_K8S_MINOR:-0}" ;;
     kwok)
       ld+=" -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" ;;
+    cnpg-manager)
+      # As CloudNativePG's Makefile; commit and date are not in the module zip.
+      ld+=" -X github.com/cloudnative-pg/cloudnative-pg/pkg/versions.buildVersion=${CNPG_VERSION#v}"
+      ld+=" -X github.com/cloudnative-pg/cloudnative-pg/pkg/versions.buildCommit=none" ;;
   esac
   echo "$ld"
 }
@@ -117,6 +140,7 @@ bin_version() { # bin_version NAME PATH
     kubectl) out="$(timeout 30 "$2" version --client 2>&1)" ;;
     etcdctl) out="$(timeout 30 "$2" version 2>&1)" ;;
     helm)    out="$(timeout 30 "$2" version --short 2>&1)" ;;
+    cnpg-manager) out="$(timeout 30 "$2" version 2>&1)" ;;
     *)       out="$(timeout 30 "$2" --version 2>&1)" ;;
   esac || return 1
   printf '%s\n' "$out" | head -1
@@ -134,7 +158,7 @@ bin_ok() { # bin_ok NAME PATH
 }
 
 # ---------------------------------------------------------------- locking
-mkdir -p "$BUILD_BIN"
+mkdir -p "$BUILD_BIN" "$CNPG_DIR/bin"
 if command -v flock >/dev/null 2>&1; then
   exec 9>"$CACHE_ROOT/$KEY/.lock"
   if ! flock -n 9; then
@@ -144,15 +168,15 @@ if command -v flock >/dev/null 2>&1; then
 fi
 
 # Leftovers of builds that were killed hard (we hold the lock, so none is live).
-rm -f "$BUILD_BIN"/.*.tmp.* 2>/dev/null || true
+rm -f "$BUILD_BIN"/.*.tmp.* "$CNPG_DIR"/bin/.*.tmp.* 2>/dev/null || true
 
 export GOWORK=off CGO_ENABLED=0
 unset GOFLAGS   # e.g. -mod=vendor from the caller's environment must not leak in
 
 build_one() { # build_one NAME
-  local name="$1" dir pkg ver ld tmp start rc
+  local name="$1" dir pkg ver ld tmp start rc out
   dir="$(component_module_dir "$name")"; pkg="$(component_pkg "$name")"
-  ver="$(component_version "$name")"
+  ver="$(component_version "$name")"; out="$(component_bin_dir "$name")"
   command -v go >/dev/null 2>&1 || die "go is not on PATH (needed to build $name; Go >= 1.26, or GOTOOLCHAIN=auto)"
   if [[ -z "${K8S_BUILD_DATE:-}" && "$dir" == kubernetes ]]; then
     K8S_BUILD_DATE="$(cd "$HERE/kubernetes" && { go list -m -f '{{if .Time}}{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}{{end}}' k8s.io/kubernetes 2>/dev/null || true; })"
@@ -164,7 +188,7 @@ build_one() { # build_one NAME
     cg="${cg#v}"; HELM_K8S_MAJOR=$(( ${cg%%.*} + 1 )); cg="${cg#*.}"; HELM_K8S_MINOR="${cg%%.*}"
   fi
   ld="$(component_ldflags "$name")"
-  tmp="$BUILD_BIN/.$name.tmp.$$"
+  tmp="$out/.$name.tmp.$$"
   log "building $name $ver (cold builds take minutes)…"
   start=$(date +%s)
   rc=0
@@ -173,12 +197,31 @@ build_one() { # build_one NAME
     rm -f "$tmp"
     die "go build of $name ($pkg in $HERE/$dir) failed with exit code $rc"
   fi
-  mv -f "$tmp" "$BUILD_BIN/$name"
-  echo "$RECIPE" > "$BUILD_BIN/.$name.recipe"
-  log "built $name in $(( $(date +%s) - start ))s: $(bin_version "$name" "$BUILD_BIN/$name" || echo '?')"
+  mv -f "$tmp" "$out/$name"
+  echo "$RECIPE" > "$out/.$name.recipe"
+  log "built $name in $(( $(date +%s) - start ))s: $(bin_version "$name" "$out/$name" || echo '?')"
 }
 
-trap 'rm -f "$BUILD_BIN"/.*.tmp.$$' EXIT
+# The CRDs and webhook manifests of the CloudNativePG module, next to its
+# manager (same version key): start.sh --with-cnpg installs them.
+extract_cnpg_assets() {
+  local mod
+  [[ -s "$CNPG_DIR/crds/.version" && "$(cat "$CNPG_DIR/crds/.version")" == "$CNPG_VERSION" ]] && return 0
+  command -v go >/dev/null 2>&1 || die "go is not on PATH (needed to fetch the CloudNativePG module)"
+  mod="$(cd "$HERE/cloudnative-pg" && go mod download -json github.com/cloudnative-pg/cloudnative-pg | awk -F'"' '$2 == "Dir" { print $4 }')"
+  [[ -d "$mod/config/crd/bases" ]] || die "CloudNativePG module $CNPG_VERSION has no config/crd/bases (got '$mod')"
+  rm -rf "$CNPG_DIR/crds.tmp" "$CNPG_DIR/webhook.tmp"
+  mkdir -p "$CNPG_DIR/crds.tmp" "$CNPG_DIR/webhook.tmp"
+  cp "$mod"/config/crd/bases/*.yaml "$CNPG_DIR/crds.tmp/"
+  cp "$mod/config/webhook/manifests.yaml" "$CNPG_DIR/webhook.tmp/"
+  echo "$CNPG_VERSION" > "$CNPG_DIR/crds.tmp/.version"
+  rm -rf "$CNPG_DIR/crds" "$CNPG_DIR/webhook"
+  mv "$CNPG_DIR/webhook.tmp" "$CNPG_DIR/webhook"
+  mv "$CNPG_DIR/crds.tmp" "$CNPG_DIR/crds"
+  log "CloudNativePG $CNPG_VERSION CRDs and webhook manifests in $CNPG_DIR"
+}
+
+trap 'rm -f "$BUILD_BIN"/.*.tmp.$$ "$CNPG_DIR"/bin/.*.tmp.$$' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
@@ -206,15 +249,20 @@ for name in "${WANT[@]}"; do
     log "using $name from BULKHEAD_ASSETS: $(bin_version "$name" "$ASSETS/$name")"
     continue
   fi
-  if bin_ok "$name" "$BUILD_BIN/$name"; then
+  built="$(component_bin_dir "$name")/$name"
+  if bin_ok "$name" "$built"; then
     log "cached $name $(component_version "$name")"
   else
     build_one "$name"
-    bin_ok "$name" "$BUILD_BIN/$name" \
-      || die "built $name but '$BUILD_BIN/$name' does not report version $(component_version "$name")"
+    bin_ok "$name" "$built" \
+      || die "built $name but '$built' does not report version $(component_version "$name")"
   fi
-  if [[ "$OUT_BIN" != "$BUILD_BIN" ]]; then
-    ln -sfn "$BUILD_BIN/$name" "$OUT_BIN/$name"
+  if [[ "$OUT_BIN" != "$(dirname "$built")" ]]; then
+    ln -sfn "$built" "$OUT_BIN/$name"
+  fi
+  if [[ "$name" == cnpg-manager ]]; then
+    extract_cnpg_assets
+    ln -sfn "$CNPG_DIR" "$OUT_BIN/cnpg"
   fi
 done
 

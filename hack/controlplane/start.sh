@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Start a local Kubernetes control plane (etcd + kube-apiserver, optionally
-# kube-controller-manager + kube-scheduler and kwok with 3 fake nodes).
+# kube-controller-manager + kube-scheduler and kwok with 3 fake nodes, and
+# the CloudNativePG operator).
 #
 # Usage: hack/controlplane/start.sh --dir DIR [--with-controllers] [--with-kwok]
-#                                   [--owner-pid PID] [--nodes N] [--pvs N]
+#                                   [--with-cnpg] [--owner-pid PID] [--nodes N] [--pvs N]
 # --pvs N (with --with-kwok, default 40): unclaimed PersistentVolumes so PVCs bind.
+# --with-cnpg: CloudNativePG's CRDs, its webhooks and its manager (a local
+#              process, webhooks served on 127.0.0.1).
 #
 # Progress and errors go to stderr; the LAST stdout line is DIR/kubeconfig.
 # Files in DIR: kubeconfig, env, pids, pki/, etcd/ (data), logs/*.log,
@@ -24,17 +27,18 @@ log() { printf '[start.sh] %s\n' "$*" >&4; }
 elapsed() { local n; n=$(date +%s%N); printf '%d.%01d' $(( (n - T0) / 1000000000 )) $(( (n - T0) / 100000000 % 10 )); }
 
 usage() {
-  sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
-DIR="" WITH_CONTROLLERS=0 WITH_KWOK=0 OWNER_PID="" NODES=3 PVS=40
+DIR="" WITH_CONTROLLERS=0 WITH_KWOK=0 WITH_CNPG=0 OWNER_PID="" NODES=3 PVS=40
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) DIR="${2:?--dir needs a value}"; shift 2 ;;
     --dir=*) DIR="${1#*=}"; shift ;;
     --with-controllers) WITH_CONTROLLERS=1; shift ;;
     --with-kwok) WITH_KWOK=1; shift ;;
+    --with-cnpg) WITH_CNPG=1; shift ;;
     --owner-pid) OWNER_PID="${2:?--owner-pid needs a value}"; shift 2 ;;
     --owner-pid=*) OWNER_PID="${1#*=}"; shift ;;
     --nodes) NODES="${2:?--nodes needs a value}"; shift 2 ;;
@@ -94,6 +98,10 @@ fail() { # fail COMPONENT MESSAGE
     tail -n 40 "$DIR/logs/$1.log" >&4 || true
     log "---- end of $1.log ----"
   fi
+  if [[ -f "$DIR/logs/$1.json" ]]; then
+    log "---- last 20 lines of $DIR/logs/$1.json ----"
+    tail -n 20 "$DIR/logs/$1.json" >&4 || true
+  fi
   exit 1
 }
 
@@ -101,6 +109,7 @@ fail() { # fail COMPONENT MESSAGE
 COMPONENTS=(kube-apiserver etcd kubectl)
 [[ $WITH_CONTROLLERS -eq 1 ]] && COMPONENTS+=(kube-controller-manager kube-scheduler)
 [[ $WITH_KWOK -eq 1 ]] && COMPONENTS+=(kwok)
+[[ $WITH_CNPG -eq 1 ]] && COMPONENTS+=(cnpg-manager)
 if [[ -n "${BULKHEAD_CP_BIN:-}" ]]; then
   BIN="$(cd "$BULKHEAD_CP_BIN" && pwd)"
 else
@@ -366,6 +375,7 @@ write_env() {
     echo "ETCD_URL=http://127.0.0.1:$ETCD_CLIENT_PORT"
     echo "BULKHEAD_CP_WITH_CONTROLLERS=$WITH_CONTROLLERS"
     echo "BULKHEAD_CP_WITH_KWOK=$WITH_KWOK"
+    echo "BULKHEAD_CP_WITH_CNPG=$WITH_CNPG"
   } > "$DIR/env.tmp"
   mv -f "$DIR/env.tmp" "$DIR/env"
 }
@@ -521,6 +531,72 @@ spec:
     "${KUBECTL[@]}" apply -f "$DIR/kwok-pvs.yaml" >/dev/null || fail kwok "could not create PersistentVolumes"
     log "$PVS PersistentVolume(s) for simulated pods at $(elapsed)s"
   fi
+fi
+
+# ------------------------------------------------------------------ CloudNativePG
+# The real operator from its Go module, run as a local process (no image):
+# its CRDs (so every Cluster and Database is validated by CloudNativePG's own
+# schema), its admission webhooks served on 127.0.0.1 with a certificate of
+# this control plane's CA (WEBHOOK_CERT_DIR makes it skip the PKI set-up
+# that needs its own Deployment), and its controllers. kwok plays the
+# kubelet for the instance pods, so PostgreSQL never runs: CloudNativePG
+# creates the initdb Job, PVC, pods, Services and Secrets and reports
+# readyInstances, but stays Ready=False (it cannot reach the instance
+# manager in a simulated pod).
+if [[ $WITH_CNPG -eq 1 ]]; then
+  CNPG_ASSETS="$BIN/cnpg"
+  [[ -d "$CNPG_ASSETS/crds" && -f "$CNPG_ASSETS/webhook/manifests.yaml" ]] \
+    || { log "ERROR: $CNPG_ASSETS has no crds/ and webhook/ (run build.sh cnpg-manager)"; exit 1; }
+  "${KUBECTL[@]}" apply --server-side -f "$CNPG_ASSETS/crds/" >/dev/null || fail kube-apiserver "could not apply the CloudNativePG CRDs"
+  "${KUBECTL[@]}" wait --for=condition=Established --timeout=60s -f "$CNPG_ASSETS/crds/" >/dev/null \
+    || fail kube-apiserver "CloudNativePG CRDs were not established"
+  "${KUBECTL[@]}" create namespace cnpg-system >/dev/null 2>&1 || true
+  # Serving certificate for the webhooks, signed by the control plane's CA.
+  CNPG_RUN="$DIR/cnpg"
+  mkdir -p "$CNPG_RUN/certs" "$CNPG_RUN/operator"
+  if [[ ! -s "$CNPG_RUN/certs/apiserver.crt" ]]; then
+    printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+      "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1,DNS:localhost" > "$CNPG_RUN/certs/ext"
+    openssl ecparam -name prime256v1 -genkey -noout -out "$CNPG_RUN/certs/apiserver.key" 2>/dev/null
+    openssl req -new -key "$CNPG_RUN/certs/apiserver.key" -subj "/CN=cnpg-webhook" -out "$CNPG_RUN/certs/csr" 2>/dev/null
+    openssl x509 -req -in "$CNPG_RUN/certs/csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+      -sha256 -days 3650 -extfile "$CNPG_RUN/certs/ext" -out "$CNPG_RUN/certs/apiserver.crt" 2>/dev/null \
+      || { log "ERROR: openssl failed to sign the CloudNativePG webhook certificate"; exit 1; }
+    rm -f "$CNPG_RUN/certs/csr" "$CNPG_RUN/certs/ext"
+  fi
+  # The manager finds the instance-manager binaries it injects into pods
+  # at ./operator/manager_<arch> (its image's layout); without them it
+  # refuses every Cluster ("invalid architecture").
+  CNPG_ARCH="$(uname -m)"; case "$CNPG_ARCH" in x86_64) CNPG_ARCH=amd64 ;; aarch64) CNPG_ARCH=arm64 ;; esac
+  ln -sfn "$BIN/cnpg-manager" "$CNPG_RUN/operator/manager_$CNPG_ARCH"
+  CNPG_WEBHOOK_PORT="" CNPG_METRICS_PORT=""
+  pick_ports_cnpg_manager() { free_port CNPG_WEBHOOK_PORT; free_port CNPG_METRICS_PORT; }
+  launch_cnpg_manager() {
+    # --log-destination also puts DIR on the command line, which is how
+    # stop.sh recognises the process as this control plane's.
+    cd "$CNPG_RUN"
+    start_bg cnpg-manager env KUBECONFIG="$DIR/kubeconfig" OPERATOR_NAMESPACE=cnpg-system \
+      POD_NAME=cnpg-manager-local WEBHOOK_CERT_DIR="$CNPG_RUN/certs" \
+      "$BIN/cnpg-manager" controller \
+      --leader-elect=false \
+      --webhook-port="$CNPG_WEBHOOK_PORT" \
+      --metrics-bind-address="127.0.0.1:$CNPG_METRICS_PORT" \
+      --log-destination="$DIR/logs/cnpg-manager.json"
+    cd - >/dev/null
+  }
+  check_cnpg_manager() { [[ "$(curl -sf --max-time 3 --cacert "$PKI/ca.crt" "https://127.0.0.1:$CNPG_WEBHOOK_PORT/readyz")" == OK ]]; }
+  start_component cnpg-manager 60
+  # The webhook configurations of the module, pointed at the local server.
+  awk -v url="https://127.0.0.1:$CNPG_WEBHOOK_PORT" -v ca="$(b64 "$PKI/ca.crt")" '
+    /^  name: mutating-webhook-configuration/ { print "  name: cnpg-mutating-webhook-configuration"; next }
+    /^  name: validating-webhook-configuration/ { print "  name: cnpg-validating-webhook-configuration"; next }
+    /^    service:$/ { svc = 1; next }
+    svc && /^      path:/ { print "    url: " url $2; print "    caBundle: " ca; svc = 0; next }
+    svc { next }
+    { print }' "$CNPG_ASSETS/webhook/manifests.yaml" > "$CNPG_RUN/webhooks.yaml"
+  grep -q "url: https://127.0.0.1" "$CNPG_RUN/webhooks.yaml" || fail cnpg-manager "could not rewrite the webhook manifests"
+  "${KUBECTL[@]}" apply -f "$CNPG_RUN/webhooks.yaml" >/dev/null || fail cnpg-manager "could not register the CloudNativePG webhooks"
+  log "CloudNativePG $("$BIN/cnpg-manager" version 2>/dev/null | sed -n 's/.*Version:\([^ ]*\).*/\1/p') CRDs, webhooks and manager ready at $(elapsed)s"
 fi
 
 write_env

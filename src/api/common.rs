@@ -46,7 +46,7 @@ pub const DURATION_MESSAGE: &str = "must be a duration such as 720h, 90m or 1h30
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderType {
-    /// In-cluster tenancy: RBAC, NetworkPolicies, quotas, StatefulSets. Needs no credentials.
+    /// In-cluster tenancy: RBAC, NetworkPolicies, quotas; DatabaseClusters as CloudNativePG Clusters. Needs no credentials.
     #[default]
     Kubernetes,
     /// Fly.io organizations, tokens and Postgres clusters. Needs an API token.

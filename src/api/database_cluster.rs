@@ -20,6 +20,11 @@ pub mod reasons {
     pub const ENVIRONMENT_NOT_READY: &str = "EnvironmentNotReady";
     pub const NO_ENVIRONMENT: &str = "NoEnvironment";
     pub const REPLICAS_NOT_READY: &str = "ReplicasNotReady";
+    /// In-cluster: CloudNativePG reports the Cluster not ready (its phase
+    /// is in the message), or a database it manages not created yet.
+    pub const CLUSTER_NOT_READY: &str = "ClusterNotReady";
+    /// In-cluster: CloudNativePG's CRDs are not installed.
+    pub const CLOUDNATIVEPG_NOT_INSTALLED: &str = "CloudNativePGNotInstalled";
     pub const COPY_UPWARD: &str = "CopyUpward";
     pub const SOURCE_NOT_FOUND: &str = "SourceNotFound";
     /// spec.environmentRef names another Environment than the one owning

@@ -14,9 +14,8 @@ use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use crate::api::{Environment, Organization, ProviderSpec, ProviderType};
-use crate::provider::kubernetes::{
-    Children, KubernetesDatabaseClusters, KubernetesEnvironments, KubernetesOrganizations,
-};
+use crate::provider::cloudnativepg::CloudNativePgDatabaseClusters;
+use crate::provider::kubernetes::{Children, KubernetesEnvironments, KubernetesOrganizations};
 use crate::provider::{DatabaseClusterClient, OrganizationClient, Owner, Secret};
 use crate::reconcile::managed::{Backoff, FailPoint, Managed};
 use crate::reconcile::{ReconcileError, reasons};
@@ -31,7 +30,8 @@ pub mod roles;
 pub struct Settings {
     /// How often every object is looked at again, to find and fix drift.
     pub resync: Duration,
-    /// Image repository for in-cluster PostgreSQL (tag = spec.version).
+    /// Image repository of CloudNativePG's PostgreSQL operand images for
+    /// in-cluster DatabaseClusters (tag = spec.version).
     pub postgres_image: String,
     /// Crash on purpose at a point of the create path (tests only).
     pub fail_point: Option<FailPoint>,
@@ -55,7 +55,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             resync: Duration::from_secs(300),
-            postgres_image: "postgres".to_string(),
+            postgres_image: DEFAULT_POSTGRES_IMAGE.to_string(),
             fail_point: None,
             concurrency: 4,
             operator_namespace: "bulkhead-system".to_string(),
@@ -66,6 +66,9 @@ impl Default for Settings {
         }
     }
 }
+
+/// CloudNativePG's PostgreSQL images, tagged by major version (`:16`).
+pub const DEFAULT_POSTGRES_IMAGE: &str = "ghcr.io/cloudnative-pg/postgresql";
 
 /// The ClusterRole the chart ships for the operator's rights inside
 /// environment namespaces.
@@ -288,7 +291,7 @@ impl Context {
         spec: &ProviderSpec,
     ) -> Result<Arc<dyn DatabaseClusterClient>, ReconcileError> {
         match spec.type_ {
-            ProviderType::Kubernetes => Ok(Arc::new(KubernetesDatabaseClusters::new(
+            ProviderType::Kubernetes => Ok(Arc::new(CloudNativePgDatabaseClusters::new(
                 self.children.clone(),
                 self.settings.postgres_image.clone(),
             ))),

@@ -17,6 +17,7 @@ use crate::api::database_cluster::{
 use crate::api::environment::{AccessGrant, EnvironmentConfig, Tier};
 use crate::api::organization::{Billing, Member, MemberStatus};
 
+pub mod cloudnativepg;
 pub mod kubernetes;
 pub mod postgres;
 

@@ -3,10 +3,11 @@
 //! (`hack/controlplane/start.sh`), torn down by the script's watchdog when
 //! the test process exits — also on panic or abort.
 //!
-//! `ControlPlane::apiserver()` gives etcd + kube-apiserver (fast);
-//! `ControlPlane::full()` adds kube-controller-manager, kube-scheduler and
-//! kwok (fake nodes play the kubelet, so StatefulSet pods become Running and
-//! Ready, namespaces finish deleting and garbage collection runs).
+//! `ControlPlane::apiserver()` gives etcd + kube-apiserver (fast; no
+//! CloudNativePG); `ControlPlane::full()` adds kube-controller-manager,
+//! kube-scheduler, kwok (fake nodes play the kubelet, so pods become Running
+//! and Ready, namespaces finish deleting and garbage collection runs) and
+//! CloudNativePG (its CRDs, webhooks and manager, built from its Go module).
 //!
 //! Each test uses its own names and namespaces, so tests run in parallel on
 //! one control plane. A kube `Client` is bound to the tokio runtime that
@@ -26,11 +27,13 @@ pub struct ControlPlane {
     dir: PathBuf,
     kubeconfig: PathBuf,
     bin: PathBuf,
+    /// bulkhead's CRDs installed (once per control plane: a test binary
+    /// may use both).
+    crds: OnceLock<()>,
 }
 
 static APISERVER: OnceLock<ControlPlane> = OnceLock::new();
 static FULL: OnceLock<ControlPlane> = OnceLock::new();
-static CRDS: OnceLock<()> = OnceLock::new();
 
 /// The repository root.
 pub fn repo() -> &'static Path {
@@ -50,7 +53,7 @@ fn start(full: bool) -> ControlPlane {
         .arg("--owner-pid")
         .arg(std::process::id().to_string());
     if full {
-        cmd.args(["--with-controllers", "--with-kwok"]);
+        cmd.args(["--with-controllers", "--with-kwok", "--with-cnpg"]);
     }
     let started = Instant::now();
     let out = cmd
@@ -79,6 +82,7 @@ fn start(full: bool) -> ControlPlane {
         kubeconfig: tmp.join("kubeconfig"),
         dir: tmp,
         bin,
+        crds: OnceLock::new(),
     }
 }
 
@@ -195,7 +199,7 @@ impl ControlPlane {
 
     /// Installs `crds/` once per control plane and waits until established.
     pub fn install_crds(&self) {
-        CRDS.get_or_init(|| {
+        self.crds.get_or_init(|| {
             self.kubectl_ok(&[
                 "apply",
                 "--server-side",
@@ -210,6 +214,28 @@ impl ControlPlane {
                 "--timeout=60s",
             ]);
         });
+    }
+
+    /// Installs CloudNativePG's CRDs (from the module build.sh extracted)
+    /// on a control plane started without them, and waits until they are
+    /// established. No manager: objects are only validated and stored.
+    pub fn install_cnpg_crds(&self) {
+        let crds = self.bin.join("cnpg").join("crds");
+        let crds = crds.to_string_lossy();
+        self.kubectl_ok(&["apply", "--server-side", "-f", &crds]);
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "-f",
+            &crds,
+        ]);
+    }
+
+    /// The log of CloudNativePG's manager (JSON lines), for assertions and
+    /// failure messages.
+    pub fn cnpg_manager_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("logs").join("cnpg-manager.json")).unwrap_or_default()
     }
 
     /// Starts `bulkhead run` against this control plane as the admin user,

@@ -5,6 +5,7 @@
 //! Each test binary uses a subset of these helpers, so unused ones are allowed.
 #![allow(dead_code)]
 
+pub mod cnpg;
 pub mod controlplane;
 pub mod helm;
 pub mod objects;

@@ -10,13 +10,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret as KubeSecret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret as KubeSecret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Patch, PatchParams};
+use kube::api::{DynamicObject, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -37,6 +37,7 @@ use crate::api::{
     DatabaseClusterStatus, Environment, LABEL_ENVIRONMENT, ManagementPolicy, Organization,
     ProviderSpec, is_condition_true, set_condition,
 };
+use crate::provider::cloudnativepg;
 use crate::provider::{DatabaseClusterClient, DesiredDatabaseCluster, Secret};
 use crate::reconcile::managed::{
     ManagedResource, Policies, ReconcileError, converge, finalize, finish, reconcile_managed,
@@ -52,13 +53,23 @@ pub fn controller(
     let (reader, stream) = trigger_stream(Api::<DatabaseCluster>::all(client.clone()));
     ctx.track_sync(reader.clone());
     let by_env = reader.clone();
-    Controller::for_stream(stream, reader)
-        .owns(Api::<StatefulSet>::all(client.clone()), managed_children())
-        .owns(Api::<Service>::all(client.clone()), managed_children())
-        // No cluster-wide Secret watch: the operator holds no right to read
-        // Secrets outside its environments' namespaces (see the chart's
-        // RBAC). Drift of the Secrets it writes is repaired at resync.
-        .owns(Api::<ConfigMap>::all(client.clone()), managed_children())
+    let mut controller = Controller::for_stream(stream, reader);
+    // CloudNativePG's Clusters and Databases: a status change (Ready) or a
+    // change by someone else (drift) wakes the owning DatabaseCluster. The
+    // watch backs off while CloudNativePG is not installed and starts
+    // working once its CRDs are. No cluster-wide Secret watch: the
+    // operator holds no right to read Secrets outside its environments'
+    // namespaces (see the chart's RBAC); drift of the Secrets it writes is
+    // repaired at resync.
+    for kind in [cloudnativepg::CLUSTER, cloudnativepg::DATABASE] {
+        let ar = kind.api_resource();
+        let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), &ar);
+        let children = watcher(api, managed_children())
+            .default_backoff()
+            .touched_objects();
+        controller = controller.owns_stream_with(children, ar);
+    }
+    controller
         // An Environment becoming ready (or changing suffix) requeues the
         // DatabaseClusters in its namespaces.
         .watches_stream(
@@ -358,8 +369,8 @@ async fn apply(
         Ok(()) => {
             let mut wait = ctx.settings.resync;
             if !is_condition_true(&status.conditions, CONDITION_READY) {
-                // Pods are starting: look again soon (the StatefulSet watch
-                // also wakes us).
+                // Instances are starting: look again soon (the Cluster
+                // watch also wakes us).
                 wait = wait.min(std::time::Duration::from_secs(10));
             }
             if let (Some(r), Some(at)) = (&dbc.spec.password_rotation, &status.password_rotated_at)

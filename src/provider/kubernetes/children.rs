@@ -85,13 +85,6 @@ pub const RESOURCE_QUOTA: ChildKind = ChildKind {
     plural: "resourcequotas",
     namespaced: true,
 };
-pub const STATEFUL_SET: ChildKind = ChildKind {
-    group: "apps",
-    version: "v1",
-    kind: "StatefulSet",
-    plural: "statefulsets",
-    namespaced: true,
-};
 pub const ROLE_BINDING: ChildKind = ChildKind {
     group: "rbac.authorization.k8s.io",
     version: "v1",
