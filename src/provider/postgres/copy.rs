@@ -387,9 +387,9 @@ async fn read_schema(client: &Client) -> Result<SourceSchema, tokio_postgres::Er
 
 /// `table` or `schema.table`.
 #[derive(Clone, Debug)]
-struct TableRef {
-    schema: Option<String>,
-    table: String,
+pub struct TableRef {
+    pub schema: Option<String>,
+    pub table: String,
 }
 
 impl TableRef {
@@ -398,7 +398,7 @@ impl TableRef {
     }
 }
 
-fn parse_table(key: &str) -> Result<TableRef, ProviderError> {
+pub fn parse_table(key: &str) -> Result<TableRef, ProviderError> {
     let parts: Vec<&str> = key.split('.').collect();
     match parts.as_slice() {
         [t] if !t.is_empty() => Ok(TableRef {
@@ -417,7 +417,7 @@ fn parse_table(key: &str) -> Result<TableRef, ProviderError> {
 }
 
 /// A `table.column` or `schema.table.column` key of the list `field`.
-fn parse_column(key: &str, field: &str) -> Result<(TableRef, String), ProviderError> {
+pub fn parse_column(key: &str, field: &str) -> Result<(TableRef, String), ProviderError> {
     let parts: Vec<&str> = key.split('.').collect();
     match parts.as_slice() {
         [t, c] if !t.is_empty() && !c.is_empty() => Ok((
