@@ -490,16 +490,7 @@ async fn metrics_count_reconciles_durations_errors_and_leadership() {
         assert!(m.contains(family), "{family} missing:\n{m}");
     }
 
-    envs.delete(&env, &DeleteParams::default())
-        .await
-        .expect("delete Environment");
-    wait_gone(&envs, &env, WAIT).await;
-    orgs.delete(&org, &DeleteParams::default())
-        .await
-        .expect("delete Organization");
-    wait_gone(&orgs, &org, WAIT).await;
-    let status = op.stop().expect("exits after SIGTERM");
-    assert!(status.success(), "{}", op.log());
+    delete_then_stop(&envs, &env, &orgs, &org, &mut op).await;
 }
 
 #[tokio::test]
@@ -619,6 +610,27 @@ subjects: [{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}]
     for name in [partial.clone(), format!("{partial}-dbc")] {
         cp.kubectl_ok(&["delete", "clusterrolebinding,clusterrole", &name]);
     }
+}
+
+/// Deletes the scenario's Environment and Organization (the operator
+/// removes their finalizers), then stops the operator, which must exit 0.
+async fn delete_then_stop(
+    envs: &Api<Environment>,
+    env: &str,
+    orgs: &Api<Organization>,
+    org: &str,
+    op: &mut OperatorProcess,
+) {
+    envs.delete(env, &DeleteParams::default())
+        .await
+        .expect("delete Environment");
+    wait_gone(envs, env, WAIT).await;
+    orgs.delete(org, &DeleteParams::default())
+        .await
+        .expect("delete Organization");
+    wait_gone(orgs, org, WAIT).await;
+    let status = op.stop().expect("exits after SIGTERM");
+    assert!(status.success(), "{}", op.log());
 }
 
 /// An Environment whose Organization does not exist: every reconcile of it
@@ -885,16 +897,7 @@ async fn json_logs_and_the_dashboard_follow_real_reconciles() {
         "{warning}"
     );
 
-    envs.delete(&env, &DeleteParams::default())
-        .await
-        .expect("delete Environment");
-    wait_gone(&envs, &env, WAIT).await;
-    orgs.delete(&org, &DeleteParams::default())
-        .await
-        .expect("delete Organization");
-    wait_gone(&orgs, &org, WAIT).await;
-    let status = op.stop().expect("exits after SIGTERM");
-    assert!(status.success(), "{}", op.log());
+    delete_then_stop(&envs, &env, &orgs, &org, &mut op).await;
 }
 
 fn check_label(query: &str, label: &str, exported: &BTreeMap<&str, ()>) {
