@@ -1,13 +1,23 @@
 # syntax=docker/dockerfile:1
 #
-# The bulkhead operator image: a static binary on distroless, non-root, no shell.
+# The bulkhead operator image: a static musl binary on an empty base,
+# uid/gid 65532, no shell, no package manager. hack/image.sh builds the same
+# image without a daemon (buildah, as CI does); tests/image.rs checks that
+# this file and that script agree on the build command, base, user,
+# entrypoint, port and labels.
 #
 # Build (BuildKit, from the repository root):
-#   docker build -t bulkhead:0.1.0 .
+#   docker build -t bulkhead:0.1.0 \
+#     --build-arg REVISION="$(git rev-parse HEAD)" \
+#     --build-arg SOURCE="$(git config --get remote.origin.url)" .
 # Multi-arch:
 #   docker buildx build --platform linux/amd64,linux/arm64 -t REGISTRY/bulkhead:0.1.0 --push .
 # Run it the way the Helm chart does (charts/bulkhead):
 #   docker run --rm bulkhead:0.1.0 --help
+#
+# musl, not glibc: a musl binary is static by itself (no crt-static, no NSS
+# or libgcc_s to carry), so it runs on an empty base; rustup serves the musl
+# target and Debian's musl-tools gives ring the C compiler it needs.
 
 ARG RUST_VERSION=1.95
 
@@ -39,12 +49,22 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cp "target/$target/release/bulkhead" /bulkhead \
  && /bulkhead version
 
-FROM gcr.io/distroless/static-debian12:nonroot
+# Empty: the binary needs no libc, CA bundle (webpki-roots is compiled in;
+# in-cluster the apiserver CA comes from the ServiceAccount mount) or
+# passwd entry (the user is numeric).
+FROM scratch
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG SOURCE=unknown
 LABEL org.opencontainers.image.title="bulkhead" \
       org.opencontainers.image.description="Kubernetes operator for Organizations, Environments and DatabaseClusters" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE}"
 COPY --from=build --chown=0:0 --chmod=0555 /bulkhead /bulkhead
-# distroless "nonroot": uid/gid 65532, no shell, no package manager.
+# The uid/gid distroless calls "nonroot" and the chart runs as; the binary
+# is root-owned and read-only, so the process cannot change it.
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/bulkhead", "run"]

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite — exactly what CI runs (.ci/run calls this):
-# formatting, lints, CRD drift, unit tests and every integration test against
-# the real local control plane (etcd, kube-apiserver, controller-manager,
-# scheduler, kwok, helm) and a real PostgreSQL.
+# formatting, lints, CRD drift, the release image (hack/image.sh), unit tests
+# and every integration test against the real local control plane (etcd,
+# kube-apiserver, controller-manager, scheduler, kwok, helm) and a real
+# PostgreSQL.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -27,6 +28,14 @@ generated="$(mktemp -d)"
 trap 'rm -rf "$generated"' EXIT
 cargo run -q -- crd --output-dir "$generated"
 diff -ru crds "$generated" || { echo "crds/ is stale: run cargo run -- crd --output-dir crds --output-dir charts/bulkhead/crds" >&2; exit 1; }
+
+step "the release image (hack/image.sh), for tests/image.rs"
+# Built once here so tests/image.rs checks this archive instead of building
+# its own; the release build is most of this step's time.
+image_started=$SECONDS
+BULKHEAD_IMAGE_ARCHIVE="$PWD/$(hack/image.sh | tail -n 1)"
+export BULKHEAD_IMAGE_ARCHIVE
+printf 'image built in %ss\n' "$((SECONDS - image_started))" >&2
 
 step "cargo test (unit and integration)"
 cargo test --all-targets

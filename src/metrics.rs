@@ -1,7 +1,10 @@
 //! Prometheus metrics (prometheus-client), served on `/metrics` by `bulkhead run`.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use kube::Resource;
+use kube::runtime::reflector::Store;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -24,9 +27,24 @@ pub struct ErrorLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectLabels {
+    pub kind: String,
+    pub condition: String,
+    pub status: String,
+    pub reason: String,
+}
+
+/// One controller's cache, read at scrape time: (condition, status,
+/// reason) of each object's conditions.
+type ConditionSource = Box<dyn Fn() -> Vec<(String, String, String)> + Send + Sync>;
+
 /// Every series bulkhead exports.
 pub struct Metrics {
     registry: Mutex<Registry>,
+    /// Per kind, the cache `objects` is counted from at each scrape.
+    condition_sources: Mutex<Vec<(String, ConditionSource)>>,
+    pub objects: Family<ObjectLabels, Gauge>,
     pub reconciles: Family<KindLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Family<KindLabels, Histogram>,
@@ -44,6 +62,7 @@ impl Default for Metrics {
         });
         let in_flight = Family::<KindLabels, Gauge>::default();
         let leader = Gauge::default();
+        let objects = Family::<ObjectLabels, Gauge>::default();
         registry.register(
             "reconciles",
             "Reconciles started, per kind",
@@ -69,8 +88,15 @@ impl Default for Metrics {
             "1 while this process holds the leader lease",
             leader.clone(),
         );
+        registry.register(
+            "objects",
+            "Objects per kind, condition, status and reason, from the controllers' caches",
+            objects.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
+            condition_sources: Mutex::new(Vec::new()),
+            objects,
             reconciles,
             reconcile_errors,
             reconcile_duration,
@@ -124,13 +150,120 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts the objects of `store` by condition in `bulkhead_objects` at
+    /// every scrape. Read from the cache the controller already keeps, so
+    /// scraping costs no API request, and it is right even for objects
+    /// that have not been reconciled since the process started.
+    pub fn count_conditions<K>(&self, store: Store<K>)
+    where
+        K: Resource<DynamicType = ()> + serde::Serialize + Clone + Send + Sync + 'static,
+    {
+        let source: ConditionSource = Box::new(move || {
+            store
+                .state()
+                .iter()
+                .flat_map(|obj: &Arc<K>| conditions_of(obj.as_ref()))
+                .collect()
+        });
+        self.condition_sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((K::kind(&()).into_owned(), source));
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
+        // Held until encoded, so two scrapes at once cannot see each
+        // other's half-counted objects.
+        let sources = self
+            .condition_sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Cleared first, so a condition no object has any more disappears
+        // instead of keeping its last count.
+        self.objects.clear();
+        for (kind, source) in sources.iter() {
+            for (condition, status, reason) in source() {
+                self.objects
+                    .get_or_create(&ObjectLabels {
+                        kind: kind.clone(),
+                        condition,
+                        status,
+                        reason,
+                    })
+                    .inc();
+            }
+        }
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
             out.clear();
         }
         out
+    }
+}
+
+/// `(type, status, reason)` of each entry of `status.conditions`, read
+/// through the object's JSON form: every kind keeps them there.
+fn conditions_of<K: serde::Serialize>(obj: &K) -> Vec<(String, String, String)> {
+    let Ok(value) = serde_json::to_value(obj) else {
+        return Vec::new();
+    };
+    let field = |c: &serde_json::Value, key: &str| c[key].as_str().unwrap_or_default().to_string();
+    value["status"]["conditions"]
+        .as_array()
+        .map(|conditions| {
+            conditions
+                .iter()
+                .map(|c| (field(c, "type"), field(c, "status"), field(c, "reason")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Organization;
+    use kube::runtime::{reflector, watcher};
+
+    fn org(name: &str, ready: &str, reason: &str) -> Organization {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "bulkhead.dev/v1alpha1",
+            "kind": "Organization",
+            "metadata": {"name": name},
+            "spec": {"members": []},
+            "status": {"conditions": [{
+                "type": "Ready", "status": ready, "reason": reason, "message": "",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }]},
+        }))
+        .expect("an Organization")
+    }
+
+    #[test]
+    fn objects_are_counted_by_condition_from_the_cache_at_each_scrape() {
+        let metrics = Metrics::default();
+        let (store, mut writer) = reflector::store::<Organization>();
+        metrics.count_conditions(store);
+        writer.apply_watcher_event(&watcher::Event::Apply(org("a", "True", "Available")));
+        writer.apply_watcher_event(&watcher::Event::Apply(org("b", "True", "Available")));
+        writer.apply_watcher_event(&watcher::Event::Apply(org("c", "False", "SlugConflict")));
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"bulkhead_objects{kind="Organization",condition="Ready",status="True",reason="Available"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"bulkhead_objects{kind="Organization",condition="Ready",status="False",reason="SlugConflict"} 1"#),
+            "{text}"
+        );
+
+        // A condition no object has any more is gone, not stuck at its
+        // last count.
+        writer.apply_watcher_event(&watcher::Event::Apply(org("c", "True", "Available")));
+        let text = metrics.encode();
+        assert!(!text.contains("SlugConflict"), "{text}");
+        assert!(text.contains(r#"reason="Available"} 3"#), "{text}");
     }
 }

@@ -866,3 +866,281 @@ async fn chart_rbac_is_enough_for_the_examples_and_no_more() {
         );
     }
 }
+
+/// Every leaf of a values tree as a dotted path: maps with keys are walked
+/// into, anything else (scalars, lists, empty maps) is one value.
+fn leaves(value: &Value, prefix: &str, out: &mut Vec<String>) {
+    match value.as_object() {
+        Some(map) if !map.is_empty() => {
+            for (key, v) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                leaves(v, &path, out);
+            }
+        }
+        _ => out.push(prefix.to_string()),
+    }
+}
+
+fn values_file(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml_ng::from_str(&text).expect("values parse")
+}
+
+/// The value at a documented (dotted) path; values.yaml's own keys have no
+/// dots, though the maps they hold may.
+fn at<'a>(tree: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(tree, |v, key| v.get(key))
+}
+
+fn everything() -> PathBuf {
+    repo().join("tests/fixtures/chart-values-everything.yaml")
+}
+
+/// Values that only show in the render once another is set (a disabled
+/// object has no interval; a PDB needs replicas > 1; a digest hides the
+/// tag; an existing ServiceAccount must be named).
+fn prerequisites(key: &str) -> &'static [&'static str] {
+    match key {
+        k if k.ends_with(".enabled") => &[],
+        k if k.starts_with("serviceMonitor.") => &["serviceMonitor.enabled=true"],
+        k if k.starts_with("networkPolicy.") => &["networkPolicy.enabled=true"],
+        k if k.starts_with("grafanaDashboard.") => &["grafanaDashboard.enabled=true"],
+        "podDisruptionBudget.minAvailable" => &["replicas=2"],
+        "serviceAccount.create" => &["serviceAccount.name=platform-bulkhead"],
+        _ => &[],
+    }
+}
+
+#[test]
+fn every_documented_value_is_accepted_linted_and_changes_the_render() {
+    let mut documented = Vec::new();
+    leaves(
+        &values_file(&chart().join("values.yaml")),
+        "",
+        &mut documented,
+    );
+    let fixture = values_file(&everything());
+    // Each documented value is set, and nothing else is.
+    let set: Vec<(String, Value)> = documented
+        .iter()
+        .map(|key| {
+            let value = at(&fixture, key).unwrap_or_else(|| {
+                panic!("tests/fixtures/chart-values-everything.yaml does not set {key}")
+            });
+            (key.clone(), value.clone())
+        })
+        .collect();
+    let mut in_fixture = Vec::new();
+    leaves(&fixture, "", &mut in_fixture);
+    for key in in_fixture {
+        assert!(
+            documented
+                .iter()
+                .any(|d| key == *d || key.starts_with(&format!("{d}."))),
+            "chart-values-everything.yaml sets {key}, which values.yaml does not document"
+        );
+    }
+
+    // All of them at once: schema, lint and render.
+    let file = everything();
+    let file = file.to_str().expect("utf-8 path");
+    let chart = chart();
+    let chart_dir = chart.to_str().expect("utf-8 path");
+    let out = helm(None, &["lint", "--strict", chart_dir, "--values", file]);
+    assert!(
+        out.status.success() && !text(&out).contains("[WARNING]"),
+        "helm lint --strict --values everything:\n{}",
+        text(&out)
+    );
+    let docs = documents(&template(&["--values", file]));
+    let deployment = find(&docs, "Deployment", "bulkhead-ops").expect("fullnameOverride names it");
+    let c = container(deployment);
+    assert_eq!(
+        c["image"],
+        "registry.example/platform/bulkhead@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    );
+    assert_eq!(c["imagePullPolicy"], "Always");
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["serviceAccountName"],
+        "platform-bulkhead"
+    );
+    assert!(
+        !kinds(&docs).contains(&"ClusterRole".to_string()),
+        "rbac.create=false and environmentRoles.create=false leave out ClusterRoles"
+    );
+
+    // Each value alone, on top of the defaults, changes what is rendered:
+    // no value is documented but ignored.
+    let default = template(&[]);
+    for (key, value) in &set {
+        let mut args = vec![
+            "--set-json".to_string(),
+            format!("{key}={}", serde_json::to_string(value).expect("json")),
+        ];
+        for p in prerequisites(key) {
+            args.extend(["--set".to_string(), p.to_string()]);
+        }
+        let base = if prerequisites(key).is_empty() {
+            default.clone()
+        } else {
+            let pre: Vec<&str> = prerequisites(key)
+                .iter()
+                .flat_map(|p| ["--set", p])
+                .collect();
+            template(&pre)
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_ne!(
+            template(&args),
+            base,
+            "setting {key} to {value} changes nothing in the render"
+        );
+    }
+}
+
+#[test]
+fn helm_package_makes_an_installable_chart_archive() {
+    let dir = std::env::temp_dir().join(format!("bulkhead-chart-package-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let chart = chart();
+    let out = helm(
+        None,
+        &[
+            "package",
+            chart.to_str().expect("utf-8 path"),
+            "--destination",
+            dir.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert!(out.status.success(), "helm package:\n{}", text(&out));
+    let archive = dir.join(format!("bulkhead-{}.tgz", env!("CARGO_PKG_VERSION")));
+    assert!(
+        text(&out).contains(&archive.display().to_string()),
+        "helm package says where the archive is:\n{}",
+        text(&out)
+    );
+
+    // What a platform team downloads: the chart with its schema and CRDs,
+    // nothing else.
+    let listing = Command::new("tar")
+        .arg("-tzf")
+        .arg(&archive)
+        .output()
+        .expect("tar");
+    assert!(listing.status.success(), "{listing:?}");
+    let mut files: Vec<String> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    files.sort();
+    for want in [
+        "bulkhead/Chart.yaml",
+        "bulkhead/values.yaml",
+        "bulkhead/values.schema.json",
+        "bulkhead/README.md",
+        "bulkhead/crds/organization.yaml",
+        "bulkhead/crds/environment.yaml",
+        "bulkhead/crds/databasecluster.yaml",
+        "bulkhead/templates/deployment.yaml",
+        "bulkhead/templates/NOTES.txt",
+    ] {
+        assert!(files.iter().any(|f| f == want), "{want} not in {files:?}");
+    }
+    assert!(
+        files.iter().all(|f| f.starts_with("bulkhead/")),
+        "{files:?}"
+    );
+
+    // The archive lints and renders exactly as the directory does.
+    let archive = archive.to_str().expect("utf-8 path");
+    let out = helm(None, &["lint", "--strict", archive]);
+    assert!(
+        out.status.success() && text(&out).contains("0 chart(s) failed"),
+        "{}",
+        text(&out)
+    );
+    let out = helm(
+        None,
+        &["template", RELEASE, archive, "--namespace", NAMESPACE],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), template(&[]));
+    let out = helm(None, &["show", "chart", archive]);
+    assert!(
+        text(&out).contains(&format!("appVersion: {}", env!("CARGO_PKG_VERSION"))),
+        "{}",
+        text(&out)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn default_image_is_the_one_hack_image_sh_builds() {
+    let out = Command::new(repo().join("hack/image.sh"))
+        .arg("--print-ref")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run hack/image.sh --print-ref");
+    assert!(out.status.success(), "{}", text(&out));
+    let built = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let docs = documents(&template(&[]));
+    let deployment = find(&docs, "Deployment", RELEASE).expect("Deployment");
+    assert_eq!(
+        container(deployment)["image"],
+        built.as_str(),
+        "a default install must run the image hack/image.sh tags"
+    );
+}
+
+#[test]
+fn grafana_dashboard_is_an_opt_in_configmap_for_the_sidecar() {
+    let default = documents(&template(&[]));
+    assert!(
+        find(&default, "ConfigMap", "bulkhead-dashboard").is_none(),
+        "the dashboard is off by default"
+    );
+    let docs = documents(&template(&[
+        "--set",
+        "grafanaDashboard.enabled=true",
+        "--set",
+        "grafanaDashboard.namespace=monitoring",
+        "--set",
+        "grafanaDashboard.annotations.grafana_folder=Platform",
+    ]));
+    let cm = find(&docs, "ConfigMap", "bulkhead-dashboard").expect("dashboard ConfigMap");
+    assert_eq!(cm["metadata"]["namespace"], "monitoring");
+    assert_eq!(
+        cm["metadata"]["labels"]["grafana_dashboard"], "1",
+        "the Grafana chart's sidecar default label"
+    );
+    assert_eq!(cm["metadata"]["annotations"]["grafana_folder"], "Platform");
+    let shipped = std::fs::read_to_string(chart().join("dashboards/bulkhead.json"))
+        .expect("read the dashboard");
+    let rendered = cm["data"]["bulkhead.json"]
+        .as_str()
+        .expect("bulkhead.json key");
+    assert_eq!(
+        rendered.trim_end(),
+        shipped.trim_end(),
+        "the file, unchanged"
+    );
+    let dashboard: Value = serde_json::from_str(rendered).expect("the dashboard is JSON");
+    assert_eq!(dashboard["uid"], "bulkhead-operator");
+    let titles: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .filter_map(|p| p["title"].as_str())
+        .collect();
+    for want in ["errors", "duration", "condition", "Leader"] {
+        assert!(
+            titles.iter().any(|t| t.contains(want)),
+            "no panel about {want}: {titles:?}"
+        );
+    }
+}

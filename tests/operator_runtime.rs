@@ -490,16 +490,7 @@ async fn metrics_count_reconciles_durations_errors_and_leadership() {
         assert!(m.contains(family), "{family} missing:\n{m}");
     }
 
-    envs.delete(&env, &DeleteParams::default())
-        .await
-        .expect("delete Environment");
-    wait_gone(&envs, &env, WAIT).await;
-    orgs.delete(&org, &DeleteParams::default())
-        .await
-        .expect("delete Organization");
-    wait_gone(&orgs, &org, WAIT).await;
-    let status = op.stop().expect("exits after SIGTERM");
-    assert!(status.success(), "{}", op.log());
+    delete_then_stop(&envs, &env, &orgs, &org, &mut op).await;
 }
 
 #[tokio::test]
@@ -619,4 +610,300 @@ subjects: [{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}]
     for name in [partial.clone(), format!("{partial}-dbc")] {
         cp.kubectl_ok(&["delete", "clusterrolebinding,clusterrole", &name]);
     }
+}
+
+/// Deletes the scenario's Environment and Organization (the operator
+/// removes their finalizers), then stops the operator, which must exit 0.
+async fn delete_then_stop(
+    envs: &Api<Environment>,
+    env: &str,
+    orgs: &Api<Organization>,
+    org: &str,
+    op: &mut OperatorProcess,
+) {
+    envs.delete(env, &DeleteParams::default())
+        .await
+        .expect("delete Environment");
+    wait_gone(envs, env, WAIT).await;
+    orgs.delete(org, &DeleteParams::default())
+        .await
+        .expect("delete Organization");
+    wait_gone(orgs, org, WAIT).await;
+    let status = op.stop().expect("exits after SIGTERM");
+    assert!(status.success(), "{}", op.log());
+}
+
+/// An Environment whose Organization does not exist: every reconcile of it
+/// fails with OrganizationNotFound, which puts an error, a reason and a
+/// condition on every path the logs and metrics report.
+async fn create_orphan_environment(cp: &ControlPlane, env: &str) -> Api<Environment> {
+    let envs: Api<Environment> = Api::all(cp.client().await);
+    create_yaml(
+        &envs,
+        &format!(
+            "apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {{name: {env}}}\nspec:\n  organizationRef: {{name: missing-{env}}}\n  tier: development\n"
+        ),
+    )
+    .await;
+    wait_for(&envs, env, WAIT, "OrganizationNotFound", |e| {
+        e.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.reason == "OrganizationNotFound")
+        })
+    })
+    .await;
+    envs
+}
+
+#[tokio::test]
+async fn text_logs_written_to_a_file_have_no_colour_codes() {
+    let _turn = exclusive().await;
+    let cp = ControlPlane::full();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    // As a person runs it with `> operator.log`: no NO_COLOR, stdout a file.
+    let mut op = cp.start_operator_env(
+        cp.kubeconfig(),
+        &[
+            "--http-addr",
+            &addr,
+            "--leader-election=false",
+            "--log-format=text",
+        ],
+        &[("NO_COLOR", None)],
+    );
+    // Ready (caches synced) before the stop, so shutdown is the ordinary one.
+    eventually(WAIT, "/readyz at 200", || async {
+        match http_get(port, "/readyz") {
+            Some((200, _)) => Ok(()),
+            other => Err(format!("{other:?}\n{}", op.log())),
+        }
+    })
+    .await;
+    let status = op
+        .stop()
+        .unwrap_or_else(|| panic!("no exit after SIGTERM:\n{}", op.log()));
+    let log = op.log();
+    assert!(status.success(), "{log}");
+    assert!(log.contains(" INFO "), "text format: {log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escapes in a log file:\n{}",
+        log.escape_debug()
+    );
+}
+
+/// PromQL in the chart's Grafana dashboard: each query's metric names
+/// (`bulkhead_*`) and the labels it groups or matches by.
+fn dashboard_queries() -> Vec<String> {
+    let path = support::controlplane::repo().join("charts/bulkhead/dashboards/bulkhead.json");
+    let text = std::fs::read_to_string(&path).expect("read the dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            if let Some(expr) = target["expr"].as_str() {
+                queries.push(expr.to_string());
+            }
+        }
+    }
+    for var in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(q) = var["query"]["query"].as_str() {
+            queries.push(q.to_string());
+        }
+    }
+    queries
+}
+
+/// Identifiers of a PromQL expression outside strings, with the character
+/// that follows each.
+fn identifiers(expr: &str) -> Vec<(String, Option<char>)> {
+    let mut out = Vec::new();
+    let mut chars = expr.chars().peekable();
+    let mut current = String::new();
+    let mut in_string = false;
+    let mut in_range = false;
+    while let Some(c) = chars.next() {
+        if in_string {
+            if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        if c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '$' {
+            current.push(c);
+            continue;
+        }
+        if !current.is_empty() && !in_range {
+            let next = std::iter::once(c)
+                .chain(chars.clone())
+                .find(|n| !n.is_whitespace());
+            out.push((std::mem::take(&mut current), next));
+        }
+        current.clear();
+        match c {
+            '"' => in_string = true,
+            '[' => in_range = true,
+            ']' => in_range = false,
+            _ => {}
+        }
+    }
+    if !current.is_empty() {
+        out.push((current, None));
+    }
+    out
+}
+
+/// Labels Prometheus puts on every scraped series itself (from the target).
+const TARGET_LABELS: &[&str] = &[
+    "namespace",
+    "pod",
+    "instance",
+    "job",
+    "service",
+    "container",
+];
+
+#[tokio::test]
+async fn json_logs_and_the_dashboard_follow_real_reconciles() {
+    let _turn = exclusive().await;
+    let cp = ControlPlane::full();
+    let mut op = OperatorProcess::start(
+        cp,
+        cp.kubeconfig(),
+        &["--leader-election=false", "--log-format=json"],
+    );
+    let org = format!("dash-{}", unique());
+    let orgs = create_org(cp, &org).await;
+    wait_org_ready(&orgs, &org).await;
+    let env = format!("dash-orphan-{}", unique());
+    let envs = create_orphan_environment(cp, &env).await;
+    let metrics = eventually(WAIT, "errors and objects in /metrics", || async {
+        let m = op.metrics().await;
+        let errors = [("kind", "Environment"), ("reason", "OrganizationNotFound")];
+        let not_ready = [
+            ("kind", "Environment"),
+            ("condition", "Synced"),
+            ("status", "False"),
+            ("reason", "OrganizationNotFound"),
+        ];
+        if metric(&m, "bulkhead_reconcile_errors_total", &errors) >= 1.0
+            && metric(&m, "bulkhead_objects", &not_ready) >= 1.0
+            && metric(
+                &m,
+                "bulkhead_objects",
+                &[
+                    ("kind", "Organization"),
+                    ("condition", "Ready"),
+                    ("status", "True"),
+                ],
+            ) >= 1.0
+        {
+            Ok(m)
+        } else {
+            Err(m)
+        }
+    })
+    .await;
+
+    // Every query of the dashboard names series this operator exports, and
+    // groups or matches only by labels they carry (or Prometheus adds).
+    let samples = parse_metrics(&metrics);
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 10, "{queries:?}");
+    for query in &queries {
+        let ids = identifiers(query);
+        let names: Vec<&str> = ids
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .filter(|id| id.starts_with("bulkhead_"))
+            .collect();
+        assert!(!names.is_empty(), "{query} uses no bulkhead metric");
+        let mut labels = BTreeMap::<&str, ()>::new();
+        for name in &names {
+            let series: Vec<&Sample> = samples.iter().filter(|s| s.name == *name).collect();
+            assert!(
+                !series.is_empty(),
+                "{query}: the operator exports no {name}:\n{metrics}"
+            );
+            for s in series {
+                for key in s.labels.keys() {
+                    labels.insert(key.as_str(), ());
+                }
+            }
+        }
+        // Labels: what `by (...)` lists and what `{...}` matches on.
+        let mut in_by = false;
+        for (id, next) in &ids {
+            match (id.as_str(), next) {
+                ("by" | "without", _) => in_by = true,
+                (_, Some(')')) if in_by => {
+                    in_by = false;
+                    check_label(query, id, &labels);
+                }
+                _ if in_by => check_label(query, id, &labels),
+                (_, Some('=' | '!')) => check_label(query, id, &labels),
+                _ => {}
+            }
+        }
+    }
+
+    // JSON logs: the failing reconciles carry the object, the reason and a
+    // trace id; lines of one reconcile share it.
+    let log = op.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let failed: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "reconcile ended in error" && l["name"] == env.as_str())
+        .collect();
+    assert!(
+        !failed.is_empty(),
+        "no failed reconcile logged for {env}:\n{log}"
+    );
+    for line in &failed {
+        assert_eq!(line["kind"], "Environment", "{line}");
+        assert_eq!(line["namespace"], "", "cluster-scoped: {line}");
+        assert_eq!(line["reason"], "OrganizationNotFound", "{line}");
+        let trace = line["trace_id"].as_str().unwrap_or_default();
+        assert_eq!(trace.len(), 32, "{line}");
+        assert!(line["span_id"].is_string(), "{line}");
+    }
+    let traces: std::collections::BTreeSet<&str> = failed
+        .iter()
+        .filter_map(|l| l["trace_id"].as_str())
+        .collect();
+    assert_eq!(traces.len(), failed.len(), "one trace id per reconcile");
+    // The Warning line written inside the reconcile has the same trace id
+    // as the line that ends it.
+    let warning = lines
+        .iter()
+        .find(|l| {
+            l["level"] == "WARN"
+                && l["message"] == "reconcile failed"
+                && l["name"] == env.as_str()
+                && l["reason"] == "OrganizationNotFound"
+        })
+        .unwrap_or_else(|| panic!("no Warning for {env}:\n{log}"));
+    assert!(
+        traces.contains(warning["trace_id"].as_str().unwrap_or_default()),
+        "{warning}"
+    );
+
+    delete_then_stop(&envs, &env, &orgs, &org, &mut op).await;
+}
+
+fn check_label(query: &str, label: &str, exported: &BTreeMap<&str, ()>) {
+    assert!(
+        exported.contains_key(label) || TARGET_LABELS.contains(&label),
+        "{query}: no series it uses has the label {label} (has {:?})",
+        exported.keys().collect::<Vec<_>>()
+    );
 }

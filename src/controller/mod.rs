@@ -148,8 +148,10 @@ impl Context {
     /// Counts a controller's cache as synced once its store is ready.
     pub fn track_sync<K>(&self, store: reflector::Store<K>)
     where
-        K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+        K: Resource<DynamicType = ()> + serde::Serialize + Clone + Send + Sync + 'static,
     {
+        // The same cache feeds bulkhead_objects (objects by condition).
+        self.metrics.count_conditions(store.clone());
         let synced = self.synced.clone();
         tokio::spawn(async move {
             // The store's readiness is a oneshot that wakes only its most

@@ -345,10 +345,42 @@ fn deletion_event(step: DeletionStep, external_name: &str) -> (&'static str, Str
     }
 }
 
+/// Every reconcile, in its own tracing span (kind, name, namespace, a
+/// trace id, and the reason it ended with), so each log line it writes can
+/// be traced to the object: see [`crate::telemetry::reconcile_span`].
+pub async fn reconcile_managed<K, FA, FC, FutA, FutC>(
+    obj: std::sync::Arc<K>,
+    api: &Api<K>,
+    apply: FA,
+    cleanup: FC,
+) -> Result<Action, ReconcileError>
+where
+    K: ManagedResource,
+    FA: FnOnce(std::sync::Arc<K>) -> FutA,
+    FC: FnOnce(std::sync::Arc<K>) -> FutC,
+    FutA: std::future::Future<Output = Result<Action, ReconcileError>>,
+    FutC: std::future::Future<Output = Result<Action, ReconcileError>>,
+{
+    use tracing::Instrument;
+    let span = crate::telemetry::reconcile_span(
+        &K::kind(&()),
+        &obj.name_any(),
+        obj.namespace().as_deref(),
+    );
+    let result = steps(obj, api, apply, cleanup)
+        .instrument(span.clone())
+        .await;
+    match &result {
+        Ok(_) => crate::telemetry::reconcile_finished(&span, reasons::RECONCILE_SUCCESS, false),
+        Err(e) => crate::telemetry::reconcile_finished(&span, e.reason(), true),
+    }
+    result
+}
+
 /// The first steps of every reconcile: a paused object only reports
 /// Synced=False/ReconcilePaused; otherwise kube-runtime's finalizer helper
 /// adds the finalizer and runs `apply`, or `cleanup` once deleting.
-pub async fn reconcile_managed<K, FA, FC, FutA, FutC>(
+async fn steps<K, FA, FC, FutA, FutC>(
     obj: std::sync::Arc<K>,
     api: &Api<K>,
     apply: FA,

@@ -257,15 +257,34 @@ impl ControlPlane {
     /// Starts `bulkhead run` with exactly `args`, under `kubeconfig` (e.g.
     /// one made by [`ControlPlane::token_kubeconfig`]).
     pub fn start_operator_as(&self, kubeconfig: &Path, args: &[&str]) -> Operator {
+        self.start_operator_env(kubeconfig, args, &[])
+    }
+
+    /// [`ControlPlane::start_operator_as`] with environment changes on top
+    /// (`None` removes a variable, e.g. `NO_COLOR` to see what a log file
+    /// gets without it).
+    pub fn start_operator_env(
+        &self,
+        kubeconfig: &Path,
+        args: &[&str],
+        env: &[(&str, Option<&str>)],
+    ) -> Operator {
         self.install_crds();
         let log = self.dir.join(format!("operator-{}.log", unique()));
         let log_file = std::fs::File::create(&log).expect("operator log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-            .arg("run")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bulkhead"));
+        cmd.arg("run")
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("BULKHEAD_LOG_LEVEL", "info,kube=warn")
-            .env("NO_COLOR", "1")
+            .env("NO_COLOR", "1");
+        for (key, value) in env {
+            match value {
+                Some(v) => cmd.env(key, v),
+                None => cmd.env_remove(key),
+            };
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log fd"))
             .stderr(log_file)

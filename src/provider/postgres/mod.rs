@@ -57,10 +57,10 @@
 
 mod catalog;
 mod classify;
-mod conn;
+pub mod conn;
 mod converge;
 mod copy;
-mod names;
+pub mod names;
 mod sql;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -80,6 +80,7 @@ use conn::{ConnInfo, ConnectFailure, classify};
 use converge::{
     Fix, apply, db_fixes, drop_databases, drop_roles, grant_fixes, object_fixes, password_clause,
 };
+pub use copy::{TableRef, parse_column, parse_table};
 pub use names::{MARKER_PREFIX, MAX_IDENTIFIER_BYTES};
 use names::{Plan, UserPlan};
 use sql::ident;

@@ -45,6 +45,7 @@ use std::borrow::Cow;
 
 use rand::RngExt;
 
+pub use self::plan::{TableRef, parse_column, parse_table};
 use self::plan::{plan_masks, refuse_unmasked};
 use self::schema::{SourceSchema, read_schema};
 use self::transfer::copy_database;

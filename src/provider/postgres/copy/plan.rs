@@ -17,9 +17,9 @@ use crate::reconcile::reasons;
 
 /// `table` or `schema.table`.
 #[derive(Clone, Debug)]
-struct TableRef {
-    schema: Option<String>,
-    table: String,
+pub struct TableRef {
+    pub schema: Option<String>,
+    pub table: String,
 }
 
 impl TableRef {
@@ -49,7 +49,7 @@ fn table_ref(parts: &[&str]) -> TableRef {
     }
 }
 
-fn parse_table(key: &str) -> Result<TableRef, ProviderError> {
+pub fn parse_table(key: &str) -> Result<TableRef, ProviderError> {
     key_parts(key, 1)
         .map(|parts| table_ref(&parts))
         .ok_or_else(|| {
@@ -61,7 +61,7 @@ fn parse_table(key: &str) -> Result<TableRef, ProviderError> {
 }
 
 /// A `table.column` or `schema.table.column` key of the list `field`.
-fn parse_column(key: &str, field: &str) -> Result<(TableRef, String), ProviderError> {
+pub fn parse_column(key: &str, field: &str) -> Result<(TableRef, String), ProviderError> {
     match key_parts(key, 2) {
         Some(parts) => {
             let (table, column) = parts.split_at(parts.len() - 1);
