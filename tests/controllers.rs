@@ -5,7 +5,6 @@
 mod support;
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use bulkhead::api::{DatabaseCluster, Environment, Organization};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
@@ -16,10 +15,9 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use support::cnpg::{self, json_of, write_healthy_status_as_cloudnativepg_would};
 use support::controlplane::{
-    ControlPlane, Operator, condition, create_yaml, repo, unique, wait_for, wait_gone,
+    ControlPlane, Operator, create_yaml, repo, unique, wait_for, wait_gone,
 };
-
-const WAIT: Duration = Duration::from_secs(90);
+use support::objects::{WAIT, environment, has_reason, is_ready, organization, wait_ready};
 
 static OPERATOR: OnceLock<Operator> = OnceLock::new();
 
@@ -30,53 +28,26 @@ async fn setup() -> (&'static ControlPlane, Client) {
     (cp, cp.client().await)
 }
 
-fn ready_at_generation<K: kube::Resource>(
-    conds: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-    obj: &K,
-) -> bool {
-    condition(conds, "Ready")
-        .is_some_and(|c| c.status == "True" && c.observed_generation == obj.meta().generation)
-}
-
-fn org_ready(o: &Organization) -> bool {
-    o.status
-        .as_ref()
-        .is_some_and(|s| ready_at_generation(&s.conditions, o))
-}
-fn env_ready(e: &Environment) -> bool {
-    e.status
-        .as_ref()
-        .is_some_and(|s| ready_at_generation(&s.conditions, e))
-}
-fn dbc_ready(d: &DatabaseCluster) -> bool {
-    d.status
-        .as_ref()
-        .is_some_and(|s| ready_at_generation(&s.conditions, d))
-}
-
-fn has_reason(
-    conds: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-    type_: &str,
-    status: &str,
-    reason: &str,
-) -> bool {
-    condition(conds, type_).is_some_and(|c| c.status == status && c.reason == reason)
-}
-
 /// An Organization and a staging Environment owning one namespace.
 async fn org_and_env(client: &Client, tier: &str) -> (String, String) {
     let name = format!("t-{}", unique());
     let orgs: Api<Organization> = Api::all(client.clone());
     let envs: Api<Environment> = Api::all(client.clone());
-    create_yaml(&orgs, &format!("metadata: {{name: {name}}}\nspec:\n  members: [{{email: dev@{name}.example, role: member}}]\n  billing: {{plan: launch}}\napiVersion: bulkhead.dev/v1alpha1\nkind: Organization\n")).await;
-    create_yaml(
-        &envs,
-        &format!(
-            "apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {{name: {name}}}\nspec:\n  organizationRef: {{name: {name}}}\n  tier: {tier}\n  access:\n  - role: developer\n    subjects: [{{kind: Group, name: devs}}]\n  network: {{allowedCIDRs: [10.8.0.0/16]}}\n  config:\n    data: {{LOG_LEVEL: debug}}\n    featureFlags: {{new-checkout: true}}\n"
-        ),
-    )
-    .await;
-    wait_for(&envs, &name, WAIT, "Environment Ready", env_ready).await;
+    organization(&name)
+        .member(&format!("dev@{name}.example"), "member")
+        .spec("billing", json!({ "plan": "launch" }))
+        .create(&orgs)
+        .await;
+    environment(&name, &name, tier)
+        .developers("devs")
+        .spec("network", json!({ "allowedCIDRs": ["10.8.0.0/16"] }))
+        .spec(
+            "config",
+            json!({ "data": { "LOG_LEVEL": "debug" }, "featureFlags": { "new-checkout": true } }),
+        )
+        .create(&envs)
+        .await;
+    wait_ready(&envs, &name).await;
     (name.clone(), name)
 }
 
@@ -115,10 +86,10 @@ async fn examples_become_ready_and_kubectl_wait_works() {
     let orgs: Api<Organization> = Api::all(client.clone());
     let envs: Api<Environment> = Api::all(client.clone());
     for org in ["acme-production", "acme-staging"] {
-        wait_for(&orgs, org, WAIT, "Organization Ready", org_ready).await;
+        wait_for(&orgs, org, WAIT, "Organization Ready", is_ready).await;
     }
     for env in ["production", "staging"] {
-        wait_for(&envs, env, WAIT, "Environment Ready", env_ready).await;
+        wait_for(&envs, env, WAIT, "Environment Ready", is_ready).await;
     }
     // CloudNativePG runs the clusters; under kwok it never hears from a
     // PostgreSQL, so its healthy status is written in its place.
@@ -138,7 +109,7 @@ async fn examples_become_ready_and_kubectl_wait_works() {
         "my-app-db",
         WAIT,
         "Ready",
-        dbc_ready,
+        is_ready,
     )
     .await;
     let prod_db = wait_for(
@@ -146,7 +117,7 @@ async fn examples_become_ready_and_kubectl_wait_works() {
         "my-app-db",
         WAIT * 2,
         "Ready",
-        dbc_ready,
+        is_ready,
     )
     .await;
 
@@ -376,7 +347,7 @@ async fn drift_is_repaired_and_spec_changes_converge() {
     )
     .await;
     let env = wait_for(&envs, &env_name, WAIT, "observedGeneration", |e| {
-        e.status.as_ref().and_then(|s| s.observed_generation) == generation && env_ready(e)
+        e.status.as_ref().and_then(|s| s.observed_generation) == generation && is_ready(e)
     })
     .await;
     assert!(generation.unwrap_or(0) >= 2, "{env:?}");
@@ -387,7 +358,9 @@ async fn environment_waits_for_a_missing_organization() {
     let (_cp, client) = setup().await;
     let name = format!("t-{}", unique());
     let envs: Api<Environment> = Api::all(client.clone());
-    create_yaml(&envs, &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {{name: {name}}}\nspec: {{organizationRef: {{name: {name}-org}}, tier: development}}\n")).await;
+    environment(&name, &format!("{name}-org"), "development")
+        .create(&envs)
+        .await;
     let env = wait_for(&envs, &name, WAIT, "OrganizationNotFound", |e| {
         e.status.as_ref().is_some_and(|s| {
             has_reason(
@@ -430,13 +403,15 @@ async fn environment_waits_for_a_missing_organization() {
     );
 
     // Once the Organization exists the Environment converges by itself.
-    create_yaml(&Api::<Organization>::all(client.clone()), &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Organization\nmetadata: {{name: {name}-org}}\nspec: {{}}\n")).await;
+    organization(&format!("{name}-org"))
+        .create(&Api::all(client.clone()))
+        .await;
     wait_for(
         &envs,
         &name,
         WAIT,
         "Ready after the Organization appears",
-        env_ready,
+        is_ready,
     )
     .await;
     assert!(
@@ -452,13 +427,16 @@ async fn environment_waits_for_a_missing_organization() {
 async fn sharing_an_organization_is_reported_on_both_and_stops_only_the_lower_tier() {
     let (_cp, client) = setup().await;
     let org = format!("t-{}", unique());
-    create_yaml(&Api::<Organization>::all(client.clone()), &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Organization\nmetadata: {{name: {org}}}\nspec: {{}}\n")).await;
+    organization(&org).create(&Api::all(client.clone())).await;
     let envs: Api<Environment> = Api::all(client.clone());
     let stage = format!("{org}-stage");
     let prod = format!("{org}-prod");
-    create_yaml(&envs, &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {{name: {stage}}}\nspec: {{organizationRef: {{name: {org}}}, tier: staging}}\n")).await;
-    wait_for(&envs, &stage, WAIT, "staging Ready", env_ready).await;
-    create_yaml(&envs, &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {{name: {prod}}}\nspec: {{organizationRef: {{name: {org}}}, tier: production, isolation: {{mode: Enforce}}}}\n")).await;
+    environment(&stage, &org, "staging").create(&envs).await;
+    wait_for(&envs, &stage, WAIT, "staging Ready", is_ready).await;
+    environment(&prod, &org, "production")
+        .spec("isolation", json!({ "mode": "Enforce" }))
+        .create(&envs)
+        .await;
     // Production reports the violation and keeps converging.
     wait_for(
         &envs,
@@ -466,7 +444,7 @@ async fn sharing_an_organization_is_reported_on_both_and_stops_only_the_lower_ti
         WAIT,
         "Ready with Isolated=False SharedOrganization",
         |e| {
-            env_ready(e)
+            is_ready(e)
                 && e.status.as_ref().is_some_and(|s| {
                     has_reason(&s.conditions, "Isolated", "False", "SharedOrganization")
                 })
@@ -506,7 +484,7 @@ async fn sharing_an_organization_is_reported_on_both_and_stops_only_the_lower_ti
         WAIT,
         "Ready with Isolated=False under Warn",
         |e| {
-            env_ready(e)
+            is_ready(e)
                 && e.status.as_ref().is_some_and(|s| {
                     has_reason(&s.conditions, "Isolated", "False", "SharedOrganization")
                 })
@@ -602,7 +580,10 @@ async fn observe_only_organization_reports_what_is_missing() {
     let (_cp, client) = setup().await;
     let name = format!("t-{}", unique());
     let orgs: Api<Organization> = Api::all(client.clone());
-    create_yaml(&orgs, &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Organization\nmetadata: {{name: {name}}}\nspec: {{managementPolicy: ObserveOnly}}\n")).await;
+    organization(&name)
+        .spec("managementPolicy", json!("ObserveOnly"))
+        .create(&orgs)
+        .await;
     wait_for(&orgs, &name, WAIT, "ExternalObjectMissing", |o| {
         o.status
             .as_ref()
@@ -655,7 +636,7 @@ async fn expired_access_is_removed_and_reported() {
         })
     })
     .await;
-    assert!(env_ready(&env));
+    assert!(is_ready(&env));
     assert!(
         rbs.get_opt("bulkhead-access-developer")
             .await

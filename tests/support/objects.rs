@@ -154,46 +154,59 @@ impl Build<DatabaseCluster> {
     }
 }
 
-/// The kinds that carry conditions.
-pub trait Conditioned: Resource {
+/// What carries conditions: the three kinds, or a condition list itself.
+pub trait Conditions {
     fn conditions(&self) -> &[Condition];
-    fn observed_generation(&self) -> Option<i64>;
 }
 
-macro_rules! conditioned {
+impl Conditions for [Condition] {
+    fn conditions(&self) -> &[Condition] {
+        self
+    }
+}
+
+impl Conditions for Vec<Condition> {
+    fn conditions(&self) -> &[Condition] {
+        self
+    }
+}
+
+macro_rules! conditions_of {
     ($($kind:ty),*) => {$(
-        impl Conditioned for $kind {
+        impl Conditions for $kind {
             fn conditions(&self) -> &[Condition] {
                 self.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default()
-            }
-            fn observed_generation(&self) -> Option<i64> {
-                self.status.as_ref().and_then(|s| s.observed_generation)
             }
         }
     )*};
 }
-conditioned!(Organization, Environment, DatabaseCluster);
+conditions_of!(Organization, Environment, DatabaseCluster);
+
+/// Condition `type_` is True (at whatever generation).
+pub fn is_true<C: Conditions + ?Sized>(c: &C, type_: &str) -> bool {
+    condition(c.conditions(), type_).is_some_and(|c| c.status == "True")
+}
 
 /// Ready=True, reported for the object's current generation.
-pub fn is_ready<K: Conditioned>(obj: &K) -> bool {
+pub fn is_ready<K: Conditions + Resource>(obj: &K) -> bool {
     condition(obj.conditions(), "Ready")
         .is_some_and(|c| c.status == "True" && c.observed_generation == obj.meta().generation)
 }
 
 /// Condition `type_` has `status` and `reason`.
-pub fn has_reason<K: Conditioned>(obj: &K, type_: &str, status: &str, reason: &str) -> bool {
-    condition(obj.conditions(), type_).is_some_and(|c| c.status == status && c.reason == reason)
+pub fn has_reason<C: Conditions + ?Sized>(c: &C, type_: &str, status: &str, reason: &str) -> bool {
+    condition(c.conditions(), type_).is_some_and(|c| c.status == status && c.reason == reason)
 }
 
-/// The reason and message of condition `type_`, for assertions and logs.
-pub fn reason_of<K: Conditioned>(obj: &K, type_: &str) -> Option<(String, String)> {
-    condition(obj.conditions(), type_).map(|c| (c.reason.clone(), c.message.clone()))
+/// The reason of condition `type_`.
+pub fn reason_of<C: Conditions + ?Sized>(c: &C, type_: &str) -> Option<String> {
+    condition(c.conditions(), type_).map(|c| c.reason.clone())
 }
 
 /// Waits until the object is Ready at its current generation.
 pub async fn wait_ready<K>(api: &Api<K>, name: &str) -> K
 where
-    K: Conditioned + Clone + DeserializeOwned + std::fmt::Debug + serde::Serialize,
+    K: Conditions + Resource + Clone + DeserializeOwned + std::fmt::Debug + serde::Serialize,
 {
     wait_for(api, name, WAIT, "Ready", is_ready).await
 }
@@ -201,7 +214,7 @@ where
 /// Waits until condition `type_` is `status` with `reason`.
 pub async fn wait_reason<K>(api: &Api<K>, name: &str, type_: &str, status: &str, reason: &str) -> K
 where
-    K: Conditioned + Clone + DeserializeOwned + std::fmt::Debug + serde::Serialize,
+    K: Conditions + Resource + Clone + DeserializeOwned + std::fmt::Debug + serde::Serialize,
 {
     let what = format!("{type_}={status} {reason}");
     wait_for(api, name, WAIT, &what, |o| {

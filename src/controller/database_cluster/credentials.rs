@@ -15,8 +15,8 @@ use serde_json::json;
 use super::super::{Context, owner_of};
 use crate::api::database_cluster::{Endpoint, reasons as dbc_reasons};
 use crate::api::{DatabaseCluster, LABEL_DATABASE_CLUSTER, LABEL_MANAGED_BY, MANAGER};
-use crate::provider::kubernetes::Child;
 use crate::provider::kubernetes::children::SECRET;
+use crate::provider::kubernetes::{Child, LABEL_OWNER_UID};
 use crate::provider::{
     DatabaseClusterClient, DesiredDatabaseCluster, SUPERUSER, Secret, generate_password,
 };
@@ -149,7 +149,14 @@ fn secret_child(dbc: &DatabaseCluster, name: &str, mut fields: serde_json::Value
         None => fields["metadata"] = json!({ "labels": labels }),
     }
     fields["type"] = json!("Opaque");
-    Child::new(SECRET, Some(&ns), name, &owner_of(dbc), true, fields)
+    let mut child = Child::new(SECRET, Some(&ns), name, &owner_of(dbc), true, fields);
+    // The owner-uid label marks the provider's children, which the provider
+    // prunes when it no longer wants them; these two Secrets belong to the
+    // controller, so the provider must never count them as its own.
+    if let Some(labels) = child.body["metadata"]["labels"].as_object_mut() {
+        labels.remove(LABEL_OWNER_UID);
+    }
+    child
 }
 
 /// The credentials Secret holding `passwords`.
@@ -361,6 +368,10 @@ mod tests {
         let body = &child.body;
         assert_eq!(body["metadata"]["labels"][LABEL_DATABASE_CLUSTER], "app-db");
         assert_eq!(body["metadata"]["labels"][LABEL_MANAGED_BY], MANAGER);
+        assert!(
+            body["metadata"]["labels"].get(LABEL_OWNER_UID).is_none(),
+            "not one of the provider's children, which it prunes"
+        );
         assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "u-1");
         assert_eq!(
             body["metadata"]["annotations"][ANNOTATION_ROTATED_AT],
