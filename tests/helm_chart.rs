@@ -791,7 +791,9 @@ async fn chart_rbac_is_enough_for_the_examples_and_no_more() {
     );
     let lower = log.to_lowercase();
     assert!(
-        !lower.contains("forbidden") && !log.contains("403"),
+        // "code: 403" as kube-rs prints an API error; a bare "403" also
+        // occurs inside trace ids.
+        !lower.contains("forbidden") && !log.contains("code: 403"),
         "the operator hit a permission error under the chart's RBAC:\n{log}"
     );
     assert!(
