@@ -100,6 +100,14 @@ async fn drop_target_contents(target: &Client) -> Result<(), ProviderError> {
     Ok(())
 }
 
+/// Runs `sql` on the target; `doing` says what for, in the error.
+async fn run(target: &Client, sql: String, doing: String) -> Result<(), ProviderError> {
+    target
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| target_error(&e, &doing))
+}
+
 /// Copies one database inside one target transaction. Returns (tables, rows).
 pub(super) async fn copy_database(
     target: &Client,
@@ -109,13 +117,8 @@ pub(super) async fn copy_database(
     plan: &CopyPlan,
     mode: CopyMode,
 ) -> Result<(i64, i64), ProviderError> {
-    let run = |sql: String, doing: String| async move {
-        target
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| target_error(&e, &doing))
-    };
     run(
+        target,
         "BEGIN; SET LOCAL search_path = pg_catalog".to_string(),
         "starting the copy".to_string(),
     )
@@ -123,7 +126,12 @@ pub(super) async fn copy_database(
     let result = copy_database_in_transaction(target, source, owner, schema, plan, mode).await;
     match result {
         Ok(counts) => {
-            run("COMMIT".to_string(), "committing the copy".to_string()).await?;
+            run(
+                target,
+                "COMMIT".to_string(),
+                "committing the copy".to_string(),
+            )
+            .await?;
             Ok(counts)
         }
         Err(e) => {
@@ -143,31 +151,33 @@ async fn copy_database_in_transaction(
     plan: &CopyPlan,
     mode: CopyMode,
 ) -> Result<(i64, i64), ProviderError> {
-    let run = |sql: String, doing: String| async move {
-        target
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| target_error(&e, &doing))
-    };
     drop_target_contents(target).await?;
 
     // Schemas, as the database's owner role.
     run(
+        target,
         format!("SET LOCAL ROLE {}", ident(owner)),
         format!("acting as {owner}"),
     )
     .await?;
     for s in &schema.schemas {
         run(
+            target,
             format!("CREATE SCHEMA IF NOT EXISTS {}", ident(s)),
             format!("creating schema {s}"),
         )
         .await?;
     }
     // Extensions need the admin.
-    run("RESET ROLE".to_string(), "resetting the role".to_string()).await?;
+    run(
+        target,
+        "RESET ROLE".to_string(),
+        "resetting the role".to_string(),
+    )
+    .await?;
     for (name, in_schema) in &schema.extensions {
         run(
+            target,
             format!(
                 "CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {}",
                 ident(name),
@@ -178,6 +188,7 @@ async fn copy_database_in_transaction(
         .await?;
     }
     run(
+        target,
         format!("SET LOCAL ROLE {}", ident(owner)),
         format!("acting as {owner}"),
     )
@@ -186,6 +197,7 @@ async fn copy_database_in_transaction(
     for (s, name, labels) in &schema.enums {
         let labels: Vec<String> = labels.iter().map(|l| lit(l)).collect();
         run(
+            target,
             format!(
                 "CREATE TYPE {} AS ENUM ({})",
                 qualified(s, name),
@@ -215,7 +227,7 @@ async fn copy_database_in_transaction(
         })
         .collect();
     for seq in &sequences {
-        run(
+        run(target,
             format!(
                 "CREATE SEQUENCE {} AS {} INCREMENT BY {} MINVALUE {} MAXVALUE {} START WITH {} CACHE {} {}",
                 qualified(&seq.schema, &seq.name),
@@ -240,6 +252,7 @@ async fn copy_database_in_transaction(
             .map(|c| column_sql(c, masks.and_then(|m| m.get(&c.attnum)).copied()))
             .collect();
         run(
+            target,
             format!(
                 "CREATE TABLE {} ({})",
                 qualified(&t.schema, &t.name),
@@ -255,6 +268,7 @@ async fn copy_database_in_transaction(
             && let Some(c) = t.columns.iter().find(|c| i32::from(c.attnum) == attnum)
         {
             run(
+                target,
                 format!(
                     "ALTER SEQUENCE {} OWNED BY {}.{}",
                     qualified(&seq.schema, &seq.name),
@@ -349,6 +363,7 @@ async fn copy_database_in_transaction(
                     continue;
                 }
                 run(
+                    target,
                     format!(
                         "ALTER TABLE {} ADD CONSTRAINT {} {}",
                         qualified(&t.schema, &t.name),
@@ -364,6 +379,7 @@ async fn copy_database_in_transaction(
     for t in &tables {
         for index in &t.indexes {
             run(
+                target,
                 index.clone(),
                 format!("creating an index on {}.{}", t.schema, t.name),
             )
@@ -389,6 +405,7 @@ async fn copy_database_in_transaction(
                 format!("CREATE VIEW {} AS {}", qualified(&v.schema, &v.name), v.def)
             };
             run(
+                target,
                 "SAVEPOINT bulkhead_view".to_string(),
                 "creating a view".to_string(),
             )
@@ -396,6 +413,7 @@ async fn copy_database_in_transaction(
             match target.batch_execute(&create).await {
                 Ok(()) => {
                     run(
+                        target,
                         "RELEASE SAVEPOINT bulkhead_view".to_string(),
                         "creating a view".to_string(),
                     )
@@ -404,6 +422,7 @@ async fn copy_database_in_transaction(
                 }
                 Err(e) if e.as_db_error().is_some() => {
                     run(
+                        target,
                         "ROLLBACK TO SAVEPOINT bulkhead_view".to_string(),
                         "creating a view".to_string(),
                     )
