@@ -15,8 +15,8 @@ use serde_json::json;
 use super::super::{Context, owner_of};
 use crate::api::database_cluster::{Endpoint, reasons as dbc_reasons};
 use crate::api::{DatabaseCluster, LABEL_DATABASE_CLUSTER, LABEL_MANAGED_BY, MANAGER};
+use crate::provider::kubernetes::Child;
 use crate::provider::kubernetes::children::SECRET;
-use crate::provider::kubernetes::{Child, LABEL_OWNER_UID};
 use crate::provider::{
     DatabaseClusterClient, DesiredDatabaseCluster, SUPERUSER, Secret, generate_password,
 };
@@ -149,14 +149,9 @@ fn secret_child(dbc: &DatabaseCluster, name: &str, mut fields: serde_json::Value
         None => fields["metadata"] = json!({ "labels": labels }),
     }
     fields["type"] = json!("Opaque");
-    let mut child = Child::new(SECRET, Some(&ns), name, &owner_of(dbc), true, fields);
-    // The owner-uid label marks the provider's children, which the provider
-    // prunes when it no longer wants them; these two Secrets belong to the
-    // controller, so the provider must never count them as its own.
-    if let Some(labels) = child.body["metadata"]["labels"].as_object_mut() {
-        labels.remove(LABEL_OWNER_UID);
-    }
-    child
+    // These two Secrets belong to the controller: the provider, which
+    // prunes the children it no longer wants, must never count them.
+    Child::new(SECRET, Some(&ns), name, &owner_of(dbc), true, fields).unpruned()
 }
 
 /// The credentials Secret holding `passwords`.
@@ -270,6 +265,7 @@ fn pct(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::kubernetes::LABEL_OWNER_UID;
     use k8s_openapi::ByteString;
 
     fn cluster(users: &[&str], rotation: Option<&str>) -> DatabaseCluster {

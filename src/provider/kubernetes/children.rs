@@ -173,6 +173,21 @@ impl Child {
         describe(self.kind, self.namespace.as_deref(), &self.name)
     }
 
+    /// The same child without the owner-uid label, so the provider that
+    /// prunes its children by that label never counts it as one of its own
+    /// (for objects a controller writes itself, beside a provider's).
+    pub fn unpruned(mut self) -> Self {
+        if let Some(labels) = self
+            .body
+            .get_mut("metadata")
+            .and_then(|m| m.get_mut("labels"))
+            .and_then(Value::as_object_mut)
+        {
+            labels.remove(LABEL_OWNER_UID);
+        }
+        self
+    }
+
     /// The same child without owner references (for deletionPolicy Orphan).
     pub fn without_owner(mut self) -> Self {
         if let Some(meta) = self.body.get_mut("metadata").and_then(Value::as_object_mut) {
