@@ -27,6 +27,16 @@ pub struct ErrorLabels {
     pub reason: String,
 }
 
+/// One kind of request to the apiserver: `verb` as the apiserver's own
+/// `apiserver_request_total` names it (get, list, watch, create, patch,
+/// update, delete), `resource` the plural, with `/status` etc. appended for
+/// a subresource.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub verb: String,
+    pub resource: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ObjectLabels {
     pub kind: String,
@@ -50,6 +60,10 @@ pub struct Metrics {
     pub reconcile_duration: Family<KindLabels, Histogram>,
     pub in_flight: Family<KindLabels, Gauge>,
     pub leader: Gauge,
+    pub apiserver_requests: Family<RequestLabels, Counter>,
+    pub cached_children: Gauge,
+    /// Read into `cached_children` at each scrape.
+    cache_size: Mutex<Option<Box<dyn Fn() -> usize + Send + Sync>>>,
 }
 
 impl Default for Metrics {
@@ -63,6 +77,18 @@ impl Default for Metrics {
         let in_flight = Family::<KindLabels, Gauge>::default();
         let leader = Gauge::default();
         let objects = Family::<ObjectLabels, Gauge>::default();
+        let apiserver_requests = Family::<RequestLabels, Counter>::default();
+        let cached_children = Gauge::default();
+        registry.register(
+            "apiserver_requests",
+            "Requests this process sent to the apiserver, per verb and resource (a watch counts once, when opened)",
+            apiserver_requests.clone(),
+        );
+        registry.register(
+            "cached_children",
+            "Child objects held by the operator's child cache",
+            cached_children.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles started, per kind",
@@ -102,6 +128,9 @@ impl Default for Metrics {
             reconcile_duration,
             in_flight,
             leader,
+            apiserver_requests,
+            cached_children,
+            cache_size: Mutex::new(None),
         }
     }
 }
@@ -171,8 +200,30 @@ impl Metrics {
             .push((K::kind(&()).into_owned(), source));
     }
 
+    /// Reports `size()` as `bulkhead_cached_children` at every scrape.
+    pub fn count_cached_children(&self, size: impl Fn() -> usize + Send + Sync + 'static) {
+        *self.cache_size.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(size));
+    }
+
+    /// Counts one request by its method and path.
+    pub fn apiserver_request(&self, method: &http::Method, uri: &http::Uri) {
+        let (verb, resource) = request_kind(method, uri);
+        self.apiserver_requests
+            .get_or_create(&RequestLabels { verb, resource })
+            .inc();
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
+        if let Some(size) = self
+            .cache_size
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            self.cached_children
+                .set(i64::try_from(size()).unwrap_or(i64::MAX));
+        }
         // Held until encoded, so two scrapes at once cannot see each
         // other's half-counted objects.
         let sources = self
@@ -203,6 +254,87 @@ impl Metrics {
     }
 }
 
+/// The apiserver's verb and resource of a request, from its method and path
+/// (`/api/v1/namespaces/ns/configmaps/name` → `get`, `configmaps`).
+fn request_kind(method: &http::Method, uri: &http::Uri) -> (String, String) {
+    let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+    // Past `/api/v1` or `/apis/<group>/<version>`.
+    let rest = match segments.first() {
+        Some(&"api") => segments.get(2..),
+        Some(&"apis") => segments.get(3..),
+        _ => None,
+    }
+    .unwrap_or_default();
+    let rest = match rest {
+        ["namespaces", _, resource, tail @ ..] => {
+            let mut v = vec![*resource];
+            v.extend_from_slice(tail);
+            v
+        }
+        other => other.to_vec(),
+    };
+    let resource = match rest.as_slice() {
+        [] => "other".to_string(),
+        [resource] | [resource, _] => resource.to_string(),
+        [resource, _, sub, ..] => format!("{resource}/{sub}"),
+    };
+    // A non-resource path (`/version`) is a get, as the apiserver counts it.
+    let named = rest.len() >= 2 || rest.is_empty();
+    let watch = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+    let verb = match *method {
+        http::Method::GET if watch => "watch",
+        http::Method::GET if named => "get",
+        http::Method::GET => "list",
+        http::Method::POST => "create",
+        http::Method::PATCH => "patch",
+        http::Method::PUT => "update",
+        http::Method::DELETE => "delete",
+        _ => "other",
+    };
+    (verb.to_string(), resource)
+}
+
+/// A tower layer for the kube client that counts every request in
+/// `bulkhead_apiserver_requests_total`.
+pub fn count_requests<S>(
+    metrics: Arc<Metrics>,
+) -> impl tower::Layer<S, Service = CountRequests<S>> {
+    tower::layer::layer_fn(move |inner| CountRequests {
+        inner,
+        metrics: metrics.clone(),
+    })
+}
+
+/// See [`count_requests`].
+pub struct CountRequests<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for CountRequests<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        self.metrics
+            .apiserver_request(request.method(), request.uri());
+        self.inner.call(request)
+    }
+}
+
 /// `(type, status, reason)` of each entry of `status.conditions`, read
 /// through the object's JSON form: every kind keeps them there.
 fn conditions_of<K: serde::Serialize>(obj: &K) -> Vec<(String, String, String)> {
@@ -224,6 +356,72 @@ fn conditions_of<K: serde::Serialize>(obj: &K) -> Vec<(String, String, String)> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_named_as_the_apiserver_names_them() {
+        let cases = [
+            (
+                "GET",
+                "/api/v1/namespaces/ns/configmaps/cfg",
+                "get",
+                "configmaps",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/ns/configmaps?labelSelector=a",
+                "list",
+                "configmaps",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces?watch=true&resourceVersion=1",
+                "watch",
+                "namespaces",
+            ),
+            ("GET", "/api/v1/namespaces/staging", "get", "namespaces"),
+            (
+                "PATCH",
+                "/apis/rbac.authorization.k8s.io/v1/clusterroles/x?fieldManager=b",
+                "patch",
+                "clusterroles",
+            ),
+            (
+                "PATCH",
+                "/apis/bulkhead.dev/v1alpha1/environments/e/status",
+                "patch",
+                "environments/status",
+            ),
+            (
+                "PATCH",
+                "/apis/bulkhead.dev/v1alpha1/namespaces/ns/databaseclusters/d/status",
+                "patch",
+                "databaseclusters/status",
+            ),
+            (
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/ns/events",
+                "create",
+                "events",
+            ),
+            (
+                "DELETE",
+                "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/np",
+                "delete",
+                "networkpolicies",
+            ),
+            ("GET", "/version", "get", "other"),
+        ];
+        for (method, uri, verb, resource) in cases {
+            let method: http::Method = method.parse().expect("method");
+            let uri: http::Uri = uri.parse().expect("uri");
+            let got = request_kind(&method, &uri);
+            assert_eq!(
+                got,
+                (verb.to_string(), resource.to_string()),
+                "{method} {uri}"
+            );
+        }
+    }
     use crate::api::Organization;
     use kube::runtime::{reflector, watcher};
 

@@ -221,15 +221,22 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Watches are long reads that the apiserver ends itself; every other
     // request gets a read timeout, so a response that never comes fails
     // the reconcile (retried with backoff) instead of holding it forever.
-    let watch_client =
-        Client::try_from(config.clone()).map_err(|e| Error::Config(e.to_string()))?;
+    let metrics = Arc::new(Metrics::default());
+    // Both clients count what they send (bulkhead_apiserver_requests_total),
+    // so reads and writes per object can be seen from the operator itself.
+    let counted = |config: kube::Config| -> Result<Client> {
+        Ok(kube::client::ClientBuilder::try_from(config)
+            .map_err(|e| Error::Config(e.to_string()))?
+            .with_layer(&crate::metrics::count_requests(metrics.clone()))
+            .build())
+    };
+    let watch_client = counted(config.clone())?;
     let mut request_config = config;
     request_config.read_timeout = Some(REQUEST_TIMEOUT);
-    let client = Client::try_from(request_config).map_err(|e| Error::Config(e.to_string()))?;
+    let client = counted(request_config)?;
     check_crds(&client).await?;
     info!("bulkhead CRDs installed");
 
-    let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
     let http = tokio::spawn(serve_http(

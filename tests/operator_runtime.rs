@@ -167,7 +167,10 @@ impl OperatorProcess {
     fn start(cp: &ControlPlane, kubeconfig: &Path, args: &[&str]) -> Self {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
-        let mut all = vec!["--http-addr", addr.as_str(), "--resync-seconds", "20"];
+        let mut all = vec!["--http-addr", addr.as_str()];
+        if !args.contains(&"--resync-seconds") {
+            all.extend(["--resync-seconds", "20"]);
+        }
         all.extend_from_slice(args);
         OperatorProcess {
             op: cp.start_operator_as(kubeconfig, &all),
@@ -906,4 +909,160 @@ fn check_label(query: &str, label: &str, exported: &BTreeMap<&str, ()>) {
         "{query}: no series it uses has the label {label} (has {:?})",
         exported.keys().collect::<Vec<_>>()
     );
+}
+
+/// Requests the operator sent, except watches (opened once and kept), from
+/// its own `bulkhead_apiserver_requests_total`: `(total, per verb/resource)`.
+fn requests_sent(metrics: &str) -> (f64, BTreeMap<String, f64>) {
+    let mut by = BTreeMap::new();
+    for s in parse_metrics(metrics)
+        .into_iter()
+        .filter(|s| s.name == "bulkhead_apiserver_requests_total")
+        .filter(|s| s.labels.get("verb").map(String::as_str) != Some("watch"))
+    {
+        let key = format!("{} {}", s.labels["verb"], s.labels["resource"]);
+        *by.entry(key).or_insert(0.0) += s.value;
+    }
+    (by.values().sum(), by)
+}
+
+#[tokio::test]
+async fn an_unchanged_world_costs_no_requests_and_a_childs_change_wakes_its_owner() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    use kube::api::{Patch, PatchParams};
+    use support::objects::{environment, organization, wait_ready};
+
+    let _turn = exclusive().await;
+    let cp = ControlPlane::full();
+    cp.install_crds();
+    let client = cp.client().await;
+    let name = format!("quiet-{}", unique());
+    let orgs: Api<Organization> = Api::all(client.clone());
+    let envs: Api<Environment> = Api::all(client.clone());
+    organization(&name)
+        .member(&format!("ops@{name}.example"), "admin")
+        .spec("deletionPolicy", serde_json::json!("Delete"))
+        .create(&orgs)
+        .await;
+    environment(&name, &name, "development")
+        .developers("devs")
+        .spec(
+            "config",
+            serde_json::json!({ "data": { "KEEP": "1", "DROP": "2" } }),
+        )
+        .create(&envs)
+        .await;
+
+    // A 2 s resync: several full passes over a converged world.
+    let mut op = OperatorProcess::start(
+        cp,
+        cp.kubeconfig(),
+        &["--leader-election=false", "--resync-seconds", "2"],
+    );
+    wait_ready(&orgs, &name).await;
+    wait_ready(&envs, &name).await;
+    // Let the reconciles the creation itself caused finish.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = op.metrics().await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after = op.metrics().await;
+    let reconciles = total_reconciles(&after) - total_reconciles(&before);
+    assert!(
+        reconciles >= 4.0,
+        "the resyncs ran ({reconciles} reconciles)"
+    );
+    let (sent_before, by_before) = requests_sent(&before);
+    let (sent_after, by_after) = requests_sent(&after);
+    let sent: BTreeMap<&String, f64> = by_after
+        .iter()
+        .map(|(k, v)| (k, v - by_before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v != 0.0)
+        .collect();
+    assert_eq!(
+        sent_after - sent_before,
+        0.0,
+        "{reconciles} reconciles of a converged world sent requests: {sent:?}"
+    );
+    assert!(
+        metric(&after, "bulkhead_cached_children", &[]) >= 5.0,
+        "children are cached:\n{after}"
+    );
+    op.stop();
+
+    // Without resyncs, a change to a child still reaches its owner: the
+    // watch behind the child cache wakes it.
+    let mut op = OperatorProcess::start(
+        cp,
+        cp.kubeconfig(),
+        &["--leader-election=false", "--resync-seconds", "3600"],
+    );
+    let rbs: Api<RoleBinding> = Api::namespaced(client.clone(), &name);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &name);
+    let old = rbs
+        .get("bulkhead-access-developer")
+        .await
+        .expect("access RoleBinding")
+        .metadata
+        .uid;
+    rbs.delete("bulkhead-access-developer", &DeleteParams::default())
+        .await
+        .expect("delete RoleBinding");
+    wait_for(
+        &rbs,
+        "bulkhead-access-developer",
+        WAIT,
+        "RoleBinding restored without a resync",
+        |rb| rb.metadata.uid != old,
+    )
+    .await;
+    cms.patch(
+        "bulkhead-environment",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({ "data": { "KEEP": "edited" } })),
+    )
+    .await
+    .expect("edit ConfigMap");
+    wait_for(
+        &cms,
+        "bulkhead-environment",
+        WAIT,
+        "hand edit reverted without a resync",
+        |cm| {
+            cm.data
+                .as_ref()
+                .and_then(|d| d.get("KEEP"))
+                .map(String::as_str)
+                == Some("1")
+        },
+    )
+    .await;
+
+    // A key dropped from the spec leaves the ConfigMap: comparing fields
+    // alone would call the ConfigMap up to date, the applied digest does not.
+    envs.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Json::<()>(
+            serde_json::from_value(serde_json::json!([
+                { "op": "remove", "path": "/spec/config/data/DROP" }
+            ]))
+            .expect("json patch"),
+        ),
+    )
+    .await
+    .expect("drop a config key");
+    wait_for(
+        &cms,
+        "bulkhead-environment",
+        WAIT,
+        "dropped key removed",
+        |cm| {
+            let data = cm.data.clone().unwrap_or_default();
+            !data.contains_key("DROP") && data.get("KEEP").map(String::as_str) == Some("1")
+        },
+    )
+    .await;
+
+    delete_then_stop(&envs, &name, &orgs, &name, &mut op).await;
 }

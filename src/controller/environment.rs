@@ -5,9 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ResourceQuota};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
@@ -15,8 +13,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use super::{
-    Context, error_policy, is_ready, managed_children, owner_of, related_stream, related_trigger,
-    trigger_stream,
+    Context, error_policy, is_ready, owner_of, related_stream, related_trigger, trigger_stream,
 };
 use crate::api::environment::{
     AccessGrant, CONDITION_ISOLATED, CONDITION_ORGANIZATION_READY, IsolationMode,
@@ -26,6 +23,7 @@ use crate::api::{
     CONDITION_READY, ConditionStatus, DeletionPolicy, Environment, EnvironmentStatus,
     ManagementPolicy, Organization, is_condition_true, set_condition,
 };
+use crate::provider::kubernetes::cache::OwnerScope;
 use crate::provider::{DesiredEnvironment, OperatorGrant};
 use crate::reconcile::managed::{
     ManagedResource, Policies, ReconcileError, converge, finalize, finish, publish,
@@ -46,16 +44,12 @@ pub fn controller(
     let by_org = reader.clone();
     let by_peer = reader.clone();
     Controller::for_stream(stream, reader)
-        .owns(Api::<Namespace>::all(client.clone()), managed_children())
-        .owns(Api::<RoleBinding>::all(client.clone()), managed_children())
-        .owns(
-            Api::<NetworkPolicy>::all(client.clone()),
-            managed_children(),
-        )
-        .owns(Api::<ConfigMap>::all(client.clone()), managed_children())
-        .owns(
-            Api::<ResourceQuota>::all(client.clone()),
-            managed_children(),
+        // Its namespaces, RoleBindings, NetworkPolicy, ConfigMap and quota
+        // changing (drift, a namespace becoming Active) wake it, from the
+        // child cache's watches.
+        .reconcile_on(
+            ctx.children
+                .owner_changes::<Environment>(OwnerScope::Cluster),
         )
         // A cluster admin opting a namespace in (bulkhead.dev/adoptable-by)
         // requeues the Environment it names.
@@ -431,9 +425,8 @@ async fn provision(
     now: Timestamp,
 ) -> Result<Option<Timestamp>, ReconcileError> {
     // Dereference: the Organization.
-    let orgs: Api<Organization> = Api::all(ctx.client.clone());
     let org_name = &env.spec.organization_ref.name;
-    let Some(org) = orgs.get_opt(org_name).await? else {
+    let Some(org) = ctx.organization(org_name).await? else {
         set_condition(
             &mut status.conditions,
             CONDITION_ORGANIZATION_READY,

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::api::{Environment, Organization, ProviderSpec, ProviderType};
 use crate::provider::cloudnativepg::CloudNativePgDatabaseClusters;
+use crate::provider::kubernetes::children::{self, ChildKind};
 use crate::provider::kubernetes::{Children, KubernetesEnvironments, KubernetesOrganizations};
 use crate::provider::{DatabaseClusterClient, OrganizationClient, Owner, Secret};
 use crate::reconcile::managed::{Backoff, FailPoint, Managed};
@@ -195,6 +196,23 @@ impl Context {
         cached_or_listed(self.environments.get(), &self.client).await
     }
 
+    /// One Environment: from the Environment controller's cache when it
+    /// holds it, from the apiserver when not (not synced yet, or just made).
+    pub async fn environment(
+        &self,
+        name: &str,
+    ) -> Result<Option<Arc<Environment>>, ReconcileError> {
+        cached_or_read(self.environments.get(), &self.client, name).await
+    }
+
+    /// One Organization, the same way as [`Context::environment`].
+    pub async fn organization(
+        &self,
+        name: &str,
+    ) -> Result<Option<Arc<Organization>>, ReconcileError> {
+        cached_or_read(self.organizations.get(), &self.client, name).await
+    }
+
     /// Every Organization, from the Organization controller's cache.
     pub async fn all_organizations(&self) -> Result<Vec<Arc<Organization>>, ReconcileError> {
         cached_or_listed(self.organizations.get(), &self.client).await
@@ -304,6 +322,30 @@ impl Context {
             )),
         }
     }
+}
+
+/// One object of a cluster-scoped kind: the store's copy, else a GET.
+async fn cached_or_read<K>(
+    store: Option<&reflector::Store<K>>,
+    client: &Client,
+    name: &str,
+) -> Result<Option<Arc<K>>, ReconcileError>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    if let Some(found) = store.and_then(|s| s.get(&reflector::ObjectRef::new(name))) {
+        return Ok(Some(found));
+    }
+    Ok(Api::<K>::all(client.clone())
+        .get_opt(name)
+        .await?
+        .map(Arc::new))
 }
 
 /// Every object of a cluster-scoped kind: the store's when there is one.
@@ -435,14 +477,22 @@ pub fn is_ready(
     conditions.is_some_and(|c| crate::api::is_condition_true(c, crate::api::CONDITION_READY))
 }
 
-/// Watch config for children bulkhead manages.
-pub fn managed_children() -> watcher::Config {
-    watcher::Config::default().labels(&format!(
-        "{}={}",
-        crate::api::LABEL_MANAGED_BY,
-        crate::api::MANAGER
-    ))
-}
+/// Every child kind bulkhead reads from a watch instead of the apiserver:
+/// those the operator may list and watch cluster-wide (see the chart's
+/// RBAC). Secrets, Services and ServiceAccounts are not among them: the
+/// operator has no cluster-wide right to read them, so those are read in
+/// their namespace when needed.
+pub const CACHED_CHILD_KINDS: [ChildKind; 9] = [
+    children::NAMESPACE,
+    children::ROLE_BINDING,
+    children::NETWORK_POLICY,
+    children::CONFIG_MAP,
+    children::RESOURCE_QUOTA,
+    children::CLUSTER_ROLE,
+    children::CLUSTER_ROLE_BINDING,
+    crate::provider::cloudnativepg::CLUSTER,
+    crate::provider::cloudnativepg::DATABASE,
+];
 
 /// Runs every controller until `shutdown` resolves; in-flight reconciles
 /// finish first.
@@ -454,6 +504,13 @@ pub async fn run(
     if let Err(e) = roles::ensure_environment_roles(&ctx.client).await {
         warn!(error = %e, "could not apply the bulkhead-environment-* ClusterRoles; install them with the Helm chart");
     }
+    // Children are read from watches from here on; each controller
+    // subscribes to changes of the children its objects own.
+    ctx.children
+        .start_cache(&ctx.watch_client, &CACHED_CHILD_KINDS);
+    let children = ctx.children.clone();
+    ctx.metrics
+        .count_cached_children(move || children.cached_objects());
     info!("starting controllers");
     let orgs = organization::controller(ctx.clone(), shutdown.clone());
     let envs = environment::controller(ctx.clone(), shutdown.clone());

@@ -4,19 +4,16 @@
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
-use super::{
-    Context, error_policy, managed_children, owner_of, related_stream, related_trigger,
-    trigger_stream,
-};
+use super::{Context, error_policy, owner_of, related_stream, related_trigger, trigger_stream};
 use crate::api::organization::{Member, reasons as org_reasons};
 use crate::api::{Environment, ManagementPolicy, Organization, OrganizationStatus};
+use crate::provider::kubernetes::cache::OwnerScope;
 use crate::provider::{DesiredOrganization, ObservedOrganization};
 use crate::reconcile::managed::{
     ManagedResource, Policies, ReconcileError, converge, finalize, finish, publish,
@@ -38,10 +35,10 @@ pub fn controller(
     let _ = ctx.organizations.set(reader.clone());
     let by_slug = reader.clone();
     Controller::for_stream(stream, reader)
-        .owns(Api::<ClusterRole>::all(client.clone()), managed_children())
-        .owns(
-            Api::<ClusterRoleBinding>::all(client.clone()),
-            managed_children(),
+        // Its ClusterRoles and ClusterRoleBindings changing wakes it.
+        .reconcile_on(
+            ctx.children
+                .owner_changes::<Organization>(OwnerScope::Cluster),
         )
         // An Environment binding to or leaving an organization changes what
         // its members may read.

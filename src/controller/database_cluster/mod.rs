@@ -10,13 +10,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Secret as KubeSecret};
+use k8s_openapi::api::core::v1::Secret as KubeSecret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{DynamicObject, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -28,8 +27,7 @@ use self::credentials::{
     read_own_secret,
 };
 use super::{
-    Context, error_policy, is_ready, managed_children, owner_of, related_stream, related_trigger,
-    trigger_stream,
+    Context, error_policy, is_ready, owner_of, related_stream, related_trigger, trigger_stream,
 };
 use crate::api::database_cluster::{CONDITION_PROVISIONED, ReplicaStatus, reasons as dbc_reasons};
 use crate::api::{
@@ -37,7 +35,8 @@ use crate::api::{
     DatabaseClusterStatus, Environment, LABEL_ENVIRONMENT, ManagementPolicy, Organization,
     ProviderSpec, is_condition_true, set_condition,
 };
-use crate::provider::cloudnativepg;
+use crate::provider::kubernetes::cache::OwnerScope;
+use crate::provider::kubernetes::children;
 use crate::provider::{DatabaseClusterClient, DesiredDatabaseCluster, Secret};
 use crate::reconcile::managed::{
     ManagedResource, Policies, ReconcileError, converge, finalize, finish, reconcile_managed,
@@ -53,22 +52,17 @@ pub fn controller(
     let (reader, stream) = trigger_stream(Api::<DatabaseCluster>::all(client.clone()));
     ctx.track_sync(reader.clone());
     let by_env = reader.clone();
-    let mut controller = Controller::for_stream(stream, reader);
     // CloudNativePG's Clusters and Databases: a status change (Ready) or a
-    // change by someone else (drift) wakes the owning DatabaseCluster. The
-    // watch backs off while CloudNativePG is not installed and starts
-    // working once its CRDs are. No cluster-wide Secret watch: the
-    // operator holds no right to read Secrets outside its environments'
-    // namespaces (see the chart's RBAC); drift of the Secrets it writes is
-    // repaired at resync.
-    for kind in [cloudnativepg::CLUSTER, cloudnativepg::DATABASE] {
-        let ar = kind.api_resource();
-        let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), &ar);
-        let children = watcher(api, managed_children())
-            .default_backoff()
-            .touched_objects();
-        controller = controller.owns_stream_with(children, ar);
-    }
+    // change by someone else (drift) wakes the owning DatabaseCluster,
+    // through the child cache (whose watch backs off while CloudNativePG is
+    // not installed and starts working once its CRDs are). No cluster-wide
+    // Secret watch: the operator holds no right to read Secrets outside its
+    // environments' namespaces (see the chart's RBAC); drift of the Secrets
+    // it writes is repaired at resync.
+    let controller = Controller::for_stream(stream, reader).reconcile_on(
+        ctx.children
+            .owner_changes::<DatabaseCluster>(OwnerScope::Namespaced),
+    );
     controller
         // An Environment becoming ready (or changing suffix) requeues the
         // DatabaseClusters in its namespaces.
@@ -134,20 +128,25 @@ pub async fn find_environment(
             ),
         )
     };
-    let namespace = Api::<Namespace>::all(ctx.client.clone())
-        .get_opt(&ns)
+    // Both from caches: the namespace from the child cache (which watches
+    // every namespace), the Environment from its controller's.
+    let namespace = ctx
+        .children
+        .get(children::NAMESPACE, None, &ns)
         .await?
         .ok_or_else(no_environment)?;
     let owner = namespace
-        .labels()
-        .get(LABEL_ENVIRONMENT)
-        .cloned()
+        .pointer("/metadata/labels")
+        .and_then(|l| l.get(LABEL_ENVIRONMENT))
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string)
         .ok_or_else(no_environment)?;
-    let env = Api::<Environment>::all(ctx.client.clone())
-        .get_opt(&owner)
+    let env = ctx
+        .environment(&owner)
         .await?
         .filter(|e| e.namespaces().contains(&ns))
         .ok_or_else(no_environment)?;
+    let env = Environment::clone(&env);
     if let Some(r) = &dbc.spec.environment_ref
         && r.name != owner
     {

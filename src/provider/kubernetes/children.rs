@@ -4,11 +4,18 @@
 //! against what was asked (apiserver defaults may add fields; they never
 //! count as drift).
 
+use std::sync::{Arc, OnceLock};
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
-use kube::{Api, Client};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Client, Resource};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
+use super::cache::{ChildCache, Lookup, OwnerScope};
 use crate::api::{LABEL_MANAGED_BY, MANAGER};
 use crate::provider::{Owner, ProviderError};
 use crate::reconcile::managed::FIELD_MANAGER;
@@ -17,8 +24,15 @@ use crate::reconcile::reasons;
 /// Label linking a child to the bulkhead object that owns it.
 pub const LABEL_OWNER_UID: &str = "bulkhead.dev/owner-uid";
 
+/// Annotation holding a digest of the fields bulkhead last applied to a
+/// child. Comparing fields alone cannot tell that a field was dropped from
+/// the desired object (a removed ConfigMap key is still in the live one),
+/// while server-side apply removes it: a different digest means "apply
+/// again", an equal one plus equal fields means "nothing to write".
+pub const ANNOTATION_APPLIED: &str = "bulkhead.dev/applied-digest";
+
 /// A type of child object.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ChildKind {
     pub group: &'static str,
     pub version: &'static str,
@@ -278,10 +292,13 @@ pub fn first_difference(want: &Value, have: &Value, path: &str) -> Option<String
     }
 }
 
-/// Applies, compares and deletes children.
+/// Applies, compares and deletes children. Reads come from the child
+/// cache once it is started and synced ([`Children::start_cache`]), from the
+/// apiserver otherwise.
 #[derive(Clone)]
 pub struct Children {
     client: Client,
+    cache: Arc<OnceLock<ChildCache>>,
 }
 
 fn kube_error(context: &str, e: kube::Error) -> ProviderError {
@@ -310,13 +327,68 @@ fn kube_error(context: &str, e: kube::Error) -> ProviderError {
     }
 }
 
+/// Digest of a child's body, for [`ANNOTATION_APPLIED`].
+fn digest(body: &Value) -> String {
+    // serde_json maps are ordered by key, so equal bodies serialize equally.
+    let hash = Sha256::digest(body.to_string().as_bytes());
+    hash.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+fn applied_digest(live: &Value) -> Option<&str> {
+    live.pointer("/metadata/annotations")
+        .and_then(|a| a.get(ANNOTATION_APPLIED))
+        .and_then(Value::as_str)
+}
+
+/// Whether applying `child` onto `live` would change nothing: every field
+/// bulkhead sets is there as asked, and it was last applied from this very
+/// body (so nothing bulkhead used to set has to go).
+pub fn is_applied(child: &Child, live: &Value) -> bool {
+    applied_digest(live) == Some(digest(&child.body).as_str()) && is_subset(&child.body, live)
+}
+
 impl Children {
     pub fn new(client: Client) -> Self {
-        Children { client }
+        Children {
+            client,
+            cache: Arc::new(OnceLock::new()),
+        }
     }
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Starts the watches that answer reads of `kinds` from memory (see
+    /// [`super::cache`]). Every clone of this `Children` shares them. A
+    /// second call does nothing.
+    pub fn start_cache(&self, watch_client: &Client, kinds: &[ChildKind]) {
+        self.cache
+            .get_or_init(|| ChildCache::start(watch_client, kinds));
+    }
+
+    /// Owners of type `K` whose cached children changed, for
+    /// `Controller::reconcile_on` (nothing until the cache is started).
+    pub fn owner_changes<K>(&self, scope: OwnerScope) -> BoxStream<'static, ObjectRef<K>>
+    where
+        K: Resource<DynamicType = ()> + 'static,
+    {
+        match self.cache.get() {
+            Some(cache) => cache.owner_changes::<K>(scope).boxed(),
+            None => futures::stream::empty().boxed(),
+        }
+    }
+
+    /// Objects held by the child cache.
+    pub fn cached_objects(&self) -> usize {
+        self.cache.get().map_or(0, ChildCache::len)
+    }
+
+    fn lookup(&self, kind: ChildKind, namespace: Option<&str>, name: &str) -> Lookup {
+        match self.cache.get() {
+            Some(cache) => cache.lookup(kind, namespace, name),
+            None => Lookup::Unknown,
+        }
     }
 
     fn api(&self, kind: ChildKind, namespace: Option<&str>) -> Api<DynamicObject> {
@@ -327,8 +399,38 @@ impl Children {
         }
     }
 
-    /// Fetches the live object of a child, if any.
+    /// The live object, if any: from the cache when it holds it, from the
+    /// apiserver when it does not (an object bulkhead did not label, e.g. a
+    /// namespace someone else made, is only known to the apiserver).
     pub async fn get(
+        &self,
+        kind: ChildKind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Value>, ProviderError> {
+        match self.lookup(kind, namespace, name) {
+            Lookup::Found(value) => Ok(Some(value)),
+            Lookup::NotCached | Lookup::Unknown => self.read(kind, namespace, name).await,
+        }
+    }
+
+    /// The live object of a desired child. Unlike [`Children::get`], a child
+    /// missing from a synced cache is taken as missing without asking the
+    /// apiserver: absent or stripped of bulkhead's label, it has to be
+    /// applied either way.
+    async fn live(&self, child: &Child) -> Result<Option<Value>, ProviderError> {
+        match self.lookup(child.kind, child.namespace.as_deref(), &child.name) {
+            Lookup::Found(value) => Ok(Some(value)),
+            Lookup::NotCached => Ok(None),
+            Lookup::Unknown => {
+                self.read(child.kind, child.namespace.as_deref(), &child.name)
+                    .await
+            }
+        }
+    }
+
+    /// A GET from the apiserver.
+    async fn read(
         &self,
         kind: ChildKind,
         namespace: Option<&str>,
@@ -346,17 +448,30 @@ impl Children {
         .transpose()
     }
 
-    /// Lists existing children of `kinds` labelled with the owner's UID.
+    /// Existing children of `kinds` labelled with the owner's UID.
     pub async fn list_owned(
         &self,
         kinds: &[ChildKind],
         owner: &Owner,
     ) -> Result<Vec<OwnedChild>, ProviderError> {
-        let lp = ListParams::default().labels(&format!("{LABEL_OWNER_UID}={}", owner.uid));
         let mut out = Vec::new();
         for kind in kinds {
+            if let Some(cached) = self.cache.get().and_then(|c| c.owned(*kind, &owner.uid)) {
+                out.extend(
+                    cached
+                        .into_iter()
+                        .map(|((namespace, name), body)| OwnedChild {
+                            kind: *kind,
+                            namespace,
+                            name,
+                            body,
+                        }),
+                );
+                continue;
+            }
             // A namespaced owner's children live in its namespace: listed
             // there, so no cluster-wide read of e.g. Secrets is needed.
+            let lp = ListParams::default().labels(&format!("{LABEL_OWNER_UID}={}", owner.uid));
             let list = self
                 .api(*kind, owner.namespace.as_deref())
                 .list(&lp)
@@ -401,10 +516,7 @@ impl Children {
     ) -> Result<ChildDrift, ProviderError> {
         let mut drift = ChildDrift::default();
         for child in desired {
-            match self
-                .get(child.kind, child.namespace.as_deref(), &child.name)
-                .await?
-            {
+            match self.live(child).await? {
                 None => drift.missing.push(child.describe()),
                 Some(live) => {
                     let mut want = child.body.clone();
@@ -414,6 +526,14 @@ impl Children {
                     }
                     if let Some(path) = first_difference(&want, &live, "") {
                         drift.changed.push(format!("{} ({path})", child.describe()));
+                    } else if applied_digest(&live)
+                        .is_some_and(|d| d != digest(&child.body).as_str())
+                    {
+                        // Applied by bulkhead from another body: something
+                        // it set is no longer wanted.
+                        drift
+                            .changed
+                            .push(format!("{} (fields no longer wanted)", child.describe()));
                     }
                     drift.existing += 1;
                 }
@@ -428,8 +548,10 @@ impl Children {
         Ok(drift)
     }
 
-    /// Applies every desired child (server-side apply, forced: bulkhead owns
-    /// these fields) and deletes owned children no longer desired.
+    /// Applies every desired child that differs from the cluster
+    /// (server-side apply, forced: bulkhead owns these fields) and deletes
+    /// owned children no longer desired. A child already as desired costs
+    /// no request.
     pub async fn apply(
         &self,
         desired: &[Child],
@@ -437,7 +559,13 @@ impl Children {
         owner: &Owner,
     ) -> Result<(), ProviderError> {
         for child in desired {
-            self.apply_child(child).await?;
+            let applied = matches!(
+                self.lookup(child.kind, child.namespace.as_deref(), &child.name),
+                Lookup::Found(live) if is_applied(child, &live)
+            );
+            if !applied {
+                self.apply_child(child).await?;
+            }
         }
         for stale in self.stale(desired, kinds, owner).await? {
             self.delete(stale.kind, stale.namespace.as_deref(), &stale.name)
@@ -446,15 +574,20 @@ impl Children {
         Ok(())
     }
 
-    /// Applies one child (server-side apply, forced).
+    /// Applies one child (server-side apply, forced), stamped with the
+    /// digest of its body.
     pub async fn apply_child(&self, child: &Child) -> Result<(), ProviderError> {
-        self.apply_raw(
-            child.kind,
-            child.namespace.as_deref(),
-            &child.name,
-            &child.body,
-        )
-        .await
+        let mut body = child.body.clone();
+        if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+            let annotations = meta
+                .entry("annotations")
+                .or_insert_with(|| Value::Object(Default::default()));
+            if let Some(annotations) = annotations.as_object_mut() {
+                annotations.insert(ANNOTATION_APPLIED.into(), json!(digest(&child.body)));
+            }
+        }
+        self.apply_raw(child.kind, child.namespace.as_deref(), &child.name, &body)
+            .await
     }
 
     /// Re-applies those of `children` that exist; with children built
@@ -462,11 +595,7 @@ impl Children {
     /// garbage collection leaves them (deletionPolicy Orphan).
     pub async fn reapply_existing(&self, children: &[Child]) -> Result<(), ProviderError> {
         for child in children {
-            if self
-                .get(child.kind, child.namespace.as_deref(), &child.name)
-                .await?
-                .is_some()
-            {
+            if self.live(child).await?.is_some() {
                 self.apply_child(child).await?;
             }
         }
@@ -489,7 +618,12 @@ impl Children {
         let mut attempts = 0;
         loop {
             match api.patch(name, &params, &Patch::Apply(body)).await {
-                Ok(_) => return Ok(()),
+                Ok(written) => {
+                    if let Some(cache) = self.cache.get() {
+                        cache.wrote(kind, &written);
+                    }
+                    return Ok(());
+                }
                 Err(kube::Error::Api(s)) if s.code == 403 && attempts < 10 => {
                     attempts += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -506,6 +640,9 @@ impl Children {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<(), ProviderError> {
+        if let Some(cache) = self.cache.get() {
+            cache.deleted(kind, namespace, name);
+        }
         match self
             .api(kind, namespace)
             .delete(name, &DeleteParams::background())

@@ -3,6 +3,7 @@
 //! namespaces with access, network policy, quota and config. Its
 //! DatabaseClusters are CloudNativePG Clusters (`provider::cloudnativepg`).
 
+pub mod cache;
 pub mod children;
 pub mod environment;
 pub mod organization;

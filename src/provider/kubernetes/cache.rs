@@ -1,0 +1,485 @@
+//! The children bulkhead manages, as its watches last saw them.
+//!
+//! One kube-runtime reflector per child kind (label-selected on
+//! `app.kubernetes.io/managed-by=bulkhead`, except Namespaces, which are
+//! watched whole because an Environment must see namespaces it did not
+//! create), so a reconcile reads its children from memory instead of a GET
+//! per child and a LIST per kind. Three things sit beside each store:
+//!
+//! - an index from the `bulkhead.dev/owner-uid` label to the children it
+//!   marks, so "which children does this owner have" is a lookup, not a scan
+//!   of every cached object;
+//! - the objects this process wrote and the watch has not shown yet (the
+//!   server-side apply responses), so a reconcile reads its own writes: the
+//!   observe that follows a create sees what was created instead of a stale
+//!   store, and nothing is written twice because the watch lags. An entry
+//!   goes as soon as the watch shows that version or a newer one;
+//! - routes from each change to the controller of its owner (the controller
+//!   owner reference), so drift made by someone else, or a child becoming
+//!   ready, wakes exactly the object that owns it.
+//!
+//! Objects are cached without `managedFields` and the kubectl
+//! last-applied annotation, the two largest fields bulkhead never compares.
+//!
+//! A kind whose watch has not listed yet (the operator just started, or the
+//! kind's CRD is not installed, e.g. CloudNativePG) is not answered from
+//! here: [`super::Children`] reads the apiserver as before.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures::StreamExt;
+use futures::channel::mpsc;
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use serde_json::Value;
+use tracing::{debug, info, warn};
+
+use super::children::{ChildKind, LABEL_OWNER_UID, NAMESPACE};
+use crate::api::{LABEL_MANAGED_BY, MANAGER};
+
+/// A cached object's place: namespace (for namespaced kinds) and name.
+type Key = (Option<String>, String);
+
+/// What the cache knows of one object.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The object as last seen (or as this process last wrote it).
+    Found(Value),
+    /// The kind's watch has listed and does not hold it: absent, or (for a
+    /// label-selected kind) present without bulkhead's label. Either way
+    /// a desired child in this state must be applied.
+    NotCached,
+    /// The kind is not cached (or not synced yet): ask the apiserver.
+    Unknown,
+}
+
+/// Whether owners of a kind are namespaced: a child's owner reference names
+/// the owner; a namespaced owner lives in the child's namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerScope {
+    Cluster,
+    Namespaced,
+}
+
+/// Where a change of a child is sent: to the controller of the owner kind.
+struct Route {
+    group: String,
+    kind: String,
+    scope: OwnerScope,
+    to: mpsc::UnboundedSender<Key>,
+}
+
+#[derive(Default)]
+struct Routes(Mutex<Vec<Route>>);
+
+impl Routes {
+    /// Sends the owner of `obj` (its controller owner reference) to the
+    /// controllers that asked for that kind.
+    fn notify(&self, obj: &DynamicObject) {
+        let Some(owner) = obj
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+        else {
+            return;
+        };
+        let group = owner.api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        let Ok(mut routes) = self.0.lock() else {
+            return;
+        };
+        routes.retain(|r| {
+            if r.kind != owner.kind || r.group != group {
+                return true;
+            }
+            let namespace = match r.scope {
+                OwnerScope::Cluster => None,
+                OwnerScope::Namespaced => obj.namespace(),
+            };
+            // A closed receiver is a controller that stopped: drop its route.
+            r.to.unbounded_send((namespace, owner.name.clone())).is_ok()
+        });
+    }
+}
+
+/// Children of one owner (by owner-uid label), built as the watch goes.
+#[derive(Default)]
+struct OwnerIndex {
+    by_owner: HashMap<String, HashSet<Key>>,
+    owner_of: HashMap<Key, String>,
+}
+
+impl OwnerIndex {
+    fn insert(&mut self, key: Key, owner_uid: Option<&str>) {
+        self.remove(&key);
+        if let Some(uid) = owner_uid {
+            self.by_owner
+                .entry(uid.to_string())
+                .or_default()
+                .insert(key.clone());
+            self.owner_of.insert(key, uid.to_string());
+        }
+    }
+
+    fn remove(&mut self, key: &Key) {
+        if let Some(uid) = self.owner_of.remove(key)
+            && let Some(set) = self.by_owner.get_mut(&uid)
+        {
+            set.remove(key);
+            if set.is_empty() {
+                self.by_owner.remove(&uid);
+            }
+        }
+    }
+}
+
+/// An object this process wrote, kept until the watch shows it.
+struct Written {
+    resource_version: Option<u64>,
+    body: Value,
+}
+
+/// The cache of one child kind.
+struct KindCache {
+    resource: ApiResource,
+    store: Store<DynamicObject>,
+    synced: AtomicBool,
+    index: RwLock<OwnerIndex>,
+    written: Mutex<HashMap<Key, Written>>,
+}
+
+fn key_of(obj: &DynamicObject) -> Key {
+    (obj.namespace(), obj.name_any())
+}
+
+fn owner_uid(obj: &DynamicObject) -> Option<&str> {
+    obj.labels().get(LABEL_OWNER_UID).map(String::as_str)
+}
+
+/// resourceVersions are opaque to clients, but the apiserver's are etcd
+/// revisions: integers that only grow. One that does not parse is never
+/// taken as newer than anything, so the watch's copy wins.
+fn version_of(value: Option<&str>) -> Option<u64> {
+    value.and_then(|v| v.parse().ok())
+}
+
+/// Removes the fields bulkhead never reads, before an object is cached.
+fn trim(obj: &mut DynamicObject) {
+    obj.managed_fields_mut().clear();
+    obj.annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
+impl KindCache {
+    /// Forgets what this process wrote of `key` once the watch holds that
+    /// version or a newer one.
+    fn seen(&self, key: &Key, resource_version: Option<u64>) {
+        if let Ok(mut written) = self.written.lock()
+            && let Some(w) = written.get(key)
+            && (w.resource_version.is_none() || w.resource_version <= resource_version)
+        {
+            written.remove(key);
+        }
+    }
+
+    fn lookup(&self, namespace: Option<&str>, name: &str) -> Lookup {
+        if !self.synced.load(Ordering::Acquire) {
+            return Lookup::Unknown;
+        }
+        let key = (namespace.map(str::to_string), name.to_string());
+        let mut reference = ObjectRef::<DynamicObject>::new_with(name, self.resource.clone());
+        reference.namespace = key.0.clone();
+        let cached = self.store.get(&reference);
+        let cached_version = cached
+            .as_ref()
+            .and_then(|o| version_of(o.resource_version().as_deref()));
+        if let Ok(written) = self.written.lock()
+            && let Some(w) = written.get(&key)
+            && w.resource_version.is_some()
+            && (cached.is_none() || w.resource_version > cached_version)
+        {
+            return Lookup::Found(w.body.clone());
+        }
+        match cached.map(|o| serde_json::to_value(o.as_ref())) {
+            Some(Ok(value)) => Lookup::Found(value),
+            Some(Err(_)) => Lookup::Unknown,
+            None => Lookup::NotCached,
+        }
+    }
+
+    /// Every cached child labelled with `owner_uid`, including those this
+    /// process wrote that the watch has not shown yet. `None`: not synced.
+    fn owned(&self, owner_uid: &str) -> Option<Vec<(Key, Value)>> {
+        if !self.synced.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut keys: HashSet<Key> = self
+            .index
+            .read()
+            .ok()?
+            .by_owner
+            .get(owner_uid)
+            .cloned()
+            .unwrap_or_default();
+        if let Ok(written) = self.written.lock() {
+            keys.extend(
+                written
+                    .iter()
+                    .filter(|(_, w)| {
+                        w.body
+                            .pointer(&format!(
+                                "/metadata/labels/{}",
+                                LABEL_OWNER_UID.replace('/', "~1")
+                            ))
+                            .and_then(Value::as_str)
+                            == Some(owner_uid)
+                    })
+                    .map(|(k, _)| k.clone()),
+            );
+        }
+        let mut out = Vec::new();
+        for key in keys {
+            if let Lookup::Found(body) = self.lookup(key.0.as_deref(), &key.1) {
+                let labelled = body
+                    .pointer("/metadata/labels")
+                    .and_then(|l| l.get(LABEL_OWNER_UID))
+                    .and_then(Value::as_str)
+                    == Some(owner_uid);
+                if labelled {
+                    out.push((key, body));
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+/// The watches of every cached child kind.
+pub struct ChildCache {
+    kinds: HashMap<ChildKind, Arc<KindCache>>,
+    routes: Arc<Routes>,
+}
+
+impl ChildCache {
+    /// Starts one watch per kind in `kinds` (each on its own task, for the
+    /// life of the process) and returns at once; each kind is answered
+    /// from memory once its first list is in.
+    pub fn start(client: &Client, kinds: &[ChildKind]) -> Self {
+        let routes = Arc::new(Routes::default());
+        let mut caches = HashMap::new();
+        for kind in kinds {
+            let resource = kind.api_resource();
+            let writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
+            let cache = Arc::new(KindCache {
+                resource: resource.clone(),
+                store: writer.as_reader(),
+                synced: AtomicBool::new(false),
+                index: RwLock::new(OwnerIndex::default()),
+                written: Mutex::new(HashMap::new()),
+            });
+            let config = if *kind == NAMESPACE {
+                watcher::Config::default()
+            } else {
+                watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"))
+            };
+            let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+            tokio::spawn(drive(
+                *kind,
+                cache.clone(),
+                writer,
+                api,
+                config,
+                routes.clone(),
+            ));
+            caches.insert(*kind, cache);
+        }
+        ChildCache {
+            kinds: caches,
+            routes,
+        }
+    }
+
+    /// The cache's view of one object.
+    pub fn lookup(&self, kind: ChildKind, namespace: Option<&str>, name: &str) -> Lookup {
+        match self.kinds.get(&kind) {
+            Some(cache) => cache.lookup(namespace.filter(|_| kind.namespaced), name),
+            None => Lookup::Unknown,
+        }
+    }
+
+    /// Children of `kind` labelled with `owner_uid`; `None` when the kind
+    /// is not answered from memory.
+    pub fn owned(&self, kind: ChildKind, owner_uid: &str) -> Option<Vec<(Key, Value)>> {
+        self.kinds.get(&kind)?.owned(owner_uid)
+    }
+
+    /// Keeps what this process just wrote (a server-side apply's response)
+    /// until the watch shows it.
+    pub fn wrote(&self, kind: ChildKind, response: &DynamicObject) {
+        let Some(cache) = self.kinds.get(&kind) else {
+            return;
+        };
+        let mut obj = response.clone();
+        trim(&mut obj);
+        let key = key_of(&obj);
+        let resource_version = version_of(obj.resource_version().as_deref());
+        if let (Ok(body), Ok(mut written)) = (serde_json::to_value(&obj), cache.written.lock()) {
+            written.insert(
+                key,
+                Written {
+                    resource_version,
+                    body,
+                },
+            );
+        }
+    }
+
+    /// Forgets what this process wrote of an object it deleted.
+    pub fn deleted(&self, kind: ChildKind, namespace: Option<&str>, name: &str) {
+        if let Some(cache) = self.kinds.get(&kind)
+            && let Ok(mut written) = cache.written.lock()
+        {
+            written.remove(&(namespace.map(str::to_string), name.to_string()));
+        }
+    }
+
+    /// A stream of the owners of type `K` whose children changed, for
+    /// `Controller::reconcile_on`: a child edited or deleted by someone
+    /// else, or one whose status moved, wakes its owner.
+    pub fn owner_changes<K>(
+        &self,
+        scope: OwnerScope,
+    ) -> impl futures::Stream<Item = ObjectRef<K>> + Send + use<K>
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let (to, from) = mpsc::unbounded();
+        if let Ok(mut routes) = self.routes.0.lock() {
+            routes.push(Route {
+                group: K::group(&()).into_owned(),
+                kind: K::kind(&()).into_owned(),
+                scope,
+                to,
+            });
+        }
+        from.map(|(namespace, name): Key| {
+            let mut owner = ObjectRef::<K>::new(&name);
+            owner.namespace = namespace;
+            owner
+        })
+    }
+
+    /// How many objects the caches hold (for the benchmark and metrics).
+    pub fn len(&self) -> usize {
+        self.kinds.values().map(|c| c.store.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Runs one kind's watch for the life of the process: fills the store,
+/// keeps the owner index, drops written entries the watch caught up with,
+/// and routes each change to the owner's controller.
+async fn drive(
+    kind: ChildKind,
+    cache: Arc<KindCache>,
+    writer: reflector::store::Writer<DynamicObject>,
+    api: Api<DynamicObject>,
+    config: watcher::Config,
+    routes: Arc<Routes>,
+) {
+    let events = watcher(api, config)
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer);
+    futures::pin_mut!(events);
+    let mut relisting: Option<OwnerIndex> = None;
+    let mut warned = false;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Init) => relisting = Some(OwnerIndex::default()),
+            Ok(watcher::Event::InitApply(obj)) => {
+                if let Some(index) = relisting.as_mut() {
+                    index.insert(key_of(&obj), owner_uid(&obj));
+                }
+                cache.seen(&key_of(&obj), version_of(obj.resource_version().as_deref()));
+                routes.notify(&obj);
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let (Some(index), Ok(mut live)) = (relisting.take(), cache.index.write()) {
+                    *live = index;
+                }
+                if !cache.synced.swap(true, Ordering::AcqRel) {
+                    info!(
+                        kind = kind.kind,
+                        objects = cache.store.len(),
+                        "child cache synced"
+                    );
+                }
+                warned = false;
+            }
+            Ok(watcher::Event::Apply(obj)) => {
+                let key = key_of(&obj);
+                if let Ok(mut index) = cache.index.write() {
+                    index.insert(key.clone(), owner_uid(&obj));
+                }
+                cache.seen(&key, version_of(obj.resource_version().as_deref()));
+                routes.notify(&obj);
+            }
+            Ok(watcher::Event::Delete(obj)) => {
+                let key = key_of(&obj);
+                if let Ok(mut index) = cache.index.write() {
+                    index.remove(&key);
+                }
+                if let Ok(mut written) = cache.written.lock() {
+                    written.remove(&key);
+                }
+                routes.notify(&obj);
+            }
+            Err(e) => {
+                // E.g. CloudNativePG not installed yet: the watch retries
+                // with backoff, and reads go to the apiserver meanwhile.
+                if !warned {
+                    warn!(kind = kind.kind, error = %e, "child watch failed; reading this kind from the apiserver until it recovers");
+                    warned = true;
+                } else {
+                    debug!(kind = kind.kind, error = %e, "child watch still failing");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_owner_index_follows_relabels_and_deletes() {
+        let mut index = OwnerIndex::default();
+        let a: Key = (Some("ns".into()), "a".into());
+        index.insert(a.clone(), Some("u1"));
+        index.insert((None, "b".into()), Some("u1"));
+        assert_eq!(index.by_owner["u1"].len(), 2);
+        index.insert(a.clone(), Some("u2"));
+        assert_eq!(index.by_owner["u1"].len(), 1);
+        assert!(index.by_owner["u2"].contains(&a));
+        index.insert(a.clone(), None);
+        assert!(!index.by_owner.contains_key("u2"));
+        index.remove(&(None, "b".into()));
+        assert!(index.by_owner.is_empty() && index.owner_of.is_empty());
+    }
+
+    #[test]
+    fn resource_versions_that_do_not_parse_are_never_newer() {
+        assert_eq!(version_of(Some("12")), Some(12));
+        assert_eq!(version_of(Some("abc")), None);
+        assert!(version_of(Some("abc")) < version_of(Some("1")));
+    }
+}
