@@ -75,6 +75,61 @@ async fn database_cluster(client: &Client, ns: &str, name: &str, extra: &str) {
     .await;
 }
 
+/// kwok runs no PostgreSQL, so the pg_hba rules bulkhead writes are tried
+/// on a real server instead, in CloudNativePG's layout (its fixed rules,
+/// then the Cluster's, then its default `host all all all scram-sha-256`):
+/// `report_ro` and `app` reach `orders` and nothing else.
+async fn rules_confine_each_user_on_a_real_postgresql(rules: &[String]) {
+    let pg = support::postgres::TestPostgres::start_new().await;
+    let admin = pg.admin("postgres").await;
+    for sql in [
+        "CREATE ROLE app LOGIN PASSWORD 'app-pw'",
+        "CREATE ROLE report_ro LOGIN PASSWORD 'ro-pw'",
+        "CREATE DATABASE orders",
+        "CREATE DATABASE other",
+    ] {
+        admin.batch_execute(sql).await.expect(sql);
+    }
+    let hba = format!(
+        "local all all peer\n{}\nhost all all all scram-sha-256\n",
+        rules.join("\n")
+    );
+    std::fs::write(pg.data_dir().join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .expect("reload");
+    // The reload is asynchronous: wait until the new rules answer.
+    let deadline = std::time::Instant::now() + WAIT;
+    while pg.connect_as("report_ro", "ro-pw", "other").await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "report_ro still reaches database other: {rules:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (user, password) in [("report_ro", "ro-pw"), ("app", "app-pw")] {
+        pg.connect_as(user, password, "orders")
+            .await
+            .unwrap_or_else(|e| panic!("{user} connects to its database orders: {e}"));
+        for db in ["other", "postgres"] {
+            let refused = pg
+                .connect_as(user, password, db)
+                .await
+                .err()
+                .map(|e| format!("{e:?}"));
+            assert!(
+                refused
+                    .as_deref()
+                    .is_some_and(|e| e.contains("pg_hba.conf rejects")),
+                "{user} must not reach {db}: {refused:?}"
+            );
+        }
+    }
+    // Nobody else is affected: the superuser still logs in anywhere.
+    pg.admin("other").await;
+}
+
 fn secret_text(s: &Secret, key: &str) -> String {
     s.data
         .as_ref()
@@ -150,6 +205,22 @@ async fn a_database_cluster_becomes_a_cloudnativepg_cluster_that_cloudnativepg_r
             .unwrap_or(Value::Null)
     };
     assert_eq!(role("report_ro")["inRoles"], json!(["pg_read_all_data"]));
+    // pg_read_all_data reaches every database a role can connect to, so
+    // each user may connect to its own databases only (and CloudNativePG
+    // accepted the rules).
+    assert_eq!(
+        c["spec"]["postgresql"]["pg_hba"],
+        json!([
+            "host \"orders\" \"app\" all scram-sha-256",
+            "host all \"app\" all reject",
+            "host \"orders\" \"report_ro\" all scram-sha-256",
+            "host all \"report_ro\" all reject",
+        ]),
+        "{c:#}"
+    );
+    let rules: Vec<String> =
+        serde_json::from_value(c["spec"]["postgresql"]["pg_hba"].clone()).expect("pg_hba lines");
+    rules_confine_each_user_on_a_real_postgresql(&rules).await;
     assert_eq!(role("report_ro")["connectionLimit"], 5);
     assert_eq!(role("app")["login"], true);
     // CloudNativePG's mutating webhook ran on what bulkhead wrote.

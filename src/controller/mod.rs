@@ -324,6 +324,24 @@ impl Context {
     }
 }
 
+/// What a kind needs for bulkhead to watch and cache it: a typed resource
+/// that can be read, debugged and shared between tasks.
+pub trait WatchedKind:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+}
+
+impl<K> WatchedKind for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// One object of a cluster-scoped kind: the store's copy, else a GET.
 async fn cached_or_read<K>(
     store: Option<&reflector::Store<K>>,
@@ -331,13 +349,7 @@ async fn cached_or_read<K>(
     name: &str,
 ) -> Result<Option<Arc<K>>, ReconcileError>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: WatchedKind,
 {
     if let Some(found) = store.and_then(|s| s.get(&reflector::ObjectRef::new(name))) {
         return Ok(Some(found));
@@ -354,13 +366,7 @@ async fn cached_or_listed<K>(
     client: &Client,
 ) -> Result<Vec<Arc<K>>, ReconcileError>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: WatchedKind,
 {
     match store {
         Some(store) => Ok(store.state()),
@@ -413,13 +419,7 @@ pub fn trigger_stream<K>(
     impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
 )
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: WatchedKind,
 {
     let (reader, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default().any_semantic())
@@ -455,13 +455,7 @@ pub fn related_stream<K, P>(
     trigger: P,
 ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: WatchedKind,
     P: kube::runtime::Predicate<K> + Send + 'static,
 {
     watcher(api, watcher::Config::default().any_semantic())

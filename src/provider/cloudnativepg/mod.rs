@@ -120,9 +120,9 @@ fn secret_value(value: &str) -> Value {
 /// The roles a user is a member of, which is how its privileges are
 /// expressed in CloudNativePG (its CRDs have no table grants): owners join
 /// the owner role of each of their databases; readOnly and readWrite users
-/// get PostgreSQL's predefined pg_read_all_data / pg_write_all_data. These
-/// span the cluster's databases, which all belong to this one
-/// DatabaseCluster.
+/// get PostgreSQL's predefined pg_read_all_data / pg_write_all_data. Those
+/// would span every database of the cluster, so [`hba_rules`] lets each
+/// user connect to its own databases only.
 fn member_of(
     d: &DesiredDatabaseCluster,
     user: &crate::api::database_cluster::UserSpec,
@@ -141,6 +141,33 @@ fn member_of(
     roles.sort();
     roles.dedup();
     roles
+}
+
+/// A name as pg_hba.conf takes it: double-quoted, so it is never read as
+/// a keyword (`all`, `sameuser`, `replication`) or a list.
+fn hba_name(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// pg_hba.conf lines confining every declared user to its databases: one
+/// rule letting it in (password, SCRAM) to the databases it lists, then one
+/// rejecting it everywhere else. CloudNativePG puts user rules before its
+/// default `host all all all scram-sha-256`, and the first matching line
+/// wins, so a readOnly user of `app` cannot even connect to `audit_log`.
+fn hba_rules(d: &DesiredDatabaseCluster) -> Vec<String> {
+    let mut rules = Vec::new();
+    for user in &d.users {
+        let role = hba_name(&user.name);
+        let databases: Vec<String> = user.databases.iter().map(|db| hba_name(db)).collect();
+        if !databases.is_empty() {
+            rules.push(format!(
+                "host {} {role} all scram-sha-256",
+                databases.join(",")
+            ));
+        }
+        rules.push(format!("host all {role} all reject"));
+    }
+    rules
 }
 
 impl CloudNativePgDatabaseClusters {
@@ -295,10 +322,13 @@ fn desired_children(image_repository: &str, d: &DesiredDatabaseCluster, owned: b
     // CloudNativePG's recommended HA shape: quorum-based synchronous
     // replication to one of the standbys, so a commit survives losing
     // the primary and one standby may be down without blocking writes.
+    let hba = hba_rules(d);
+    if !hba.is_empty() {
+        spec["postgresql"]["pg_hba"] = json!(hba);
+    }
     if size.replicas >= 3 {
-        spec["postgresql"] = json!({
-            "synchronous": { "method": "any", "number": 1, "dataDurability": "required" },
-        });
+        spec["postgresql"]["synchronous"] =
+            json!({ "method": "any", "number": 1, "dataDurability": "required" });
     }
     // The superuser is handed out (in the connection Secret) only when
     // no user is declared; otherwise CloudNativePG's default stands:

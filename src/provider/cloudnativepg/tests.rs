@@ -85,7 +85,7 @@ fn development_cluster_has_one_instance_roles_with_basic_auth_secrets_and_databa
         "{cluster:#}"
     );
     assert!(
-        cluster["spec"].get("postgresql").is_none(),
+        cluster["spec"]["postgresql"].get("synchronous").is_none(),
         "no synchronous replication with one instance"
     );
     assert_eq!(cluster["spec"]["enableSuperuserAccess"], false);
@@ -276,4 +276,40 @@ fn readiness_follows_cloudnativepg_ready_condition_and_phase() {
     let r = readiness(&healthy, &applied, 1);
     assert!(!r.ready);
     assert!(r.message.contains("app"), "{}", r.message);
+}
+
+#[test]
+fn each_user_may_connect_to_its_own_databases_only() {
+    let d = desired(
+        SizePreset::Development.resolve(),
+        vec![
+            user("reader", Privileges::ReadOnly, &["app"]),
+            user("writer", Privileges::ReadWrite, &["app", "audit_log"]),
+            user("nobody", Privileges::ReadOnly, &[]),
+        ],
+    );
+    let children = desired_children("ghcr.io/cloudnative-pg/postgresql", &d, true);
+    let cluster = find(&children, CLUSTER, "my-app-db-stage");
+    assert_eq!(
+        cluster["spec"]["postgresql"]["pg_hba"],
+        json!([
+            "host \"app\" \"reader\" all scram-sha-256",
+            "host all \"reader\" all reject",
+            "host \"app\",\"audit_log\" \"writer\" all scram-sha-256",
+            "host all \"writer\" all reject",
+            "host all \"nobody\" all reject",
+        ])
+    );
+    // pg_read_all_data reaches every database the user can connect to,
+    // and that is only its own.
+    assert_eq!(
+        cluster["spec"]["managed"]["roles"][0]["inRoles"],
+        json!(["pg_read_all_data"])
+    );
+}
+
+#[test]
+fn hba_names_are_quoted_so_no_name_reads_as_a_keyword() {
+    assert_eq!(hba_name("all"), "\"all\"");
+    assert_eq!(hba_name("we\"ird"), "\"we\"\"ird\"");
 }
