@@ -11,6 +11,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{Api, Client};
 use tokio::sync::watch;
@@ -367,19 +368,31 @@ async fn run_with_lease(
         info!(identity, "became leader; starting controllers");
         metrics.leader.set(1);
         ready.store(false, Ordering::Release);
-        let mut lost = leader.clone();
         let mut stop_for_controllers = stop.clone();
         let shutdown = async move {
-            tokio::select! {
-                _ = lost.wait_for(|l| !*l) => { error!("lost the leader lease; stopping controllers"); }
-                _ = stop_for_controllers.wait_for(|s| *s) => {}
-            }
+            let _ = stop_for_controllers.wait_for(|s| *s).await;
         };
-        run_controllers(ctx, ready.clone(), shutdown).await;
-        metrics.leader.set(0);
-        if !*stop.borrow() {
-            result = Err(Error::Config("lost the leader lease".into()));
+        let guard = lease_guard(
+            Api::namespaced(ctx.watch_client.clone(), &args.lease_namespace),
+            &args.lease_name,
+            &identity,
+            Duration::from_secs(args.lease_duration.max(2)),
+            leader.clone(),
+        );
+        tokio::select! {
+            // SIGTERM: in-flight reconciles finish, then the lease is released.
+            _ = run_controllers(ctx, ready.clone(), shutdown) => {}
+            // Lost (or no longer sure of) the lease: another replica may
+            // start any moment, so nothing more is written. Dropping the
+            // controllers cancels in-flight reconciles mid-request instead
+            // of letting them finish.
+            why = guard => {
+                error!(reason = why, "lost the leader lease; stopped the controllers without waiting for in-flight reconciles");
+                ready.store(false, Ordering::Release);
+                result = Err(Error::Config(format!("lost the leader lease: {why}")));
+            }
         }
+        metrics.leader.set(0);
     }
     // Closing the channel makes the lease task release the lease.
     drop(leader);
@@ -390,6 +403,69 @@ async fn run_with_lease(
         Err(_) => warn!("timed out releasing the leader lease"),
     }
     result
+}
+
+/// How long before the Lease expires a leader that cannot renew it stops:
+/// a standby takes over only once the Lease has expired by its own clock,
+/// so this margin absorbs clock skew and the time to stop.
+const LEASE_STOP_MARGIN: Duration = Duration::from_secs(1);
+
+/// Resolves when this replica can no longer be sure it holds the Lease.
+///
+/// The lease manager renews the Lease but, while the apiserver cannot be
+/// reached, reports nothing: its leader would keep running past the
+/// Lease's expiry, while a standby that can still reach the apiserver takes
+/// over (client-go guards this with a renew deadline). So the leader
+/// watches its own Lease, and gives up `LEASE_STOP_MARGIN` before the
+/// last renewal it saw runs out, whether or not the lease manager noticed.
+async fn lease_guard(
+    leases: Api<Lease>,
+    name: &str,
+    identity: &str,
+    duration: Duration,
+    mut leader: watch::Receiver<bool>,
+) -> &'static str {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+
+    let lifetime = duration.saturating_sub(LEASE_STOP_MARGIN);
+    // Just won: the Lease was renewed a moment ago.
+    let mut deadline = tokio::time::Instant::now() + lifetime;
+    let events = watcher(
+        leases,
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    )
+    .default_backoff()
+    .applied_objects();
+    futures::pin_mut!(events);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                return "no renewal of the Lease seen before it would expire (is the apiserver reachable?)";
+            }
+            _ = leader.wait_for(|l| !*l) => return "the lease manager reports another holder",
+            event = events.next() => match event {
+                Some(Ok(lease)) => {
+                    let spec = lease.spec.unwrap_or_default();
+                    if spec.holder_identity.as_deref() != Some(identity) {
+                        return "another replica holds the Lease";
+                    }
+                    if let Some(renewed) = spec.renew_time {
+                        // The Lease runs out at renewTime + duration by the
+                        // apiserver's record; stop the margin before that.
+                        let left_ms = renewed.0.as_millisecond()
+                            + i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX)
+                            - k8s_openapi::jiff::Timestamp::now().as_millisecond();
+                        let left = Duration::from_millis(u64::try_from(left_ms).unwrap_or(0));
+                        deadline = tokio::time::Instant::now() + left;
+                    }
+                }
+                // Watch errors: the deadline decides.
+                Some(Err(_)) => {}
+                None => return "the Lease watch ended",
+            }
+        }
+    }
 }
 
 #[cfg(test)]

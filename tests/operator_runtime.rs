@@ -15,6 +15,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bulkhead::api::{Environment, Organization};
@@ -1065,4 +1066,235 @@ async fn an_unchanged_world_costs_no_requests_and_a_childs_change_wakes_its_owne
     .await;
 
     delete_then_stop(&envs, &name, &orgs, &name, &mut op).await;
+}
+
+/// A TCP proxy on 127.0.0.1 in front of the apiserver that can be cut:
+/// while cut, open connections are dropped and new ones are closed at once,
+/// as a network partition looks to the process behind it. Counts the bytes
+/// it forwards from the client, with the time of the last ones.
+struct Partition {
+    addr: SocketAddr,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+    last_sent: Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl Partition {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        let last_sent = Arc::new(std::sync::Mutex::new(None));
+        let (is_open, sent) = (open.clone(), last_sent.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if !is_open.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let mut cuts = cuts.clone();
+                let sent = sent.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut from_client, mut to_client) = client.into_split();
+                    let (mut from_server, mut to_server) = server.into_split();
+                    let up = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            match tokio::io::AsyncReadExt::read(&mut from_client, &mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => {
+                                    *sent.lock().expect("lock") = Some(Instant::now());
+                                    if tokio::io::AsyncWriteExt::write_all(
+                                        &mut to_server,
+                                        &buf[..n],
+                                    )
+                                    .await
+                                    .is_err()
+                                    {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    };
+                    let down = tokio::io::copy(&mut from_server, &mut to_client);
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Partition {
+            addr,
+            open,
+            cut,
+            last_sent,
+        }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    fn heal(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn last_sent(&self) -> Option<Instant> {
+        *self.last_sent.lock().expect("lock")
+    }
+}
+
+/// The admin kubeconfig, parsed, and where its apiserver listens.
+fn admin_kubeconfig(cp: &ControlPlane) -> (serde_yaml_ng::Value, SocketAddr) {
+    let text = std::fs::read_to_string(cp.kubeconfig()).expect("read kubeconfig");
+    let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("kubeconfig yaml");
+    let apiserver = config["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .and_then(|s| s.strip_prefix("https://"))
+        .and_then(|s| s.trim_end_matches('/').parse().ok())
+        .expect("the apiserver at https://<ip>:<port>");
+    (config, apiserver)
+}
+
+/// The admin kubeconfig with its server replaced by `addr` (the apiserver's
+/// certificate names 127.0.0.1, so TLS still verifies through the proxy).
+fn kubeconfig_through(cp: &ControlPlane, addr: SocketAddr) -> std::path::PathBuf {
+    let (mut config, _) = admin_kubeconfig(cp);
+    config["clusters"][0]["cluster"]["server"] =
+        serde_yaml_ng::Value::String(format!("https://{addr}"));
+    let path = cp
+        .kubeconfig()
+        .with_file_name(format!("kubeconfig-partition-{}", unique()));
+    std::fs::write(&path, serde_yaml_ng::to_string(&config).expect("yaml"))
+        .expect("write kubeconfig");
+    path
+}
+
+/// Time of the first log line containing `what` (text logs start with an
+/// RFC 3339 UTC timestamp, so they compare as strings).
+fn logged_at(log: &str, what: &str) -> Option<String> {
+    log.lines()
+        .find(|l| l.contains(what))
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn a_leader_cut_off_from_the_apiserver_stops_before_a_standby_takes_over() {
+    let _turn = exclusive().await;
+    let cp = ControlPlane::full();
+    let client = cp.client().await;
+    let ns = format!("partition-{}", unique());
+    cp.kubectl_ok(&["create", "namespace", &ns]);
+    let lease_name = format!("bulkhead-leader-{}", unique());
+    let duration = LEASE_DURATION.to_string();
+    let args = |identity: &'static str| {
+        [
+            "--leader-election=true",
+            "--lease-namespace",
+            ns.as_str(),
+            "--lease-name",
+            lease_name.as_str(),
+            "--lease-duration",
+            duration.as_str(),
+            "--identity",
+            identity,
+        ]
+        .map(str::to_string)
+    };
+    // The leader reaches the apiserver only through the proxy.
+    let proxy = Partition::start(admin_kubeconfig(cp).1).await;
+    let through_proxy = kubeconfig_through(cp, proxy.addr);
+    let a_args = args("cut-off");
+    let mut a = OperatorProcess::start(
+        cp,
+        &through_proxy,
+        &a_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    eventually(WAIT, "the proxied replica to lead", || async {
+        match holder(&leases, &lease_name).await {
+            Some(h) if h == "cut-off" => Ok(()),
+            other => Err(format!("holder {other:?}")),
+        }
+    })
+    .await;
+    let b_args = args("standby");
+    let mut b = OperatorProcess::start(
+        cp,
+        cp.kubeconfig(),
+        &b_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    eventually(WAIT, "the standby waiting", || async {
+        let log = b.log();
+        if log.contains("waiting for leadership") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .await;
+    // The leader works through the proxy until the cut.
+    let org = format!("partition-{}", unique());
+    let orgs = create_org(cp, &org).await;
+    wait_org_ready(&orgs, &org).await;
+
+    let cut_at = Instant::now();
+    proxy.cut();
+    eventually(
+        Duration::from_secs(LEASE_DURATION * 5),
+        "the standby to take the Lease",
+        || async {
+            match holder(&leases, &lease_name).await {
+                Some(h) if h == "standby" => Ok(()),
+                other => Err(format!("holder {other:?}")),
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "partition: standby leads {:.1}s after the cut (lease {LEASE_DURATION}s)",
+        cut_at.elapsed().as_secs_f64()
+    );
+    // The cut-off leader stopped on its own, before the standby started.
+    let status =
+        a.op.wait_exit(WAIT)
+            .unwrap_or_else(|| panic!("the cut-off leader kept running:\n{}", a.log()));
+    assert!(!status.success(), "it exits to be restarted as a standby");
+    let (a_log, b_log) = (a.log(), b.log());
+    let stopped = logged_at(&a_log, "lost the leader lease")
+        .unwrap_or_else(|| panic!("the cut-off leader never said it stopped:\n{a_log}"));
+    let started = logged_at(&b_log, "became leader; starting controllers")
+        .unwrap_or_else(|| panic!("the standby never started:\n{b_log}"));
+    assert!(
+        stopped < started,
+        "the old leader stopped at {stopped}, after the new one started at {started}"
+    );
+    // Healing the network changes nothing: the old leader sent nothing more.
+    let last = proxy.last_sent();
+    proxy.heal();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(proxy.last_sent(), last, "the old leader talked again");
+
+    // The new leader carries on.
+    let next = format!("after-{}", unique());
+    create_org(cp, &next).await;
+    wait_org_ready(&orgs, &next).await;
+    for name in [&org, &next] {
+        orgs.delete(name, &DeleteParams::default())
+            .await
+            .expect("delete Organization");
+        wait_gone(&orgs, name, WAIT).await;
+    }
+    assert!(b.stop().expect("exits").success(), "{}", b.log());
 }
