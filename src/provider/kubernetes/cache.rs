@@ -476,6 +476,111 @@ mod tests {
         assert!(index.by_owner.is_empty() && index.owner_of.is_empty());
     }
 
+    fn config_map(name: &str, version: &str, owner: &str, value: &str) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": name, "namespace": "ns", "resourceVersion": version,
+                          "labels": { LABEL_OWNER_UID: owner } },
+            "data": { "k": value },
+        }))
+        .expect("config map")
+    }
+
+    /// One kind's cache with a writer the test drives as the watch would.
+    fn kind_cache() -> (KindCache, reflector::store::Writer<DynamicObject>) {
+        let resource = super::super::children::CONFIG_MAP.api_resource();
+        let writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
+        let cache = KindCache {
+            resource,
+            store: writer.as_reader(),
+            synced: AtomicBool::new(true),
+            index: RwLock::new(OwnerIndex::default()),
+            written: Mutex::new(HashMap::new()),
+        };
+        (cache, writer)
+    }
+
+    fn value_of(lookup: Lookup) -> Option<String> {
+        match lookup {
+            Lookup::Found(v) => v["data"]["k"].as_str().map(str::to_string),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_reconcile_reads_its_own_writes_until_the_watch_catches_up() {
+        let (cache, mut writer) = kind_cache();
+        writer.apply_watcher_event(&watcher::Event::Apply(config_map("cm", "5", "u1", "old")));
+        let key: Key = (Some("ns".into()), "cm".into());
+        // This process applied version 7; the watch still shows 5.
+        cache.written.lock().expect("lock").insert(
+            key.clone(),
+            Written {
+                resource_version: Some(7),
+                body: serde_json::to_value(config_map("cm", "7", "u1", "new")).expect("json"),
+            },
+        );
+        assert_eq!(
+            value_of(cache.lookup(Some("ns"), "cm")).as_deref(),
+            Some("new")
+        );
+        // The watch shows 7: its copy wins and the written one goes.
+        writer.apply_watcher_event(&watcher::Event::Apply(config_map("cm", "7", "u1", "new")));
+        cache.seen(&key, Some(7));
+        assert!(cache.written.lock().expect("lock").is_empty());
+        // Someone else's later edit (9) is what a reconcile then sees.
+        writer.apply_watcher_event(&watcher::Event::Apply(config_map(
+            "cm", "9", "u1", "edited",
+        )));
+        assert_eq!(
+            value_of(cache.lookup(Some("ns"), "cm")).as_deref(),
+            Some("edited")
+        );
+        assert!(matches!(
+            cache.lookup(Some("ns"), "other"),
+            Lookup::NotCached
+        ));
+        cache.synced.store(false, Ordering::Release);
+        assert!(
+            matches!(cache.lookup(Some("ns"), "cm"), Lookup::Unknown),
+            "not synced: ask the apiserver"
+        );
+    }
+
+    #[test]
+    fn an_owners_children_include_those_just_written() {
+        let (cache, mut writer) = kind_cache();
+        let seen = config_map("seen", "3", "u1", "v");
+        writer.apply_watcher_event(&watcher::Event::Apply(seen.clone()));
+        cache
+            .index
+            .write()
+            .expect("lock")
+            .insert(key_of(&seen), owner_uid(&seen));
+        cache.written.lock().expect("lock").insert(
+            (Some("ns".into()), "fresh".into()),
+            Written {
+                resource_version: Some(4),
+                body: serde_json::to_value(config_map("fresh", "4", "u1", "v")).expect("json"),
+            },
+        );
+        let other = config_map("other", "5", "u2", "v");
+        writer.apply_watcher_event(&watcher::Event::Apply(other.clone()));
+        cache
+            .index
+            .write()
+            .expect("lock")
+            .insert(key_of(&other), owner_uid(&other));
+        let mut names: Vec<String> = cache
+            .owned("u1")
+            .expect("synced")
+            .into_iter()
+            .map(|((_, name), _)| name)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["fresh", "seen"]);
+    }
+
     #[test]
     fn resource_versions_that_do_not_parse_are_never_newer() {
         assert_eq!(version_of(Some("12")), Some(12));
