@@ -185,6 +185,11 @@ impl CloudNativePgDatabaseClusters {
     /// Whether CloudNativePG's API is served, so a missing CRD reads as
     /// "install CloudNativePG" instead of a bare 404.
     async fn installed(&self) -> Result<bool, ProviderError> {
+        // A synced watch of both kinds means they are served: no discovery
+        // request per reconcile.
+        if self.children.watching(CLUSTER) && self.children.watching(DATABASE) {
+            return Ok(true);
+        }
         match self
             .children
             .client()

@@ -311,6 +311,14 @@ impl ChildCache {
         }
     }
 
+    /// Whether `kind` is answered from memory: its watch has listed (so,
+    /// for a custom resource, its CRD is installed and served).
+    pub fn synced(&self, kind: ChildKind) -> bool {
+        self.kinds
+            .get(&kind)
+            .is_some_and(|c| c.synced.load(Ordering::Acquire))
+    }
+
     /// Children of `kind` labelled with `owner_uid`; `None` when the kind
     /// is not answered from memory.
     pub fn owned(&self, kind: ChildKind, owner_uid: &str) -> Option<Vec<(Key, Value)>> {
@@ -443,8 +451,10 @@ async fn drive(
                 routes.notify(&obj);
             }
             Err(e) => {
-                // E.g. CloudNativePG not installed yet: the watch retries
-                // with backoff, and reads go to the apiserver meanwhile.
+                // E.g. CloudNativePG not installed (or uninstalled): the
+                // watch retries with backoff, and until it has listed again
+                // reads go to the apiserver, which answers for itself.
+                cache.synced.store(false, Ordering::Release);
                 if !warned {
                     warn!(kind = kind.kind, error = %e, "child watch failed; reading this kind from the apiserver until it recovers");
                     warned = true;

@@ -379,6 +379,11 @@ impl Children {
         }
     }
 
+    /// Whether reads of `kind` come from a synced watch.
+    pub fn watching(&self, kind: ChildKind) -> bool {
+        self.cache.get().is_some_and(|c| c.synced(kind))
+    }
+
     /// Objects held by the child cache.
     pub fn cached_objects(&self) -> usize {
         self.cache.get().map_or(0, ChildCache::len)
