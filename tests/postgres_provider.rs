@@ -684,6 +684,161 @@ async fn password_rotation() {
 }
 
 #[tokio::test]
+async fn password_changed_behind_bulkheads_back_is_found_and_repaired() {
+    let pg = shared().await;
+    let p = provider(pg);
+    let d = cluster(
+        "pwdrift-app",
+        &[("main", None)],
+        &[
+            ("app", &["main"], Privileges::ReadWrite),
+            ("md5", &["main"], Privileges::ReadOnly),
+        ],
+    );
+    p.create(&d).await.expect("create");
+    assert_up_to_date(&p, &d).await;
+    let admin = pg.admin("postgres").await;
+
+    // The same password set again by someone else: the server computes a
+    // new verifier (another salt; here even MD5), which still matches.
+    let same = password(&d, "app");
+    admin
+        .batch_execute(&format!(
+            "ALTER ROLE pwdrift_app_app PASSWORD '{same}'; SET password_encryption = 'md5'; ALTER ROLE pwdrift_app_md5 PASSWORD '{}'",
+            password(&d, "md5")
+        ))
+        .await
+        .expect("set the same passwords");
+    let stored: String = admin
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'pwdrift_app_md5'",
+            &[],
+        )
+        .await
+        .expect("authid")
+        .get(0);
+    assert!(stored.starts_with("md5"), "an MD5 verifier");
+    assert_up_to_date(&p, &d).await;
+
+    // A different password, behind bulkhead's back: the next observe says so.
+    admin
+        .batch_execute("ALTER ROLE pwdrift_app_app PASSWORD 'set-by-someone-else'")
+        .await
+        .expect("change the password");
+    let (up_to_date, drift) = expect_exists(&p, &d).await;
+    assert!(!up_to_date);
+    assert_eq!(drift, vec!["password of user app".to_string()]);
+    assert!(drift.iter().all(|l| !l.contains(&same)));
+
+    // The next converge repairs it: the desired password logs in again,
+    // the other one no longer does; the untouched MD5 one stays as it was.
+    p.update(&d, &Default::default()).await.expect("update");
+    assert_allowed(
+        sql_as(pg, &d, "app", "main", "SELECT 1").await,
+        "login with the desired password after the repair",
+    );
+    let refused = pg
+        .sql_as(
+            "pwdrift_app_app",
+            "set-by-someone-else",
+            "pwdrift_app_main",
+            "SELECT 1",
+        )
+        .await
+        .expect_err("the intruder's password is refused");
+    assert_eq!(refused.code(), Some(&SqlState::INVALID_PASSWORD));
+    let still: String = admin
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'pwdrift_app_md5'",
+            &[],
+        )
+        .await
+        .expect("authid")
+        .get(0);
+    assert_eq!(still, stored, "a matching password is not rewritten");
+    assert_up_to_date(&p, &d).await;
+}
+
+/// Backend pids of bulkhead's sessions on a server.
+async fn bulkhead_backends(admin: &tokio_postgres::Client) -> BTreeSet<i32> {
+    admin
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'bulkhead'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn pooled_sessions_are_reused_and_survive_a_restart() {
+    let pg = TestPostgres::start_new().await;
+    let d = cluster(
+        "pool-app",
+        &[("main", None), ("side", None)],
+        &[
+            ("app", &["main", "side"], Privileges::ReadWrite),
+            ("ro", &["main"], Privileges::ReadOnly),
+        ],
+    );
+    provider(&pg).create(&d).await.expect("create");
+    // Each reconcile parses the connection string anew: the sessions are
+    // shared all the same.
+    assert_up_to_date(&provider(&pg), &d).await;
+    let admin = pg.admin("postgres").await;
+    let first = bulkhead_backends(&admin).await;
+    assert!(!first.is_empty(), "pooled sessions stay open");
+    assert!(
+        first.len() <= 4 + 2 * 2,
+        "pools are bounded: {} sessions",
+        first.len()
+    );
+    for _ in 0..3 {
+        assert_up_to_date(&provider(&pg), &d).await;
+    }
+    assert_eq!(
+        bulkhead_backends(&admin).await,
+        first,
+        "observes reuse the same sessions, and log in as no user"
+    );
+    drop(admin);
+
+    // A restart breaks every pooled session: the next observe drops them
+    // and succeeds on new ones.
+    pg.stop();
+    pg.start();
+    assert_up_to_date(&provider(&pg), &d).await;
+    let admin = pg.admin("postgres").await;
+    let after = bulkhead_backends(&admin).await;
+    assert!(!after.is_empty());
+    assert!(after.is_disjoint(&first));
+
+    // A session killed under the pool (no clean shutdown) is replaced too.
+    admin
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'bulkhead'",
+        )
+        .await
+        .expect("terminate bulkhead's sessions");
+    assert_up_to_date(&provider(&pg), &d).await;
+    let mut rotated = d.clone();
+    rotated
+        .passwords
+        .insert("app".into(), Secret::new("rotated-after-restart"));
+    let (up_to_date, drift) = expect_exists(&provider(&pg), &rotated).await;
+    assert!(!up_to_date);
+    assert_eq!(drift, vec!["password of user app".to_string()]);
+    provider(&pg)
+        .update(&rotated, &Default::default())
+        .await
+        .expect("update after the restart");
+    assert_up_to_date(&provider(&pg), &rotated).await;
+}
+
+#[tokio::test]
 async fn hostile_names_are_quoted_or_refused() {
     let pg = shared().await;
     let p = provider(pg);
@@ -1858,7 +2013,8 @@ async fn tls_as_sslmode_asks() {
     assert!(err.is_terminal(), "{err:?}");
     assert!(!err.to_string().contains(pg.admin_password()));
 
-    // The cluster's users log in over TLS too (password check in observe).
+    // A rotated password is drift over TLS too (checked against the stored
+    // verifier, the admin being a superuser).
     let mut rotated = d.clone();
     rotated
         .passwords

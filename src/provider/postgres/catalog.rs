@@ -4,10 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tokio_postgres::Client;
-
 use super::conn::classify;
-use super::names::{Marker, NAME_CONFLICT, Plan};
+use super::names::{MARKER_PREFIX, Marker, NAME_CONFLICT, Plan};
+use super::passwords::StoredVerifier;
+use super::pool::Session;
 use crate::provider::ProviderError;
 
 /// Role attributes bulkhead manages.
@@ -143,6 +143,9 @@ pub struct Inventory {
     pub members: BTreeMap<String, BTreeSet<String>>,
     /// Role → database ("" = every database) → value of its `role` setting.
     pub role_settings: BTreeMap<String, BTreeMap<String, String>>,
+    /// Role → its stored password verifier (None: no password), when the
+    /// admin role may read `pg_authid`; `None` when it may not.
+    pub passwords: Option<BTreeMap<String, Option<StoredVerifier>>>,
 }
 
 fn marker_claim(plan: &Plan, comment: Option<&str>) -> Claim {
@@ -159,155 +162,182 @@ fn marker_claim(plan: &Plan, comment: Option<&str>) -> Claim {
     }
 }
 
-impl Inventory {
-    pub async fn load(client: &Client, plan: &Plan) -> Result<Inventory, ProviderError> {
-        let err = |e: tokio_postgres::Error| classify(&e, "reading the server's catalogs");
-        let row = client
-            .query_one(
-                "SELECT current_setting('server_version'), current_setting('server_version_num')::int4, current_user::text",
-                &[],
-            )
-            .await
-            .map_err(err)?;
-        let version: String = row.get(0);
-        let version_num: i32 = row.get(1);
-        let admin: String = row.get(2);
+/// The server's facts and the cluster's databases with their ACLs, in one
+/// query (one row even when no database matches).
+const DATABASES_SQL: &str = "
+SELECT current_setting('server_version'), current_setting('server_version_num')::int4,
+       current_user::text, has_table_privilege('pg_catalog.pg_authid', 'SELECT'),
+       d.datname, d.owner, d.comment, d.grantees, d.privileges
+  FROM (SELECT 1) one
+  LEFT JOIN (
+       SELECT d.datname::text AS datname, pg_get_userbyid(d.datdba)::text AS owner,
+              shobj_description(d.oid, 'pg_database') AS comment, acl.grantees, acl.privileges
+         FROM pg_database d
+         LEFT JOIN LATERAL (
+              SELECT array_agg(CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee)::text END) AS grantees,
+                     array_agg(a.privilege_type::text) AS privileges
+                FROM aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a
+               WHERE a.grantee <> d.datdba) acl ON true
+        WHERE d.datname = ANY($1::name[])
+           OR d.oid IN (SELECT s.objoid FROM pg_shdescription s
+                         WHERE s.classoid = 'pg_database'::regclass
+                           AND left(s.description, length($2::text)) = $2::text)
+  ) d ON true";
 
-        let names = plan.role_names();
-        let rows = client
-            .query(
-                "SELECT r.rolname::text, r.rolcanlogin, r.rolsuper, r.rolcreatedb, r.rolcreaterole, r.rolreplication,
-                        r.rolbypassrls, r.rolinherit, r.rolconnlimit, shobj_description(r.oid, 'pg_authid')
-                   FROM pg_roles r
-                  WHERE r.rolname::text = ANY($1::text[])
-                     OR shobj_description(r.oid, 'pg_authid') LIKE 'bulkhead.dev/owner=%'",
-                &[&names],
-            )
-            .await
-            .map_err(err)?;
-        let mut roles = BTreeMap::new();
-        for row in rows {
-            let name: String = row.get(0);
-            let comment: Option<String> = row.get(9);
-            let row_claim = marker_claim(plan, comment.as_deref());
-            // Keep the desired names, and this cluster's marked roles.
-            if names.contains(&name) || (row_claim.is_ours() && plan.has_prefix(&name)) {
-                roles.insert(
-                    name,
-                    RoleRow {
-                        attrs: RoleAttrs {
-                            login: row.get(1),
-                            superuser: row.get(2),
-                            createdb: row.get(3),
-                            createrole: row.get(4),
-                            replication: row.get(5),
-                            bypassrls: row.get(6),
-                            inherit: row.get(7),
-                            connection_limit: row.get(8),
-                        },
-                        comment,
-                    },
-                );
-            }
-        }
+/// The cluster's roles with their attributes, marker, memberships both ways
+/// and per-database `role` settings, in one query. `{source}` is pg_roles,
+/// or pg_authid (to read the stored password verifier) when readable.
+fn roles_sql(read_passwords: bool) -> String {
+    let (source, password) = if read_passwords {
+        ("pg_catalog.pg_authid", "r.rolpassword")
+    } else {
+        ("pg_catalog.pg_roles", "NULL::text")
+    };
+    format!(
+        "
+SELECT r.rolname::text, r.rolcanlogin, r.rolsuper, r.rolcreatedb, r.rolcreaterole, r.rolreplication,
+       r.rolbypassrls, r.rolinherit, r.rolconnlimit, shobj_description(r.oid, 'pg_authid'),
+       ARRAY(SELECT g.rolname::text FROM pg_auth_members am JOIN pg_roles g ON g.oid = am.roleid
+              WHERE am.member = r.oid),
+       ARRAY(SELECT m.rolname::text FROM pg_auth_members am JOIN pg_roles m ON m.oid = am.member
+              WHERE am.roleid = r.oid),
+       st.dbs, st.vals, {password}
+  FROM {source} r
+  LEFT JOIN LATERAL (
+       SELECT array_agg(coalesce(d.datname::text, '') ORDER BY s.setdatabase, c.n) AS dbs,
+              array_agg(substr(c.v, 6) ORDER BY s.setdatabase, c.n) AS vals
+         FROM pg_db_role_setting s
+         LEFT JOIN pg_database d ON d.oid = s.setdatabase,
+              unnest(s.setconfig) WITH ORDINALITY c(v, n)
+        WHERE s.setrole = r.oid AND c.v LIKE 'role=%') st ON true
+ WHERE r.rolname = ANY($1::name[])
+    OR r.oid IN (SELECT s.objoid FROM pg_shdescription s
+                  WHERE s.classoid = 'pg_authid'::regclass
+                    AND left(s.description, length($2::text)) = $2::text)"
+    )
+}
+
+impl Inventory {
+    /// Two queries on the admin session: [`DATABASES_SQL`] and
+    /// [`roles_sql`].
+    pub async fn load(client: &Session, plan: &Plan) -> Result<Inventory, ProviderError> {
+        let err = |e: tokio_postgres::Error| classify(&e, "reading the server's catalogs");
+        // Markers of this cluster, any uid (the in-memory claim tells
+        // Ours from Stale).
+        let marker = format!("{MARKER_PREFIX}{} uid=", plan.marker.identity);
 
         let db_names = plan.database_names();
         let rows = client
-            .query(
-                "SELECT d.datname::text, pg_get_userbyid(d.datdba)::text, shobj_description(d.oid, 'pg_database')
-                   FROM pg_database d
-                  WHERE d.datname::text = ANY($1::text[])
-                     OR shobj_description(d.oid, 'pg_database') LIKE 'bulkhead.dev/owner=%'",
-                &[&db_names],
-            )
+            .query(DATABASES_SQL, &[&db_names, &marker])
             .await
             .map_err(err)?;
+        let Some(first) = rows.first() else {
+            return Err(ProviderError::transient(
+                "DatabaseError",
+                "reading the server's catalogs: no row",
+            ));
+        };
+        let version: String = first.try_get(0).map_err(err)?;
+        let version_num: i32 = first.try_get(1).map_err(err)?;
+        let admin: String = first.try_get(2).map_err(err)?;
+        let read_passwords: bool = first.try_get(3).map_err(err)?;
         let mut dbs = BTreeMap::new();
-        for row in rows {
-            let name: String = row.get(0);
-            let comment: Option<String> = row.get(2);
-            if db_names.contains(&name)
-                || (marker_claim(plan, comment.as_deref()).is_ours() && plan.has_prefix(&name))
-            {
-                dbs.insert(
-                    name,
-                    DbRow {
-                        owner: row.get(1),
-                        comment,
-                    },
-                );
-            }
-        }
-
-        let all_dbs: Vec<String> = dbs.keys().cloned().collect();
-        let rows = client
-            .query(
-                "SELECT d.datname::text,
-                        CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee)::text END,
-                        a.privilege_type
-                   FROM pg_database d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a
-                  WHERE d.datname::text = ANY($1::text[]) AND a.grantee <> d.datdba",
-                &[&all_dbs],
-            )
-            .await
-            .map_err(err)?;
         let mut db_acl: BTreeMap<String, BTreeMap<Option<String>, BTreeSet<String>>> =
             BTreeMap::new();
-        for row in rows {
-            db_acl
-                .entry(row.get(0))
-                .or_default()
-                .entry(row.get(1))
-                .or_default()
-                .insert(row.get(2));
+        for row in &rows {
+            let Some(name) = row.try_get::<_, Option<String>>(4).map_err(err)? else {
+                continue;
+            };
+            let comment: Option<String> = row.try_get(6).map_err(err)?;
+            if !(db_names.contains(&name)
+                || (marker_claim(plan, comment.as_deref()).is_ours() && plan.has_prefix(&name)))
+            {
+                continue;
+            }
+            let grantees: Vec<Option<String>> = row
+                .try_get::<_, Option<Vec<Option<String>>>>(7)
+                .map_err(err)?
+                .unwrap_or_default();
+            let privileges: Vec<String> = row
+                .try_get::<_, Option<Vec<String>>>(8)
+                .map_err(err)?
+                .unwrap_or_default();
+            let acl = db_acl.entry(name.clone()).or_default();
+            for (grantee, privilege) in grantees.into_iter().zip(privileges) {
+                acl.entry(grantee).or_default().insert(privilege);
+            }
+            if acl.is_empty() {
+                db_acl.remove(&name);
+            }
+            dbs.insert(
+                name,
+                DbRow {
+                    owner: row.try_get(5).map_err(err)?,
+                    comment,
+                },
+            );
         }
 
-        let all_roles: Vec<String> = roles.keys().cloned().collect();
+        let names = plan.role_names();
         let rows = client
-            .query(
-                "SELECT r.rolname::text, m.rolname::text
-                   FROM pg_auth_members am
-                   JOIN pg_roles r ON r.oid = am.roleid
-                   JOIN pg_roles m ON m.oid = am.member
-                  WHERE r.rolname::text = ANY($1::text[]) OR m.rolname::text = ANY($1::text[])",
-                &[&all_roles],
-            )
+            .query(&roles_sql(read_passwords), &[&names, &marker])
             .await
             .map_err(err)?;
+        let mut roles = BTreeMap::new();
         let mut member_of: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut members: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for row in rows {
-            let role: String = row.get(0);
-            let member: String = row.get(1);
-            member_of
-                .entry(member.clone())
-                .or_default()
-                .insert(role.clone());
-            members.entry(role).or_default().insert(member);
-        }
-
-        let rows = client
-            .query(
-                "SELECT r.rolname::text, coalesce(d.datname::text, ''), s.setconfig
-                   FROM pg_db_role_setting s
-                   JOIN pg_roles r ON r.oid = s.setrole
-                   LEFT JOIN pg_database d ON d.oid = s.setdatabase
-                  WHERE r.rolname::text = ANY($1::text[])",
-                &[&all_roles],
-            )
-            .await
-            .map_err(err)?;
         let mut role_settings: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        let mut passwords = read_passwords.then(BTreeMap::new);
         for row in rows {
-            let config: Option<Vec<String>> = row.get(2);
-            for setting in config.unwrap_or_default() {
-                if let Some(value) = setting.strip_prefix("role=") {
-                    role_settings
-                        .entry(row.get(0))
-                        .or_default()
-                        .insert(row.get(1), value.to_string());
-                }
+            let name: String = row.try_get(0).map_err(err)?;
+            let comment: Option<String> = row.try_get(9).map_err(err)?;
+            let row_claim = marker_claim(plan, comment.as_deref());
+            // Keep the desired names, and this cluster's marked roles.
+            if !(names.contains(&name) || (row_claim.is_ours() && plan.has_prefix(&name))) {
+                continue;
             }
+            let groups: Vec<String> = row.try_get(10).map_err(err)?;
+            if !groups.is_empty() {
+                member_of.insert(name.clone(), groups.into_iter().collect());
+            }
+            let role_members: Vec<String> = row.try_get(11).map_err(err)?;
+            if !role_members.is_empty() {
+                members.insert(name.clone(), role_members.into_iter().collect());
+            }
+            let setting_dbs: Vec<String> = row
+                .try_get::<_, Option<Vec<String>>>(12)
+                .map_err(err)?
+                .unwrap_or_default();
+            let setting_values: Vec<String> = row
+                .try_get::<_, Option<Vec<String>>>(13)
+                .map_err(err)?
+                .unwrap_or_default();
+            for (db, value) in setting_dbs.into_iter().zip(setting_values) {
+                role_settings
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(db, value);
+            }
+            if let Some(passwords) = passwords.as_mut() {
+                let stored: Option<String> = row.try_get(14).map_err(err)?;
+                passwords.insert(name.clone(), stored.map(StoredVerifier));
+            }
+            roles.insert(
+                name,
+                RoleRow {
+                    attrs: RoleAttrs {
+                        login: row.try_get(1).map_err(err)?,
+                        superuser: row.try_get(2).map_err(err)?,
+                        createdb: row.try_get(3).map_err(err)?,
+                        createrole: row.try_get(4).map_err(err)?,
+                        replication: row.try_get(5).map_err(err)?,
+                        bypassrls: row.try_get(6).map_err(err)?,
+                        inherit: row.try_get(7).map_err(err)?,
+                        connection_limit: row.try_get(8).map_err(err)?,
+                    },
+                    comment,
+                },
+            );
         }
 
         Ok(Inventory {
@@ -320,6 +350,7 @@ impl Inventory {
             member_of,
             members,
             role_settings,
+            passwords,
         })
     }
 
@@ -450,120 +481,107 @@ fn first_char(s: &str) -> char {
     s.chars().next().unwrap_or(' ')
 }
 
+/// Everything [`DbInspection`] holds, in one query: rows tagged `n`
+/// (schema, owner), `c` (relation, owner), `na`/`ca` (a grantee's privilege
+/// on a schema/relation), `d` (a default privilege) and one `p` row (the
+/// `public` schema's state).
+fn inspection_sql() -> String {
+    let f = USER_SCHEMA_FILTER;
+    format!(
+        "
+SELECT 'n'::text, n.nspname::text, NULL::text, NULL::text, pg_get_userbyid(n.nspowner)::text, NULL::text
+  FROM pg_namespace n WHERE {f}
+UNION ALL
+SELECT 'c', n.nspname::text, c.relname::text, c.relkind::text, pg_get_userbyid(c.relowner)::text, NULL
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND {f}
+UNION ALL
+SELECT 'na', n.nspname::text, NULL, NULL, pg_get_userbyid(a.grantee)::text, a.privilege_type::text
+  FROM pg_namespace n, aclexplode(n.nspacl) a
+ WHERE {f} AND a.grantee <> n.nspowner AND pg_get_userbyid(a.grantee)::text = ANY($1::text[])
+UNION ALL
+SELECT 'ca', n.nspname::text, c.relname::text, c.relkind::text, pg_get_userbyid(a.grantee)::text, a.privilege_type::text
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a
+ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND {f}
+   AND a.grantee <> c.relowner AND pg_get_userbyid(a.grantee)::text = ANY($1::text[])
+UNION ALL
+SELECT 'd', pg_get_userbyid(d.defaclrole)::text, d.defaclobjtype::text, NULL, pg_get_userbyid(a.grantee)::text, a.privilege_type::text
+  FROM pg_default_acl d, aclexplode(d.defaclacl) a
+ WHERE d.defaclnamespace = 0 AND a.grantee <> d.defaclrole
+   AND pg_get_userbyid(a.grantee)::text = ANY($1::text[])
+UNION ALL
+SELECT 'p',
+       EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'public')::text,
+       coalesce((SELECT bool_or(a.grantee = 0 AND a.privilege_type = 'CREATE')
+                   FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
+                  WHERE n.nspname = 'public'), false)::text,
+       (CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'public')
+                  AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname::text = $2::text)
+             THEN has_schema_privilege(($2::text)::name, 'public', 'CREATE') ELSE false END)::text,
+       NULL, NULL"
+    )
+}
+
 impl DbInspection {
     /// `grantees` are the roles whose privileges are reported; `owner` is
-    /// the database's owner role.
+    /// the database's owner role. One query ([`inspection_sql`]).
     pub async fn load(
-        client: &Client,
+        client: &Session,
         grantees: &[String],
         owner: &str,
     ) -> Result<DbInspection, ProviderError> {
         let err = |e: tokio_postgres::Error| classify(&e, "reading a database's privileges");
         let mut out = DbInspection::default();
         let rows = client
-            .query(
-                &format!(
-                    "SELECT n.nspname::text, pg_get_userbyid(n.nspowner)::text FROM pg_namespace n WHERE {USER_SCHEMA_FILTER}"
-                ),
-                &[],
-            )
+            .query(&inspection_sql(), &[&grantees, &owner])
             .await
             .map_err(err)?;
         for row in rows {
-            out.objects.insert(Object::Schema(row.get(0)), row.get(1));
+            let text = |i: usize| -> Result<String, ProviderError> {
+                row.try_get::<_, Option<String>>(i)
+                    .map_err(err)
+                    .map(Option::unwrap_or_default)
+            };
+            let kind = text(0)?;
+            match kind.as_str() {
+                "n" => {
+                    out.objects.insert(Object::Schema(text(1)?), text(4)?);
+                }
+                "c" => {
+                    out.objects.insert(
+                        Object::Relation(text(1)?, text(2)?, first_char(&text(3)?)),
+                        text(4)?,
+                    );
+                }
+                "na" => {
+                    out.acl
+                        .entry((Object::Schema(text(1)?), text(4)?))
+                        .or_default()
+                        .insert(text(5)?);
+                }
+                "ca" => {
+                    out.acl
+                        .entry((
+                            Object::Relation(text(1)?, text(2)?, first_char(&text(3)?)),
+                            text(4)?,
+                        ))
+                        .or_default()
+                        .insert(text(5)?);
+                }
+                "d" => {
+                    out.default_acl
+                        .entry((text(1)?, first_char(&text(2)?), text(4)?))
+                        .or_default()
+                        .insert(text(5)?);
+                }
+                "p" => {
+                    out.has_public = text(1)? == "true";
+                    out.public_create_by_public = text(2)? == "true";
+                    out.owner_creates_in_public = text(3)? == "true";
+                }
+                _ => {}
+            }
         }
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT n.nspname::text, c.relname::text, c.relkind::text, pg_get_userbyid(c.relowner)::text
-                       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                      WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND {USER_SCHEMA_FILTER}"
-                ),
-                &[],
-            )
-            .await
-            .map_err(err)?;
-        for row in rows {
-            let kind: String = row.get(2);
-            out.objects.insert(
-                Object::Relation(row.get(0), row.get(1), first_char(&kind)),
-                row.get(3),
-            );
-        }
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT n.nspname::text, pg_get_userbyid(a.grantee)::text, a.privilege_type
-                       FROM pg_namespace n, aclexplode(n.nspacl) a
-                      WHERE {USER_SCHEMA_FILTER} AND a.grantee <> n.nspowner
-                        AND pg_get_userbyid(a.grantee)::text = ANY($1::text[])"
-                ),
-                &[&grantees],
-            )
-            .await
-            .map_err(err)?;
-        for row in rows {
-            out.acl
-                .entry((Object::Schema(row.get(0)), row.get(1)))
-                .or_default()
-                .insert(row.get(2));
-        }
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT n.nspname::text, c.relname::text, c.relkind::text, pg_get_userbyid(a.grantee)::text, a.privilege_type
-                       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a
-                      WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND {USER_SCHEMA_FILTER}
-                        AND a.grantee <> c.relowner
-                        AND pg_get_userbyid(a.grantee)::text = ANY($1::text[])"
-                ),
-                &[&grantees],
-            )
-            .await
-            .map_err(err)?;
-        for row in rows {
-            let kind: String = row.get(2);
-            out.acl
-                .entry((
-                    Object::Relation(row.get(0), row.get(1), first_char(&kind)),
-                    row.get(3),
-                ))
-                .or_default()
-                .insert(row.get(4));
-        }
-        let rows = client
-            .query(
-                "SELECT pg_get_userbyid(d.defaclrole)::text, d.defaclobjtype::text, pg_get_userbyid(a.grantee)::text, a.privilege_type
-                   FROM pg_default_acl d, aclexplode(d.defaclacl) a
-                  WHERE d.defaclnamespace = 0 AND a.grantee <> d.defaclrole
-                    AND pg_get_userbyid(a.grantee)::text = ANY($1::text[])",
-                &[&grantees],
-            )
-            .await
-            .map_err(err)?;
-        for row in rows {
-            let kind: String = row.get(1);
-            out.default_acl
-                .entry((row.get(0), first_char(&kind), row.get(2)))
-                .or_default()
-                .insert(row.get(3));
-        }
-        let row = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'public'),
-                        coalesce((SELECT bool_or(a.grantee = 0 AND a.privilege_type = 'CREATE')
-                                    FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
-                                   WHERE n.nspname = 'public'), false),
-                        CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'public')
-                                  AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname::text = $1::text)
-                             THEN has_schema_privilege(($1::text)::name, 'public', 'CREATE') ELSE false END",
-                &[&owner],
-            )
-            .await
-            .map_err(err)?;
-        out.has_public = row.get(0);
-        out.public_create_by_public = row.get(1);
-        out.owner_creates_in_public = row.get(2);
         Ok(out)
     }
 }

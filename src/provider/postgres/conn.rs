@@ -22,6 +22,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::passwords::fingerprint;
+use super::pool::{self, ADMIN_POOL_SIZE, DATABASE_POOL_SIZE, PoolKey, Session};
 use crate::provider::ProviderError;
 use crate::reconcile::reasons;
 
@@ -68,12 +70,33 @@ impl TlsMode {
     }
 }
 
+/// Which server a connection reaches (its hosts and ports): roles live
+/// server-wide, so what is remembered of a role is keyed by this.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ServerId {
+    hosts: Vec<String>,
+    ports: Vec<u16>,
+}
+
+impl ServerId {
+    #[cfg(test)]
+    pub fn for_tests(host: &str) -> Self {
+        ServerId {
+            hosts: vec![host.to_string()],
+            ports: vec![5432],
+        }
+    }
+}
+
 /// A parsed admin connection: everything but the database name, which each
 /// call picks.
 #[derive(Clone)]
 pub struct ConnInfo {
     config: Config,
     tls: MakeRustlsConnect,
+    /// The pool key of this connection, the database left empty.
+    pool_key: PoolKey,
+    pub server: ServerId,
     /// The maintenance database named in the connection string.
     pub admin_db: String,
     /// First host and port, reported as the cluster's endpoint.
@@ -380,9 +403,23 @@ impl ConnInfo {
         let host = hosts[0].clone();
         let port = ports[0];
         let sslmode = mode.as_str();
+        let pool_key = PoolKey {
+            hosts: hosts.clone(),
+            ports: ports.clone(),
+            user,
+            sslmode,
+            root_cert,
+            options: config.get_options().unwrap_or_default().to_string(),
+            application_name: config.get_application_name().map(str::to_string),
+            connect_timeout: config.get_connect_timeout().copied(),
+            password: config.get_password().map(fingerprint),
+            dbname: String::new(),
+        };
         Ok(ConnInfo {
             config,
             tls,
+            pool_key,
+            server: ServerId { hosts, ports },
             admin_db,
             host,
             port,
@@ -390,7 +427,40 @@ impl ConnInfo {
         })
     }
 
-    /// Opens an admin session on `dbname`.
+    fn pool_key(&self, dbname: &str) -> PoolKey {
+        PoolKey {
+            dbname: dbname.to_string(),
+            ..self.pool_key.clone()
+        }
+    }
+
+    /// A pooled admin session on `dbname`: it behaves as a fresh
+    /// [`ConnInfo::connect_admin`] connection (timeout, lock_timeout, TLS,
+    /// error classification), but is reused across calls and providers
+    /// built from the same connection string (see `pool`).
+    pub async fn session(&self, dbname: &str) -> Result<Session, ProviderError> {
+        let size = if dbname == self.admin_db {
+            ADMIN_POOL_SIZE
+        } else {
+            DATABASE_POOL_SIZE
+        };
+        pool::session(
+            &self.config,
+            &self.tls,
+            self.pool_key(dbname),
+            size,
+            (&self.host, self.port),
+        )
+        .await
+    }
+
+    /// Closes the pooled sessions on `dbname` (before it is dropped).
+    pub fn forget_sessions(&self, dbname: &str) {
+        pool::forget(&self.pool_key(dbname));
+    }
+
+    /// Opens a fresh (unpooled) admin session on `dbname`, for work that
+    /// changes session state or runs long (copies).
     pub async fn connect_admin(&self, dbname: &str) -> Result<Client, ProviderError> {
         let mut config = self.config.clone();
         config.dbname(dbname);
@@ -755,6 +825,19 @@ mod tests {
         let info =
             ConnInfo::parse("postgres://u:hunter2@h/db?sslmode=verify-full").expect("parses");
         assert!(!format!("{info:?}").contains("hunter2"));
+        // Nor does the pool key, which holds only a fingerprint of it.
+        let key = format!("{:?}", info.pool_key("db"));
+        assert!(
+            !key.contains("hunter2") && !key.contains("assword"),
+            "{key}"
+        );
+        let rotated =
+            ConnInfo::parse("postgres://u:hunter3@h/db?sslmode=verify-full").expect("parses");
+        assert!(
+            info.pool_key("db") != rotated.pool_key("db"),
+            "a rotated password gets a new pool"
+        );
+        assert!(info.pool_key("db") == info.pool_key("db"));
     }
 
     /// Words a parse error may contain although the input has them too:

@@ -6,11 +6,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use postgres_protocol::password::scram_sha_256;
-use tokio_postgres::Client;
 
 use super::catalog::{Claim, DbInspection, Inventory, Object, RoleAttrs};
-use super::conn::classify;
+use super::conn::{ConnInfo, classify};
 use super::names::{Access, Plan};
+use super::pool::Session;
 use super::sql::{ident, idents, lit, qualified};
 use crate::provider::ProviderError;
 
@@ -37,7 +37,7 @@ impl Fix {
 
 /// Runs fixes in order. Errors name the fix, never its SQL (which may hold
 /// a password verifier).
-pub async fn apply(client: &Client, fixes: &[Fix]) -> Result<(), ProviderError> {
+pub async fn apply(client: &Session, fixes: &[Fix]) -> Result<(), ProviderError> {
     for fix in fixes {
         if fix.statements.is_empty() {
             continue;
@@ -77,10 +77,20 @@ fn comment_db(plan: &Plan, db: &str) -> String {
     )
 }
 
-/// The SCRAM-SHA-256 verifier of a password, computed here so the password
-/// itself never travels in SQL text.
+/// The SCRAM-SHA-256 verifier of a password (fresh salt), computed here so
+/// the password itself never travels in SQL text.
+pub fn verifier(password: &str) -> String {
+    scram_sha_256(password.as_bytes())
+}
+
+/// `PASSWORD '<verifier>'`.
 pub fn password_clause(password: &str) -> String {
-    format!("PASSWORD {}", lit(&scram_sha_256(password.as_bytes())))
+    verifier_clause(&verifier(password))
+}
+
+/// `PASSWORD '<verifier>'` for a verifier already computed.
+pub fn verifier_clause(verifier: &str) -> String {
+    format!("PASSWORD {}", lit(verifier))
 }
 
 /// Roles and databases: existence, attributes, owners, markers.
@@ -479,13 +489,16 @@ pub fn db_fixes(plan: &Plan, db: &str, insp: &DbInspection) -> Vec<Fix> {
     fixes
 }
 
-/// Drops databases, ending their sessions first.
+/// Drops databases, ending their sessions first (bulkhead's pooled ones
+/// too).
 pub async fn drop_databases(
-    client: &Client,
+    conn: &ConnInfo,
+    client: &Session,
     version_num: i32,
     dbs: &[String],
 ) -> Result<(), ProviderError> {
     for db in dbs {
+        conn.forget_sessions(db);
         let doing = format!("dropping database {db}");
         if version_num >= 130000 {
             client
@@ -524,8 +537,8 @@ pub async fn drop_databases(
 /// objects are handed to the database's owner role instead of dropped),
 /// then the roles. Group roles last.
 pub async fn drop_roles(
-    conn: &super::conn::ConnInfo,
-    admin: &Client,
+    conn: &ConnInfo,
+    admin: &Session,
     roles: &[String],
     keep: &BTreeMap<String, String>,
     group_roles: &BTreeSet<String>,
@@ -556,8 +569,8 @@ pub async fn drop_roles(
         .map_err(err)?;
     let list = idents(roles.iter());
     for row in rows {
-        let db: String = row.get(0);
-        let client = conn.connect_admin(&db).await?;
+        let db: String = row.try_get(0).map_err(err)?;
+        let client = conn.session(&db).await?;
         let mut sql = String::new();
         if let Some(owner) = keep.get(&db).filter(|o| !roles.contains(o)) {
             sql.push_str(&format!("REASSIGN OWNED BY {list} TO {};\n", ident(owner)));
@@ -576,6 +589,7 @@ pub async fn drop_roles(
             .batch_execute(&format!("DROP ROLE IF EXISTS {}", ident(role)))
             .await
             .map_err(err)?;
+        super::passwords::forget(&conn.server, role);
     }
     Ok(())
 }

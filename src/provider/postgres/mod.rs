@@ -46,6 +46,32 @@
 //! - Grants nobody declared (on the database, memberships from outside the
 //!   cluster, extra table privileges) are revoked by `update`.
 //!
+//! # Connections and what an observe costs
+//! Admin sessions are pooled per server, admin credentials, TLS settings
+//! and database (see `pool`: at most 4 on the maintenance database and 2
+//! on each other one, closed after 10 minutes idle, a session that failed
+//! is never reused), shared by every provider parsed from the same
+//! connection string. An observe of a cluster with D databases and U users
+//! in steady state opens no connection and runs, on the server:
+//! - on the admin session: 2 catalog queries (server facts with the
+//!   cluster's databases, owners, markers and ACLs; the cluster's roles with
+//!   attributes, markers, memberships, per-database settings and, when the
+//!   admin role may read `pg_authid`, password verifiers);
+//! - on a session in each of the D databases: 1 query (schemas, relations,
+//!   their grants, default privileges; these live in each database's own
+//!   catalogs);
+//! - plus, per session taken from a pool, an empty query checking it is
+//!   alive: 2 + 2·D statements in all, none of them per user.
+//!
+//! Passwords (see `passwords`) are checked against the stored SCRAM
+//! verifier offline when the admin role may read it (superuser); the
+//! PBKDF2 work is redone only when the stored verifier or the desired
+//! password changed, so `ALTER ROLE … PASSWORD` behind bulkhead's back is
+//! found at the next observe. Without that right, bulkhead logs in as a
+//! user only after it set the password, when the desired one changed, or
+//! once an hour ([`LOGIN_RECHECK`]), so such drift is found within an hour
+//! and one resync.
+//!
 //! # Copies
 //! `copy_from` recreates the source's schema in the target's databases and
 //! streams the rows through the sanitize masks (see `copy`). The source may
@@ -61,6 +87,8 @@ pub mod conn;
 mod converge;
 mod copy;
 pub mod names;
+mod passwords;
+mod pool;
 mod sql;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -78,11 +106,16 @@ use crate::reconcile::reasons;
 use catalog::{Claim, DbInspection, Inventory};
 use conn::{ConnInfo, ConnectFailure, classify};
 use converge::{
-    Fix, apply, db_fixes, drop_databases, drop_roles, grant_fixes, object_fixes, password_clause,
+    Fix, apply, db_fixes, drop_databases, drop_roles, grant_fixes, object_fixes, verifier,
+    verifier_clause,
 };
 pub use copy::{TableRef, parse_column, parse_table};
 pub use names::{MARKER_PREFIX, MAX_IDENTIFIER_BYTES};
 use names::{Plan, UserPlan};
+pub use passwords::LOGIN_RECHECK;
+use passwords::Verdict;
+use pool::Session;
+pub use pool::{ADMIN_POOL_SIZE, DATABASE_POOL_SIZE, IDLE_TIMEOUT};
 use sql::ident;
 
 /// Reasons specific to this backend (besides the shared ones).
@@ -176,8 +209,8 @@ impl PostgresDatabaseClusters {
         })
     }
 
-    async fn admin(&self) -> Result<tokio_postgres::Client, ProviderError> {
-        self.conn.connect_admin(&self.conn.admin_db).await
+    async fn admin(&self) -> Result<Session, ProviderError> {
+        self.conn.session(&self.conn.admin_db).await
     }
 
     fn observed(&self, inv: &Inventory) -> ObservedDatabaseCluster {
@@ -189,8 +222,10 @@ impl PostgresDatabaseClusters {
         }
     }
 
-    /// Whether the user's desired password is the one the server has, found
-    /// by logging in with it. `None` when the server would not say (e.g.
+    /// Whether the user's desired password is the one the server has
+    /// (see `passwords`): from the stored verifier when the admin role can
+    /// read it, else by logging in (at most once per [`LOGIN_RECHECK`] per
+    /// role and password). `None` when the server would not say (e.g.
     /// pg_hba.conf has no entry for this client).
     async fn password_matches(
         &self,
@@ -201,17 +236,45 @@ impl PostgresDatabaseClusters {
         let Some(password) = &user.password else {
             return Ok(None);
         };
+        let server = &self.conn.server;
+        if let Some(stored) = inv.passwords.as_ref().map(|p| p.get(&user.physical)) {
+            let verdict = match stored.and_then(|v| v.as_ref()) {
+                // No password at all.
+                None => Verdict::Mismatch,
+                Some(v) => passwords::check_stored(server, &user.physical, &v.0, password.expose()),
+            };
+            match verdict {
+                Verdict::Match => return Ok(Some(true)),
+                Verdict::Mismatch => return Ok(Some(false)),
+                Verdict::Unknown => {}
+            }
+        }
+        if passwords::login_fresh(server, &user.physical, password.expose()) {
+            return Ok(Some(true));
+        }
+        let matches = self.login_check(plan, inv, user, password.expose()).await?;
+        match matches {
+            Some(true) => passwords::record_login(server, &user.physical, password.expose()),
+            _ => passwords::forget(server, &user.physical),
+        }
+        Ok(matches)
+    }
+
+    /// Logs in as the user with its desired password.
+    async fn login_check(
+        &self,
+        plan: &Plan,
+        inv: &Inventory,
+        user: &UserPlan,
+        password: &str,
+    ) -> Result<Option<bool>, ProviderError> {
         let db = user
             .access
             .keys()
             .find(|db| inv.db_claim(plan, db).is_ours())
             .cloned()
             .unwrap_or_else(|| self.conn.admin_db.clone());
-        match self
-            .conn
-            .connect_as(&user.physical, password.expose(), &db)
-            .await
-        {
+        match self.conn.connect_as(&user.physical, password, &db).await {
             Ok(_client) => Ok(Some(true)),
             Err(ConnectFailure::Pg(e)) => match e.code() {
                 Some(code) if *code == SqlState::INVALID_PASSWORD => Ok(Some(false)),
@@ -230,6 +293,29 @@ impl PostgresDatabaseClusters {
                 "PostgreSQL unavailable: checking the password of user {} timed out",
                 user.logical
             ))),
+        }
+    }
+
+    /// Whether converge must (re)set the user's password: unless it is
+    /// known to match, from the stored verifier or a recent login. Never
+    /// logs in.
+    fn password_needs_setting(&self, inv: &Inventory, user: &UserPlan) -> bool {
+        let Some(password) = &user.password else {
+            return false;
+        };
+        let server = &self.conn.server;
+        match inv.passwords.as_ref().map(|p| p.get(&user.physical)) {
+            Some(Some(Some(v))) => {
+                match passwords::check_stored(server, &user.physical, &v.0, password.expose()) {
+                    Verdict::Match => false,
+                    Verdict::Mismatch => true,
+                    Verdict::Unknown => {
+                        !passwords::login_fresh(server, &user.physical, password.expose())
+                    }
+                }
+            }
+            Some(_) => true,
+            None => !passwords::login_fresh(server, &user.physical, password.expose()),
         }
     }
 
@@ -253,34 +339,44 @@ impl PostgresDatabaseClusters {
         let inv = Inventory::load(&admin, &plan).await?;
         inv.check_conflicts(&plan)?;
         apply(&admin, &object_fixes(&plan, &inv, true)).await?;
-        let passwords: Vec<Fix> = plan
-            .users
-            .iter()
-            .filter_map(|u| {
-                u.password.as_ref().map(|p| {
-                    Fix::atomic(
-                        format!("setting the password of user {}", u.logical),
-                        vec![format!(
-                            "ALTER ROLE {} {}",
-                            ident(&u.physical),
-                            password_clause(p.expose())
-                        )],
-                    )
-                })
-            })
-            .collect();
-        apply(&admin, &passwords).await?;
 
         let inv = Inventory::load(&admin, &plan).await?;
+        // Only passwords not known to match: each ALTER ROLE writes a new
+        // verifier, remembered so the next observe need not recompute it.
+        for user in &plan.users {
+            let Some(password) = user.password.as_ref() else {
+                continue;
+            };
+            if !self.password_needs_setting(&inv, user) {
+                continue;
+            }
+            let verifier = verifier(password.expose());
+            let fix = Fix::atomic(
+                format!("setting the password of user {}", user.logical),
+                vec![format!(
+                    "ALTER ROLE {} {}",
+                    ident(&user.physical),
+                    verifier_clause(&verifier)
+                )],
+            );
+            apply(&admin, std::slice::from_ref(&fix)).await?;
+            passwords::record_set(
+                &self.conn.server,
+                &user.physical,
+                &verifier,
+                password.expose(),
+            );
+        }
+
         apply(&admin, &grant_fixes(&plan, &inv)).await?;
         let grantees = Self::grantees(&plan);
         for db in &plan.databases {
-            let client = self.conn.connect_admin(&db.physical).await?;
+            let client = self.conn.session(&db.physical).await?;
             let insp = DbInspection::load(&client, &grantees, &db.owner).await?;
             apply(&client, &db_fixes(&plan, &db.physical, &insp)).await?;
         }
         if drop_extras {
-            drop_databases(&admin, inv.version_num, &inv.extra_dbs(&plan)).await?;
+            drop_databases(&self.conn, &admin, inv.version_num, &inv.extra_dbs(&plan)).await?;
             let keep: BTreeMap<String, String> = plan
                 .databases
                 .iter()
@@ -298,7 +394,7 @@ impl PostgresDatabaseClusters {
         let Some(db_plan) = plan.database(db) else {
             return Ok(());
         };
-        let client = self.conn.connect_admin(db).await?;
+        let client = self.conn.session(db).await?;
         let insp = DbInspection::load(&client, &Self::grantees(plan), &db_plan.owner).await?;
         apply(&client, &db_fixes(plan, db, &insp)).await
     }
@@ -314,8 +410,10 @@ impl ExternalClient for PostgresDatabaseClusters {
         desired: &DesiredDatabaseCluster,
     ) -> Result<Observation<ObservedDatabaseCluster>, ProviderError> {
         let plan = Plan::new(desired)?;
-        let admin = self.admin().await?;
-        let inv = Inventory::load(&admin, &plan).await?;
+        let inv = {
+            let admin = self.admin().await?;
+            Inventory::load(&admin, &plan).await?
+        };
         inv.check_conflicts(&plan)?;
         let extra_dbs = inv.extra_dbs(&plan);
         let extra_roles = inv.extra_roles(&plan);
@@ -346,8 +444,9 @@ impl ExternalClient for PostgresDatabaseClusters {
             if !inv.db_claim(&plan, &db.physical).is_ours() {
                 continue;
             }
-            let client = self.conn.connect_admin(&db.physical).await?;
+            let client = self.conn.session(&db.physical).await?;
             let insp = DbInspection::load(&client, &grantees, &db.owner).await?;
+            drop(client);
             drift.extend(
                 db_fixes(&plan, &db.physical, &insp)
                     .into_iter()
@@ -428,7 +527,7 @@ impl ExternalClient for PostgresDatabaseClusters {
             })
             .cloned()
             .collect();
-        drop_databases(&admin, inv.version_num, &dbs).await?;
+        drop_databases(&self.conn, &admin, inv.version_num, &dbs).await?;
         let groups = BTreeSet::from([plan.owner_role.clone()]);
         drop_roles(&self.conn, &admin, &roles, &BTreeMap::new(), &groups).await
     }

@@ -152,13 +152,13 @@ pub async fn copy(
         ),
         None => e,
     };
-    let admin = conn.connect_admin(&conn.admin_db).await?;
+    let admin = conn.session(&conn.admin_db).await?;
     let target_inv = Inventory::load(&admin, target).await?;
     let source_inv = match &request.source_connection {
         None => Inventory::load(&admin, source).await?,
         Some(_) => {
             let source_admin = source_conn
-                .connect_admin(&source_conn.admin_db)
+                .session(&source_conn.admin_db)
                 .await
                 .map_err(on_source)?;
             Inventory::load(&source_admin, source)
