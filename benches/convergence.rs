@@ -16,17 +16,7 @@ use std::time::{Duration, Instant};
 use bulkhead::api::{Environment, Organization};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use support::controlplane::{ControlPlane, unique};
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
+use support::procfs::peak_rss_kib;
 
 async fn run_once(cp: &ControlPlane, n: usize, concurrency: &str) -> (Duration, u64) {
     let client = cp.client().await;

@@ -25,7 +25,6 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bulkhead::api::DeletionPolicy;
@@ -37,6 +36,7 @@ use bulkhead::provider::{
 };
 use futures::StreamExt;
 use support::postgres::TestPostgres;
+use support::procfs::{clock_ticks_per_second, ppid_and_ticks_with_children};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -45,30 +45,10 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// (ppid, utime + stime + cutime + cstime) of a process, in clock ticks.
-fn proc_times(pid: &str) -> Option<(u32, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces: fields start after the last ')'.
-    let (_, rest) = stat.rsplit_once(") ")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let num = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
-    let ppid = u32::try_from(num(1)?).ok()?;
-    Some((ppid, num(11)? + num(12)? + num(13)? + num(14)?))
-}
-
 /// CPU ticks of the PostgreSQL server: the postmaster (with the children it
 /// has reaped) plus every live child (backends, background workers).
 fn server_ticks(postmaster: u32) -> u64 {
-    let mut total = proc_times(&postmaster.to_string()).map_or(0, |(_, t)| t);
+    let mut total = ppid_and_ticks_with_children(postmaster).map_or(0, |(_, t)| t);
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
             let name = entry.file_name();
@@ -78,7 +58,7 @@ fn server_ticks(postmaster: u32) -> u64 {
             else {
                 continue;
             };
-            if let Some((ppid, ticks)) = proc_times(pid)
+            if let Some((ppid, ticks)) = ppid_and_ticks_with_children(pid)
                 && ppid == postmaster
             {
                 total += ticks;
@@ -89,7 +69,7 @@ fn server_ticks(postmaster: u32) -> u64 {
 }
 
 fn own_ticks() -> u64 {
-    proc_times("self").map_or(0, |(_, t)| t)
+    ppid_and_ticks_with_children("self").map_or(0, |(_, t)| t)
 }
 
 /// Connections the server accepted so far (`connection received` lines).

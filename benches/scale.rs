@@ -65,6 +65,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Config};
 use serde_json::{Map, Value, json};
 use support::controlplane::{ControlPlane, Operator, unique, watchdog};
+use support::procfs::{clock_ticks_per_second, cpu_ticks, peak_rss_kib, stat_fields};
 
 /// Label on every bulkhead object the bench creates: which phase and side.
 const BENCH_LABEL: &str = "bench.bulkhead.dev/run";
@@ -288,39 +289,6 @@ fn parse_request_total(text: &str) -> (Counts, Counts, u64) {
 }
 
 // ------------------------------------------------------------ processes
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// The fields of /proc/<pid>/stat after the command name (state first).
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, after) = stat.rsplit_once(')')?;
-    Some(after.split_whitespace().map(str::to_string).collect())
-}
-
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let f = stat_fields(pid)?;
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
 
 /// The kube-apiserver the control plane started (from its pids file).
 fn apiserver_pid(cp: &ControlPlane) -> u32 {
@@ -834,7 +802,7 @@ impl Bench {
             client,
             sent,
             apiserver: apiserver_pid(cp),
-            ticks: clock_ticks(),
+            ticks: clock_ticks_per_second(),
             resources,
             run: format!("b{}", unique()),
             timeout,

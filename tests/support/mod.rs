@@ -10,6 +10,7 @@ pub mod controlplane;
 pub mod helm;
 pub mod objects;
 pub mod postgres;
+pub mod procfs;
 
 use std::path::PathBuf;
 
