@@ -160,6 +160,13 @@ fn owner_uid(obj: &DynamicObject) -> Option<&str> {
     obj.labels().get(LABEL_OWNER_UID).map(String::as_str)
 }
 
+/// The owner-uid label of an object in its JSON form.
+fn owner_label(body: &Value) -> Option<&str> {
+    body.pointer("/metadata/labels")?
+        .get(LABEL_OWNER_UID)?
+        .as_str()
+}
+
 /// resourceVersions are opaque to clients, but the apiserver's are etcd
 /// revisions: integers that only grow. One that does not parse is never
 /// taken as newer than anything, so the watch's copy wins.
@@ -229,29 +236,16 @@ impl KindCache {
             keys.extend(
                 written
                     .iter()
-                    .filter(|(_, w)| {
-                        w.body
-                            .pointer(&format!(
-                                "/metadata/labels/{}",
-                                LABEL_OWNER_UID.replace('/', "~1")
-                            ))
-                            .and_then(Value::as_str)
-                            == Some(owner_uid)
-                    })
+                    .filter(|(_, w)| owner_label(&w.body) == Some(owner_uid))
                     .map(|(k, _)| k.clone()),
             );
         }
         let mut out = Vec::new();
         for key in keys {
-            if let Lookup::Found(body) = self.lookup(key.0.as_deref(), &key.1) {
-                let labelled = body
-                    .pointer("/metadata/labels")
-                    .and_then(|l| l.get(LABEL_OWNER_UID))
-                    .and_then(Value::as_str)
-                    == Some(owner_uid);
-                if labelled {
-                    out.push((key, body));
-                }
+            if let Lookup::Found(body) = self.lookup(key.0.as_deref(), &key.1)
+                && owner_label(&body) == Some(owner_uid)
+            {
+                out.push((key, body));
             }
         }
         Some(out)
