@@ -1,6 +1,6 @@
-//! The create-pending guard: an operator that dies between writing
-//! `bulkhead.dev/create-pending` and the create call (or between the create
-//! and clearing the annotation) never creates twice when it comes back.
+//! The crash guard: an operator that dies between its write before the
+//! create (finalizer and external name) and the create call, or right
+//! after the create, never creates twice when it comes back.
 //! Each operator here is a real `bulkhead run` process stopped at a fail point.
 
 mod support;
@@ -65,10 +65,25 @@ async fn crash_at(fail_point: &str, expected_exit: i32) {
         crashing.log()
     );
 
+    // CloudNativePG Clusters are named by bulkhead, so the guard is the
+    // external name, recorded with the finalizer in the one write before
+    // the create: after a crash, the operator looks under that name.
+    // (`create-pending` is for providers that pick names.)
     let db = dbcs.get("db").await.expect("dbc");
+    assert_eq!(
+        db.annotations()
+            .get("bulkhead.dev/external-name")
+            .map(String::as_str),
+        Some("db-stage"),
+        "the external name was recorded before the crash"
+    );
     assert!(
-        db.annotations().contains_key("bulkhead.dev/create-pending"),
-        "the guard was written before the crash"
+        db.finalizers().iter().any(|f| f == "bulkhead.dev/finalizer"),
+        "the finalizer was added before the crash"
+    );
+    assert!(
+        !db.annotations().contains_key("bulkhead.dev/create-pending"),
+        "no create-pending where bulkhead picks the name"
     );
     let clusters = cnpg::clusters(&client, &name);
     let before = clusters

@@ -2,11 +2,14 @@
 //!
 //! After Crossplane's managed reconciler: the provider's external client
 //! knows how to look and act; this module decides when. The steps are
-//! paused? → deleting? (deletion policy: delete or orphan) → finalizer →
-//! create-pending left over from a crash? → observe → create | update |
-//! nothing. Controllers call [`converge`] inside the `Apply` branch of
-//! kube-runtime's `finalizer` helper and [`finalize`] inside `Cleanup`, then
-//! write status with [`patch_status`].
+//! paused? → deleting? (deletion policy: delete or orphan) → create-pending
+//! left over from a crash? → observe → create | update | nothing. The
+//! finalizer goes on in the same write as the first bookkeeping
+//! annotations (before a create, or when an existing object is first
+//! observed), not in a write of its own. Controllers call [`converge`] from
+//! `apply` and [`finalize`] from `cleanup` (kube-runtime's `finalizer`
+//! helper runs cleanup and removes the finalizer), then write status with
+//! [`patch_status`].
 //!
 //! The decisions themselves are pure and live in [`super::decision`]
 //! (table-tested without an apiserver); [`converge`] and [`finalize`] only
@@ -38,7 +41,7 @@ pub use super::decision::Policies;
 pub use super::errors::{Backoff, ErrorCategory, ReconcileError, error_action};
 pub use super::events::{publish, publish_failure};
 pub use super::status::{
-    ManagedResource, annotate, patch_status, set_converged_conditions, set_error_conditions,
+    ManagedResource, annotate, has_finalizer, patch_status, record, set_converged_conditions, set_error_conditions,
     wait_until, write_status,
 };
 
@@ -48,10 +51,12 @@ pub const FIELD_MANAGER: &str = "bulkhead";
 /// Deliberate crash points, for tests that prove a crash never creates twice.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailPoint {
-    /// Exit right after the create-pending annotation is written.
+    /// Exit right after the write that precedes the create (the finalizer
+    /// and create-pending, or the external name when names are
+    /// deterministic), before the provider is called.
     ExitAfterCreatePending,
-    /// Exit right after the provider's create returned, before the
-    /// annotation is cleared.
+    /// Exit right after the provider's create returned, before anything
+    /// that follows it is written.
     ExitAfterCreate,
 }
 
@@ -117,15 +122,19 @@ where
                 // A crash after the create: the object is there, so finish
                 // the bookkeeping instead of creating again. Also records
                 // the external name of an adopted object.
-                annotate(
+                record(
                     api,
-                    &name,
+                    obj,
                     &[
                         (ANNOTATION_CREATE_PENDING, None),
                         (ANNOTATION_EXTERNAL_NAME, Some(external_name)),
                     ],
                 )
                 .await?;
+            } else if !has_finalizer(obj) {
+                // Something exists at the provider, so deleting the object
+                // must go through cleanup.
+                record(api, obj, &[]).await?;
             }
             match step.then {
                 Then::UpToDate | Then::ObserveOnly => Ok(Converged {
@@ -175,18 +184,29 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
     C: ExternalClient + ?Sized,
 {
-    // Written before the call so that a crash in between is seen by
-    // the next reconcile (which observes first and never creates
-    // blindly).
-    annotate(
-        api,
-        name,
-        &[(
-            ANNOTATION_CREATE_PENDING,
-            Some(&Timestamp::now().to_string()),
-        )],
-    )
-    .await?;
+    // One write before the call: the finalizer (from here on something may
+    // exist at the provider, so deletion must go through cleanup) and the
+    // crash guard. With deterministic names the guard is the external name
+    // itself: after a crash, `observe` looks under it and finds whether the
+    // create happened, so it is recorded now and nothing is left to write
+    // after the create. When the provider picks the name, `create-pending`
+    // marks the create as started, and the name is recorded once known.
+    let deterministic = client.deterministic_names();
+    let now = Timestamp::now().to_string();
+    let before: &[(&str, Option<&str>)] = if deterministic {
+        &[
+            (ANNOTATION_EXTERNAL_NAME, Some(external_name)),
+            (ANNOTATION_CREATE_PENDING, None),
+        ]
+    } else {
+        &[(ANNOTATION_CREATE_PENDING, Some(&now))]
+    };
+    let before: Vec<_> = before
+        .iter()
+        .copied()
+        .filter(|(key, value)| obj.annotations().get(*key).map(String::as_str) != *value)
+        .collect();
+    record(api, obj, &before).await?;
     if managed.fail_point == Some(FailPoint::ExitAfterCreatePending) {
         warn!(object = %name, "fail point exit-after-create-pending: exiting");
         std::process::exit(17);
@@ -198,15 +218,18 @@ where
         warn!(object = %name, "fail point exit-after-create: exiting");
         std::process::exit(18);
     }
-    annotate(
-        api,
-        name,
-        &[
-            (ANNOTATION_CREATE_PENDING, None),
-            (ANNOTATION_EXTERNAL_NAME, Some(external_name)),
-        ],
-    )
-    .await?;
+    if !deterministic {
+        // The finalizer is on the object now: only the annotations change.
+        annotate(
+            api,
+            name,
+            &[
+                (ANNOTATION_CREATE_PENDING, None),
+                (ANNOTATION_EXTERNAL_NAME, Some(external_name)),
+            ],
+        )
+        .await?;
+    }
     info!(object = %name, external_name, "created external object");
     publish(
         managed.recorder,
@@ -406,6 +429,14 @@ where
         );
         write_status(api, obj.as_ref(), status).await?;
         return Ok(Action::await_change());
+    }
+    // Without the finalizer, nothing of the object's exists at the provider
+    // yet (it is added with the first bookkeeping write, before the create
+    // or when an existing object is first observed), so there is nothing to
+    // clean up: apply runs at once. kube-runtime's helper would first add the
+    // finalizer in a write (and a reconcile) of its own.
+    if obj.meta().deletion_timestamp.is_none() && !has_finalizer(obj.as_ref()) {
+        return apply(obj).await;
     }
     kube::runtime::finalizer::finalizer(api, crate::api::FINALIZER, obj, |event| async {
         match event {

@@ -74,6 +74,56 @@ where
     Ok(())
 }
 
+/// Writes bookkeeping annotations and, when `obj` lacks it, bulkhead's
+/// finalizer, in one JSON merge patch. Adding the finalizer replaces the
+/// whole `metadata.finalizers` list, so that patch carries `obj`'s
+/// resourceVersion: if anyone changed the object since it was read, the
+/// apiserver answers Conflict and the reconcile is retried, instead of
+/// dropping a finalizer someone else added meanwhile.
+pub async fn record<K>(
+    api: &Api<K>,
+    obj: &K,
+    changes: &[(&str, Option<&str>)],
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let mut metadata = serde_json::Map::new();
+    if !changes.is_empty() {
+        let annotations: serde_json::Map<String, serde_json::Value> = changes
+            .iter()
+            .map(|(key, value)| {
+                (
+                    key.to_string(),
+                    value.map_or(serde_json::Value::Null, |v| json!(v)),
+                )
+            })
+            .collect();
+        metadata.insert("annotations".into(), annotations.into());
+    }
+    if !has_finalizer(obj) {
+        let mut finalizers = obj.finalizers().to_vec();
+        finalizers.push(crate::api::FINALIZER.to_string());
+        metadata.insert("finalizers".into(), json!(finalizers));
+        metadata.insert("resourceVersion".into(), json!(obj.resource_version()));
+    }
+    if metadata.is_empty() {
+        return Ok(());
+    }
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "metadata": metadata })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Whether bulkhead's finalizer is on the object.
+pub fn has_finalizer<K: Resource>(obj: &K) -> bool {
+    obj.finalizers().iter().any(|f| f == crate::api::FINALIZER)
+}
+
 /// Writes the status subresource with server-side apply, owned by bulkhead.
 pub async fn patch_status<K, S>(api: &Api<K>, name: &str, status: &S) -> Result<(), kube::Error>
 where

@@ -193,6 +193,15 @@ impl KindCache {
         }
     }
 
+    /// The resourceVersion of `key` in the watch's store.
+    fn stored_version(&self, key: &Key) -> Option<u64> {
+        let mut reference = ObjectRef::<DynamicObject>::new_with(&key.1, self.resource.clone());
+        reference.namespace = key.0.clone();
+        self.store
+            .get(&reference)
+            .and_then(|o| version_of(o.resource_version().as_deref()))
+    }
+
     fn lookup(&self, namespace: Option<&str>, name: &str) -> Lookup {
         if !self.synced.load(Ordering::Acquire) {
             return Lookup::Unknown;
@@ -329,7 +338,16 @@ impl ChildCache {
         trim(&mut obj);
         let key = key_of(&obj);
         let resource_version = version_of(obj.resource_version().as_deref());
+        // Checked under the lock that `seen` takes after the store is
+        // updated: the watch may have shown this version already (it often
+        // wins the race with the apply response), and an entry made after
+        // that would stay, a second copy of the object, until the object
+        // next changes.
         if let (Ok(body), Ok(mut written)) = (serde_json::to_value(&obj), cache.written.lock()) {
+            if cache.stored_version(&key) >= resource_version {
+                written.remove(&key);
+                return;
+            }
             written.insert(
                 key,
                 Written {
