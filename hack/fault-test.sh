@@ -20,7 +20,11 @@
 #    "became leader" and "lost the leader lease"): the old leader stopped
 #    its controllers before the new one started them. After the freeze
 #    either side may win the race for the Lease; the script says which.
-#    (Evidence is the operators' logs, not an apiserver audit log.)
+#    Evidence from both sides: the operators' JSON logs, and the
+#    apiserver's audit log (each replica's User-Agent names it): every
+#    write of the old leader was received before the new leader's first.
+#    LEADER_ORGS (default 200) Organizations are created just before the
+#    freeze so that there is work being written when it comes.
 #
 # Measured on 2 shared cores with N=10, PG_OUTAGE=10: about 4 minutes in
 # all (a kube-apiserver restart takes over a minute to be ready again).
@@ -37,6 +41,7 @@ N="${N:-1000}"
 PG_OUTAGE="${PG_OUTAGE:-60}"
 SCENARIOS="${SCENARIOS:-converge leader}"
 TIMEOUT="${TIMEOUT:-1800}"
+LEADER_ORGS="${LEADER_ORGS:-200}"
 T0=$SECONDS
 
 say() { printf '[fault %4ss] %s\n' "$((SECONDS - T0))" "$*" >&2; }
@@ -66,7 +71,8 @@ BULKHEAD="$ROOT/target/debug/bulkhead"
 
 hack/controlplane/stop.sh --dir "$STATE/cp" >/dev/null 2>&1 || true
 rm -rf "$STATE"; mkdir -p "$STATE"
-KUBECONFIG="$(hack/controlplane/start.sh --dir "$STATE/cp" --with-controllers --with-kwok --owner-pid $$ | tail -n 1)"
+AUDIT_LOG="$STATE/audit.log"
+KUBECONFIG="$(hack/controlplane/start.sh --dir "$STATE/cp" --with-controllers --with-kwok --owner-pid $$ --audit-log "$AUDIT_LOG" | tail -n 1)"
 export KUBECONFIG
 kubectl apply --server-side -f crds/ >/dev/null
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
@@ -210,6 +216,13 @@ scenario_leader() {
     [[ -n "$leader" ]] && break; sleep 1
   done
   say "leader before the outage: $leader"
+  # Work for whoever leads: Organizations created just before the freeze,
+  # so the leader is writing when the apiserver stops answering and the
+  # audit log shows whose writes came when.
+  for i in $(seq 1 "$LEADER_ORGS"); do
+    printf -- '---\napiVersion: bulkhead.dev/v1alpha1\nkind: Organization\nmetadata: {name: leader-%d}\nspec: {members: [{email: ops@leader.example, role: admin}]}\n' "$i"
+  done | kubectl apply -f - >/dev/null
+  sleep 2
   APISERVER_PID="$(apiserver_pid)"
   kill -STOP "$APISERVER_PID"
   sleep 18
@@ -248,6 +261,34 @@ print("ok" if ok else "overlap")
 EOF
 )"
   check "never two leaders at once (old stopped before new started)" test "$verdict" = ok
+  # The same from the apiserver's side: in its audit log (User-Agent
+  # "bulkhead/<version> (<replica>)"), every write but the Lease's made by
+  # the first leader was received before the first such write of the other.
+  local audit
+  audit="$(python3 - "$AUDIT_LOG" "$leader" <<'EOF'
+import json, sys
+path, first = sys.argv[1], sys.argv[2]
+writes = {}
+for line in open(path):
+    try:
+        e = json.loads(line)
+    except ValueError:
+        continue
+    ua = e.get("userAgent", "")
+    if not ua.startswith("bulkhead/") or e.get("verb") not in ("create", "update", "patch", "delete"):
+        continue
+    if (e.get("objectRef") or {}).get("resource") == "leases":
+        continue
+    who = ua[ua.find("(") + 1:ua.rfind(")")]
+    writes.setdefault(who, []).append(e["requestReceivedTimestamp"])
+old = sorted(writes.get(first, []))
+new = sorted(t for who, ts in writes.items() if who != first for t in ts)
+print(f"{first}: {len(old)} writes, last {old[-1] if old else '-'}; other replica: {len(new)} writes, first {new[0] if new else '-'}", file=sys.stderr)
+print("ok" if not old or not new or old[-1] < new[0] else "overlap")
+EOF
+)"
+  check "the apiserver's audit log: no write of the old leader after the new leader's first" test "$audit" = ok
+  kubectl delete organization $(seq -f 'leader-%g' 1 "$LEADER_ORGS") --wait=false >/dev/null 2>&1 || true
   # Which way it went: after the freeze either the old leader renews first
   # and keeps the Lease, or it gives up and the standby takes over.
   if grep -q "became leader" "$b"; then say "the standby took over"; else say "no hand-over: the old leader renewed first"; fi

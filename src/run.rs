@@ -214,11 +214,31 @@ async fn termination() {
     let _ = ctrl_c.await;
 }
 
+/// This replica's name: in the Lease, and in the User-Agent of every
+/// request, so the apiserver's audit log tells the replicas apart.
+fn replica_identity(args: &RunArgs) -> String {
+    args.identity.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "bulkhead".into());
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+/// `bulkhead/<version> (<replica>)`; a replica name that is not a valid
+/// header value is left out rather than failing the start.
+fn user_agent(identity: &str) -> http::HeaderValue {
+    let version = env!("CARGO_PKG_VERSION");
+    http::HeaderValue::from_str(&format!("bulkhead/{version} ({identity})"))
+        .unwrap_or_else(|_| http::HeaderValue::from_static(concat!("bulkhead/", env!("CARGO_PKG_VERSION"))))
+}
+
 pub async fn run(args: RunArgs) -> Result<()> {
     telemetry::init(args.log_format, &args.log_level);
-    let config = kube::Config::infer()
+    let mut config = kube::Config::infer()
         .await
         .map_err(|e| Error::Config(e.to_string()))?;
+    config
+        .headers
+        .push((http::header::USER_AGENT, user_agent(&replica_identity(&args))));
     // Watches are long reads that the apiserver ends itself; every other
     // request gets a read timeout, so a response that never comes fails
     // the reconcile (retried with backoff) instead of holding it forever.
@@ -337,10 +357,7 @@ async fn run_with_lease(
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
-    let identity = args.identity.clone().unwrap_or_else(|| {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "bulkhead".into());
-        format!("{host}-{}", std::process::id())
-    });
+    let identity = replica_identity(args);
     let manager = kube_lease_manager::LeaseManagerBuilder::new(client, &args.lease_name)
         .with_namespace(&args.lease_namespace)
         .with_identity(&identity)

@@ -5,9 +5,12 @@
 #
 # Usage: hack/controlplane/start.sh --dir DIR [--with-controllers] [--with-kwok]
 #                                   [--with-cnpg] [--owner-pid PID] [--nodes N] [--pvs N]
+#                                   [--audit-log FILE]
 # --pvs N (with --with-kwok, default 40): unclaimed PersistentVolumes so PVCs bind.
 # --with-cnpg: CloudNativePG's CRDs, its webhooks and its manager (a local
 #              process, webhooks served on 127.0.0.1).
+# --audit-log FILE: kube-apiserver writes an audit log there (JSON lines,
+#              Metadata level, every request but get/list/watch).
 #
 # Progress and errors go to stderr; the LAST stdout line is DIR/kubeconfig.
 # Files in DIR: kubeconfig, env, pids, pki/, etcd/ (data), logs/*.log,
@@ -31,7 +34,7 @@ usage() {
   exit 2
 }
 
-DIR="" WITH_CONTROLLERS=0 WITH_KWOK=0 WITH_CNPG=0 OWNER_PID="" NODES=3 PVS=40
+DIR="" WITH_CONTROLLERS=0 WITH_KWOK=0 WITH_CNPG=0 OWNER_PID="" NODES=3 PVS=40 AUDIT_LOG=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) DIR="${2:?--dir needs a value}"; shift 2 ;;
@@ -45,6 +48,8 @@ while [[ $# -gt 0 ]]; do
     --nodes=*) NODES="${1#*=}"; shift ;;
     --pvs) PVS="${2:?--pvs needs a value}"; shift 2 ;;
     --pvs=*) PVS="${1#*=}"; shift ;;
+    --audit-log) AUDIT_LOG="${2:?--audit-log needs a value}"; shift 2 ;;
+    --audit-log=*) AUDIT_LOG="${1#*=}"; shift ;;
     -h|--help) usage ;;
     *) log "unknown argument: $1"; usage ;;
   esac
@@ -302,7 +307,20 @@ printf 'ETCD_CLIENT_PORT=%s\nETCD_PEER_PORT=%s\n' "$ETCD_CLIENT_PORT" "$ETCD_PEE
 APISERVER_PORT=""
 pick_ports_kube_apiserver() { free_port APISERVER_PORT; }
 launch_kube_apiserver() {
-  start_bg kube-apiserver "$BIN/kube-apiserver" \
+  local audit=()
+  if [[ -n "$AUDIT_LOG" ]]; then
+    cat > "$DIR/audit-policy.yaml" <<'POLICY'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: None
+  verbs: [get, list, watch]
+- level: Metadata
+POLICY
+    audit=(--audit-policy-file="$DIR/audit-policy.yaml" --audit-log-path="$AUDIT_LOG" --audit-log-maxsize=0)
+  fi
+  start_bg kube-apiserver "$BIN/kube-apiserver" "${audit[@]}" \
     --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
     --bind-address=127.0.0.1 \
     --advertise-address=127.0.0.1 \
