@@ -10,69 +10,33 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use bulkhead::api::DeletionPolicy;
-use bulkhead::api::database_cluster::{
-    CopyMode, DatabaseSpec, MaskAction, Privileges, ResolvedSize, Sanitize, UserSpec,
-};
-use bulkhead::api::environment::Tier;
+use bulkhead::api::database_cluster::{CopyMode, DatabaseSpec, MaskAction, Privileges, Sanitize};
 use bulkhead::provider::postgres::{PostgresDatabaseClusters, postgres_reasons};
 use bulkhead::provider::{
     CopyReport, CopyRequest, DatabaseClusterClient, DesiredDatabaseCluster, ExternalClient,
-    Observation, Owner, ProviderError, Secret, generate_password,
+    Observation, ProviderError, Secret,
 };
+use support::desired::desired_cluster;
 use support::postgres::{TestPostgres, shared};
 use tokio_postgres::error::SqlState;
 
 // ---------------------------------------------------------------- helpers
 
+/// A testing-tier cluster with `databases` (name, owner) and `users`
+/// (name, databases, privileges), each user with a generated password.
 fn cluster(
     external: &str,
     databases: &[(&str, Option<&str>)],
     users: &[(&str, &[&str], Privileges)],
 ) -> DesiredDatabaseCluster {
-    DesiredDatabaseCluster {
-        owner: Owner {
-            api_version: "bulkhead.dev/v1alpha1".into(),
-            kind: "DatabaseCluster".into(),
-            name: external.into(),
-            uid: format!("uid-{external}"),
-            namespace: Some("tests".into()),
-        },
-        namespace: "tests".into(),
-        external_name: external.into(),
-        environment: "test".into(),
-        tier: Tier::Testing,
-        organization: "org".into(),
-        version: "15".into(),
-        regions: vec![],
-        size: ResolvedSize {
-            cpus: 1,
-            memory_mib: 256,
-            storage_gib: 1,
-            replicas: 1,
-        },
-        databases: databases
-            .iter()
-            .map(|(name, owner)| DatabaseSpec {
-                name: name.to_string(),
-                owner: owner.map(str::to_string),
-            })
-            .collect(),
-        users: users
-            .iter()
-            .map(|(name, dbs, privileges)| UserSpec {
-                name: name.to_string(),
-                databases: dbs.iter().map(|d| d.to_string()).collect(),
-                privileges: *privileges,
-                connection_limit: None,
-            })
-            .collect(),
-        passwords: users
-            .iter()
-            .map(|(name, _, _)| (name.to_string(), generate_password()))
-            .collect(),
-        deletion_policy: DeletionPolicy::Delete,
+    let mut d = desired_cluster(external);
+    for (name, owner) in databases {
+        d = d.database(name, *owner);
     }
+    for (name, dbs, privileges) in users {
+        d = d.user(name, dbs, *privileges);
+    }
+    d.build()
 }
 
 fn prefix(d: &DesiredDatabaseCluster) -> String {
