@@ -27,14 +27,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use bulkhead::api::DeletionPolicy;
-use bulkhead::api::database_cluster::{DatabaseSpec, Privileges, ResolvedSize, UserSpec};
+use bulkhead::api::database_cluster::Privileges;
 use bulkhead::api::environment::Tier;
 use bulkhead::provider::postgres::PostgresDatabaseClusters;
-use bulkhead::provider::{
-    DesiredDatabaseCluster, ExternalClient, Observation, Owner, generate_password,
-};
+use bulkhead::provider::{DesiredDatabaseCluster, ExternalClient, Observation};
 use futures::StreamExt;
+use support::desired::desired_cluster;
 use support::postgres::TestPostgres;
 use support::procfs::{clock_ticks_per_second, ppid_and_ticks_with_children};
 
@@ -79,56 +77,27 @@ fn connections(log: &std::path::Path) -> usize {
         .unwrap_or(0)
 }
 
+/// Cluster `bench-<index>` with `databases` databases and `users` users,
+/// each user on every database, privileges cycling through owner,
+/// readWrite and readOnly.
 fn cluster(index: usize, databases: usize, users: usize) -> DesiredDatabaseCluster {
     let external = format!("bench-{index}");
     let dbs: Vec<String> = (0..databases).map(|i| format!("db{i}")).collect();
-    let user_specs: Vec<UserSpec> = (0..users)
-        .map(|i| UserSpec {
-            name: format!("u{i}"),
-            databases: dbs.clone(),
-            privileges: match i % 3 {
-                0 => Privileges::Owner,
-                1 => Privileges::ReadWrite,
-                _ => Privileges::ReadOnly,
-            },
-            connection_limit: None,
-        })
-        .collect();
-    DesiredDatabaseCluster {
-        owner: Owner {
-            api_version: "bulkhead.dev/v1alpha1".into(),
-            kind: "DatabaseCluster".into(),
-            name: external.clone(),
-            uid: format!("uid-{external}"),
-            namespace: Some("bench".into()),
-        },
-        namespace: "bench".into(),
-        external_name: external,
-        environment: "bench".into(),
-        tier: Tier::Testing,
-        organization: "org".into(),
-        version: "15".into(),
-        regions: vec![],
-        size: ResolvedSize {
-            cpus: 1,
-            memory_mib: 256,
-            storage_gib: 1,
-            replicas: 1,
-        },
-        databases: dbs
-            .iter()
-            .map(|name| DatabaseSpec {
-                name: name.clone(),
-                owner: None,
-            })
-            .collect(),
-        passwords: user_specs
-            .iter()
-            .map(|u| (u.name.clone(), generate_password()))
-            .collect(),
-        users: user_specs,
-        deletion_policy: DeletionPolicy::Delete,
+    let mut d = desired_cluster(&external)
+        .owned_by("bench", &external, &format!("uid-{external}"))
+        .environment("bench", Tier::Testing);
+    for name in &dbs {
+        d = d.database(name, None);
     }
+    for i in 0..users {
+        let privileges = match i % 3 {
+            0 => Privileges::Owner,
+            1 => Privileges::ReadWrite,
+            _ => Privileges::ReadOnly,
+        };
+        d = d.user(&format!("u{i}"), &dbs, privileges);
+    }
+    d.build()
 }
 
 /// Observes every cluster once, 4 at a time, each through a provider parsed

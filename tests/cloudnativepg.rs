@@ -14,7 +14,6 @@ use std::time::Duration;
 use bulkhead::api::{DatabaseCluster, Environment, Organization};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Secret, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
@@ -22,8 +21,10 @@ use support::cnpg::{self, json_of, write_healthy_status_as_cloudnativepg_would};
 use support::controlplane::{
     ControlPlane, Operator, condition, create_yaml, unique, wait_for, wait_gone,
 };
-
-const WAIT: Duration = Duration::from_secs(90);
+use support::objects::{
+    Build, Conditions, WAIT, database_cluster, environment, has_reason, is_true, message_of,
+    organization, wait_reason,
+};
 
 static OPERATOR: OnceLock<Operator> = OnceLock::new();
 static OPERATOR_WITHOUT_CNPG: OnceLock<Operator> = OnceLock::new();
@@ -35,44 +36,37 @@ async fn setup() -> (&'static ControlPlane, Client) {
     (cp, cp.client().await)
 }
 
-fn has(conds: &[Condition], type_: &str, status: &str, reason: &str) -> bool {
-    condition(conds, type_).is_some_and(|c| c.status == status && c.reason == reason)
-}
-
-fn conditions(d: &DatabaseCluster) -> Vec<Condition> {
-    d.status.clone().unwrap_or_default().conditions
-}
-
 /// An Organization and an Environment of `tier` owning one namespace, Ready.
-async fn environment(client: &Client, tier: &str) -> String {
+async fn tenant_namespace(client: &Client, tier: &str) -> String {
     let name = format!("n-{}", unique());
-    create_yaml(
-        &Api::<Organization>::all(client.clone()),
-        &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Organization\nmetadata: {{name: {name}}}\nspec: {{}}\n"),
-    )
-    .await;
+    organization(&name)
+        .create(&Api::<Organization>::all(client.clone()))
+        .await;
     let envs: Api<Environment> = Api::all(client.clone());
-    create_yaml(
-        &envs,
-        &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {{name: {name}}}\nspec: {{organizationRef: {{name: {name}}}, tier: {tier}}}\n"),
-    )
-    .await;
-    wait_for(&envs, &name, WAIT, "Environment Ready", |e| {
-        e.status
-            .as_ref()
-            .is_some_and(|s| has(&s.conditions, "Ready", "True", "Available"))
-    })
-    .await;
+    environment(&name, &name, tier).create(&envs).await;
+    wait_reason(&envs, &name, "Ready", "True", "Available").await;
     name
 }
 
-/// A DatabaseCluster with one database, an owner and a read-only user.
-async fn database_cluster(client: &Client, ns: &str, name: &str, extra: &str) {
-    create_yaml(
-        &Api::<DatabaseCluster>::namespaced(client.clone(), ns),
-        &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: DatabaseCluster\nmetadata: {{name: {name}}}\nspec:\n  databases: [{{name: orders, owner: app}}]\n  users:\n  - {{name: app, databases: [orders], privileges: owner}}\n  - {{name: report_ro, databases: [orders], privileges: readOnly, connectionLimit: 5}}\n  writeConnectionSecretToRef: {{name: {name}-conn}}\n{extra}"),
-    )
-    .await;
+/// A DatabaseCluster with one database `orders`, its owner `app` and a
+/// read-only user limited to 5 connections.
+fn orders_cluster(name: &str, ns: &str) -> Build<DatabaseCluster> {
+    database_cluster(name, ns)
+        .spec("databases", json!([{ "name": "orders", "owner": "app" }]))
+        .spec(
+            "users",
+            json!([
+                { "name": "app", "databases": ["orders"], "privileges": "owner" },
+                { "name": "report_ro", "databases": ["orders"], "privileges": "readOnly", "connectionLimit": 5 },
+            ]),
+        )
+        .connection_secret()
+}
+
+async fn create_orders_cluster(client: &Client, ns: &str, name: &str) {
+    orders_cluster(name, ns)
+        .create(&Api::namespaced(client.clone(), ns))
+        .await;
 }
 
 /// kwok runs no PostgreSQL, so the pg_hba rules bulkhead writes are tried
@@ -141,18 +135,17 @@ fn secret_text(s: &Secret, key: &str) -> String {
 #[tokio::test]
 async fn a_database_cluster_becomes_a_cloudnativepg_cluster_that_cloudnativepg_runs() {
     let (cp, client) = setup().await;
-    let ns = environment(&client, "staging").await;
-    database_cluster(&client, &ns, "shop", "").await;
+    let ns = tenant_namespace(&client, "staging").await;
+    create_orders_cluster(&client, &ns, "shop").await;
     let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
 
     // The real CloudNativePG takes it as far as kwok allows: the instance
     // pod runs (simulated) and is counted, but the operator cannot reach
     // its instance manager, and says so; bulkhead shows CloudNativePG's word.
     let d = wait_for(&dbcs, "shop", WAIT, "CloudNativePG's phase on Ready", |d| {
-        let c = conditions(d);
-        has(&c, "Synced", "True", "ReconcileSuccess")
-            && condition(&c, "Provisioned").is_some_and(|p| p.status == "True")
-            && condition(&c, "Ready").is_some_and(|r| {
+        has_reason(d, "Synced", "True", "ReconcileSuccess")
+            && is_true(d, "Provisioned")
+            && condition(d.conditions(), "Ready").is_some_and(|r| {
                 r.status == "False"
                     && r.message
                         .contains("CloudNativePG: Instance Status Extraction Error")
@@ -298,10 +291,7 @@ async fn a_database_cluster_becomes_a_cloudnativepg_cluster_that_cloudnativepg_r
 
     // Healthy once CloudNativePG says so (written as it would).
     write_healthy_status_as_cloudnativepg_would(&client, &ns, "shop-stage").await;
-    let d = wait_for(&dbcs, "shop", WAIT, "Ready", |d| {
-        has(&conditions(d), "Ready", "True", "Available")
-    })
-    .await;
+    let d = wait_reason(&dbcs, "shop", "Ready", "True", "Available").await;
     cp.kubectl_ok(&[
         "wait",
         "--for=condition=Ready",
@@ -327,8 +317,8 @@ async fn a_database_cluster_becomes_a_cloudnativepg_cluster_that_cloudnativepg_r
 #[tokio::test]
 async fn production_preset_is_three_instances_with_synchronous_replicas() {
     let (_cp, client) = setup().await;
-    let ns = environment(&client, "production").await;
-    database_cluster(&client, &ns, "ledger", "").await;
+    let ns = tenant_namespace(&client, "production").await;
+    create_orders_cluster(&client, &ns, "ledger").await;
     let cluster = wait_for(
         &cnpg::clusters(&client, &ns),
         "ledger",
@@ -362,7 +352,7 @@ async fn production_preset_is_three_instances_with_synchronous_replicas() {
     )
     .await;
     assert!(
-        !has(&conditions(&d), "Ready", "True", "Available"),
+        !has_reason(&d, "Ready", "True", "Available"),
         "not Ready while CloudNativePG is still bringing up instances"
     );
 }
@@ -370,20 +360,15 @@ async fn production_preset_is_three_instances_with_synchronous_replicas() {
 #[tokio::test]
 async fn what_cloudnativepg_refuses_is_reported_with_its_own_message() {
     let (_cp, client) = setup().await;
-    let ns = environment(&client, "development").await;
+    let ns = tenant_namespace(&client, "development").await;
     let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
-    create_yaml(
-        &dbcs,
-        "apiVersion: bulkhead.dev/v1alpha1\nkind: DatabaseCluster\nmetadata: {name: reserved}\nspec:\n  databases: [{name: postgres}]\n",
-    )
-    .await;
-    let d = wait_for(&dbcs, "reserved", WAIT, "InvalidSpec", |d| {
-        has(&conditions(d), "Synced", "False", "InvalidSpec")
-    })
-    .await;
-    let message = condition(&conditions(&d), "Synced")
-        .map(|c| c.message.clone())
-        .unwrap_or_default();
+    database_cluster("reserved", &ns)
+        .spec("databases", json!([{ "name": "postgres" }]))
+        .without_users()
+        .create(&dbcs)
+        .await;
+    let d = wait_reason(&dbcs, "reserved", "Synced", "False", "InvalidSpec").await;
+    let message = message_of(&d, "Synced");
     assert!(
         message.contains("the name postgres is reserved"),
         "CloudNativePG's schema speaks: {message}"
@@ -393,8 +378,8 @@ async fn what_cloudnativepg_refuses_is_reported_with_its_own_message() {
 #[tokio::test]
 async fn drift_on_cloudnativepg_objects_is_repaired() {
     let (_cp, client) = setup().await;
-    let ns = environment(&client, "staging").await;
-    database_cluster(&client, &ns, "drifty", "").await;
+    let ns = tenant_namespace(&client, "staging").await;
+    create_orders_cluster(&client, &ns, "drifty").await;
     let clusters = cnpg::clusters(&client, &ns);
     let databases = cnpg::databases(&client, &ns);
     wait_for(
@@ -448,17 +433,21 @@ async fn drift_on_cloudnativepg_objects_is_repaired() {
 #[tokio::test]
 async fn deletion_policy_delete_removes_the_cluster_and_orphan_leaves_it_running() {
     let (_cp, client) = setup().await;
-    let ns = environment(&client, "staging").await;
-    database_cluster(&client, &ns, "gone", "  deletionPolicy: Delete\n").await;
-    database_cluster(&client, &ns, "kept", "  deletionPolicy: Orphan\n").await;
+    let ns = tenant_namespace(&client, "staging").await;
     let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
+    for (name, policy) in [("gone", "Delete"), ("kept", "Orphan")] {
+        orders_cluster(name, &ns)
+            .spec("deletionPolicy", json!(policy))
+            .create(&dbcs)
+            .await;
+    }
     let clusters = cnpg::clusters(&client, &ns);
     let databases = cnpg::databases(&client, &ns);
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     for name in ["gone", "kept"] {
         wait_for(&dbcs, name, WAIT, "Provisioned", |d| {
-            condition(&conditions(d), "Provisioned").is_some_and(|p| p.status == "True")
+            is_true(d, "Provisioned")
         })
         .await;
         // CloudNativePG made its Services, owned by its Cluster.
@@ -528,16 +517,16 @@ async fn deletion_policy_delete_removes_the_cluster_and_orphan_leaves_it_running
 #[tokio::test]
 async fn paused_and_observe_only_clusters_are_never_written() {
     let (_cp, client) = setup().await;
-    let ns = environment(&client, "staging").await;
+    let ns = tenant_namespace(&client, "staging").await;
     let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
     let clusters = cnpg::clusters(&client, &ns);
 
     // ObserveOnly with nothing to observe: reported, nothing created.
-    database_cluster(&client, &ns, "watched", "  managementPolicy: ObserveOnly\n").await;
-    wait_for(&dbcs, "watched", WAIT, "ExternalObjectMissing", |d| {
-        has(&conditions(d), "Synced", "False", "ExternalObjectMissing")
-    })
-    .await;
+    orders_cluster("watched", &ns)
+        .spec("managementPolicy", json!("ObserveOnly"))
+        .create(&dbcs)
+        .await;
+    wait_reason(&dbcs, "watched", "Synced", "False", "ExternalObjectMissing").await;
     assert!(
         clusters
             .get_opt("watched-stage")
@@ -547,7 +536,7 @@ async fn paused_and_observe_only_clusters_are_never_written() {
     );
 
     // Paused: a spec change is not carried to the Cluster.
-    database_cluster(&client, &ns, "frozen", "").await;
+    create_orders_cluster(&client, &ns, "frozen").await;
     wait_for(&clusters, "frozen-stage", WAIT, "Cluster written", |_| true).await;
     dbcs.patch(
         "frozen",
@@ -557,10 +546,7 @@ async fn paused_and_observe_only_clusters_are_never_written() {
     )
     .await
     .expect("pause and resize");
-    wait_for(&dbcs, "frozen", WAIT, "ReconcilePaused", |d| {
-        has(&conditions(d), "Synced", "False", "ReconcilePaused")
-    })
-    .await;
+    wait_reason(&dbcs, "frozen", "Synced", "False", "ReconcilePaused").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let c = json_of(&clusters.get("frozen-stage").await.expect("Cluster"));
     assert_eq!(
@@ -593,21 +579,18 @@ async fn cloudnativepg_not_installed_is_reported_until_its_crds_are_installed() 
     let cp = ControlPlane::apiserver();
     OPERATOR_WITHOUT_CNPG.get_or_init(|| cp.start_operator(&[]));
     let client = cp.client().await;
-    let ns = environment(&client, "staging").await;
-    database_cluster(&client, &ns, "early", "").await;
+    let ns = tenant_namespace(&client, "staging").await;
+    create_orders_cluster(&client, &ns, "early").await;
     let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
-    let d = wait_for(&dbcs, "early", WAIT, "CloudNativePGNotInstalled", |d| {
-        has(
-            &conditions(d),
-            "Synced",
-            "False",
-            "CloudNativePGNotInstalled",
-        )
-    })
+    let d = wait_reason(
+        &dbcs,
+        "early",
+        "Synced",
+        "False",
+        "CloudNativePGNotInstalled",
+    )
     .await;
-    let message = condition(&conditions(&d), "Synced")
-        .map(|c| c.message.clone())
-        .unwrap_or_default();
+    let message = message_of(&d, "Synced");
     assert!(
         message.contains("install CloudNativePG") && message.contains("helm install"),
         "the message says how to install it: {message}"
@@ -629,8 +612,8 @@ async fn cloudnativepg_not_installed_is_reported_until_its_crds_are_installed() 
         WAIT,
         "Synced once CloudNativePG is installed",
         |d| {
-            let c = conditions(d);
-            has(&c, "Synced", "True", "ReconcileSuccess") && has(&c, "Ready", "False", "Creating")
+            has_reason(d, "Synced", "True", "ReconcileSuccess")
+                && has_reason(d, "Ready", "False", "Creating")
         },
     )
     .await;
@@ -644,7 +627,7 @@ async fn cloudnativepg_not_installed_is_reported_until_its_crds_are_installed() 
 #[tokio::test]
 async fn a_secret_the_team_made_is_never_overwritten_by_a_role_secret() {
     let (_cp, client) = setup().await;
-    let ns = environment(&client, "staging").await;
+    let ns = tenant_namespace(&client, "staging").await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     // The team's own Secret under the name the `app` role's would get.
     create_yaml(
@@ -652,18 +635,16 @@ async fn a_secret_the_team_made_is_never_overwritten_by_a_role_secret() {
         "apiVersion: v1\nkind: Secret\nmetadata: {name: taken-stage-role-app}\nstringData: {password: the-teams-own}\n",
     )
     .await;
-    database_cluster(&client, &ns, "taken", "").await;
-    let d = wait_for(
+    create_orders_cluster(&client, &ns, "taken").await;
+    let d = wait_reason(
         &Api::<DatabaseCluster>::namespaced(client.clone(), &ns),
         "taken",
-        WAIT,
+        "Synced",
+        "False",
         "SecretConflict",
-        |d| has(&conditions(d), "Synced", "False", "SecretConflict"),
     )
     .await;
-    let message = condition(&conditions(&d), "Synced")
-        .map(|c| c.message.clone())
-        .unwrap_or_default();
+    let message = message_of(&d, "Synced");
     assert!(message.contains("taken-stage-role-app"), "{message}");
     let s = secrets
         .get("taken-stage-role-app")

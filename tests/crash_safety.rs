@@ -5,27 +5,12 @@
 
 mod support;
 
-use std::time::Duration;
-
 use bulkhead::api::{DatabaseCluster, Environment, Organization};
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use support::cnpg;
-use support::controlplane::{ControlPlane, condition, create_yaml, unique, wait_for};
-
-const WAIT: Duration = Duration::from_secs(90);
-
-fn ready(conds: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>) -> bool {
-    conds
-        .and_then(|c| condition(c, "Ready"))
-        .is_some_and(|c| c.status == "True")
-}
-
-fn synced(conds: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>) -> bool {
-    conds
-        .and_then(|c| condition(c, "Synced"))
-        .is_some_and(|c| c.status == "True")
-}
+use support::controlplane::{ControlPlane, unique, wait_for};
+use support::objects::{WAIT, database_cluster, environment, is_true, organization, wait_ready};
 
 /// Runs the whole crash/restart cycle at one fail point and checks that
 /// exactly one CloudNativePG Cluster (and one of each of its Databases)
@@ -37,13 +22,12 @@ async fn crash_at(fail_point: &str, expected_exit: i32) {
 
     // Parents first, with a healthy operator.
     let mut healthy = cp.start_operator(&[]);
-    create_yaml(&Api::<Organization>::all(client.clone()), &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Organization\nmetadata: {{name: {name}}}\nspec: {{}}\n")).await;
+    organization(&name)
+        .create(&Api::<Organization>::all(client.clone()))
+        .await;
     let envs: Api<Environment> = Api::all(client.clone());
-    create_yaml(&envs, &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {{name: {name}}}\nspec: {{organizationRef: {{name: {name}}}, tier: staging}}\n")).await;
-    wait_for(&envs, &name, WAIT, "Environment Ready", |e| {
-        ready(e.status.as_ref().map(|s| &s.conditions))
-    })
-    .await;
+    environment(&name, &name, "staging").create(&envs).await;
+    wait_ready(&envs, &name).await;
     assert!(
         healthy.stop().is_some_and(|s| s.success()),
         "healthy operator exits cleanly:\n{}",
@@ -53,7 +37,10 @@ async fn crash_at(fail_point: &str, expected_exit: i32) {
     // The DatabaseCluster is created while no operator runs; the next one
     // dies at the fail point.
     let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &name);
-    create_yaml(&dbcs, "apiVersion: bulkhead.dev/v1alpha1\nkind: DatabaseCluster\nmetadata: {name: db}\nspec: {databases: [{name: app}]}\n").await;
+    database_cluster("db", &name)
+        .without_users()
+        .create(&dbcs)
+        .await;
     let mut crashing = cp.start_operator(&["--fail-point", fail_point]);
     let status = crashing
         .wait_exit(WAIT)
@@ -101,8 +88,7 @@ async fn crash_at(fail_point: &str, expected_exit: i32) {
     // (Synced: CloudNativePG under kwok never reports the Cluster Ready).
     let _restarted = cp.start_operator(&[]);
     let db = wait_for(&dbcs, "db", WAIT, "Synced after restart", |d| {
-        synced(d.status.as_ref().map(|s| &s.conditions))
-            && !d.annotations().contains_key("bulkhead.dev/create-pending")
+        is_true(d, "Synced") && !d.annotations().contains_key("bulkhead.dev/create-pending")
     })
     .await;
     assert!(

@@ -22,9 +22,9 @@ use bulkhead::api::{Environment, Organization};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use kube::api::DeleteParams;
-use support::controlplane::{ControlPlane, condition, create_yaml, unique, wait_for, wait_gone};
+use support::controlplane::{ControlPlane, unique, wait_for, wait_gone};
+use support::objects::{WAIT, environment, organization, wait_ready, wait_reason};
 
-const WAIT: Duration = Duration::from_secs(90);
 const LEASE_DURATION: u64 = 6;
 
 /// One scenario at a time: each starts operators that reconcile every
@@ -196,27 +196,15 @@ impl OperatorProcess {
     }
 }
 
-fn ready(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
-    condition(conditions, "Ready").is_some_and(|c| c.status == "True")
-}
-
+/// An Organization its operator deletes with its tenancy, with one admin.
 async fn create_org(cp: &ControlPlane, name: &str) -> Api<Organization> {
     let orgs: Api<Organization> = Api::all(cp.client().await);
-    create_yaml(
-        &orgs,
-        &format!(
-            "apiVersion: bulkhead.dev/v1alpha1\nkind: Organization\nmetadata: {{name: {name}}}\nspec:\n  deletionPolicy: Delete\n  members: [{{email: ops@{name}.example, role: admin}}]\n"
-        ),
-    )
-    .await;
+    organization(name)
+        .spec("deletionPolicy", serde_json::json!("Delete"))
+        .member(&format!("ops@{name}.example"), "admin")
+        .create(&orgs)
+        .await;
     orgs
-}
-
-async fn wait_org_ready(orgs: &Api<Organization>, name: &str) {
-    wait_for(orgs, name, WAIT, "Organization Ready", |o| {
-        o.status.as_ref().is_some_and(|s| ready(&s.conditions))
-    })
-    .await;
 }
 
 async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
@@ -325,7 +313,7 @@ async fn one_leader_reconciles_and_a_standby_takes_over_on_sigterm() {
     );
     let org1 = format!("lead-{}", unique());
     let orgs = create_org(cp, &org1).await;
-    wait_org_ready(&orgs, &org1).await;
+    wait_ready(&orgs, &org1).await;
     let leader_after = metric(
         &leader.metrics().await,
         "bulkhead_reconciles_total",
@@ -379,7 +367,7 @@ async fn one_leader_reconciles_and_a_standby_takes_over_on_sigterm() {
     .await;
     let org2 = format!("next-{}", unique());
     create_org(cp, &org2).await;
-    wait_org_ready(&orgs, &org2).await;
+    wait_ready(&orgs, &org2).await;
     let m = standby.metrics().await;
     assert!(
         metric(&m, "bulkhead_reconciles_total", &[("kind", "Organization")]) > 0.0,
@@ -406,7 +394,6 @@ async fn one_leader_reconciles_and_a_standby_takes_over_on_sigterm() {
 async fn metrics_count_reconciles_durations_errors_and_leadership() {
     let _turn = exclusive().await;
     let cp = ControlPlane::full();
-    let client = cp.client().await;
     let mut op = OperatorProcess::start(cp, cp.kubeconfig(), &["--leader-election=false"]);
     eventually(WAIT, "/readyz at 200", || async {
         match op.get("/readyz") {
@@ -423,7 +410,7 @@ async fn metrics_count_reconciles_durations_errors_and_leadership() {
 
     let org = format!("metrics-{}", unique());
     let orgs = create_org(cp, &org).await;
-    wait_org_ready(&orgs, &org).await;
+    wait_ready(&orgs, &org).await;
     let m = op.metrics().await;
     let kind = [("kind", "Organization")];
     assert!(metric(&m, "bulkhead_reconciles_total", &kind) >= 1.0, "{m}");
@@ -446,22 +433,7 @@ async fn metrics_count_reconciles_durations_errors_and_leadership() {
 
     // An Environment whose Organization does not exist fails its reconcile.
     let env = format!("orphan-{}", unique());
-    let envs: Api<Environment> = Api::all(client.clone());
-    create_yaml(
-        &envs,
-        &format!(
-            "apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {{name: {env}}}\nspec:\n  organizationRef: {{name: missing-{env}}}\n  tier: development\n"
-        ),
-    )
-    .await;
-    wait_for(&envs, &env, WAIT, "OrganizationNotFound", |e| {
-        e.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.reason == "OrganizationNotFound")
-        })
-    })
-    .await;
+    let envs = create_orphan_environment(cp, &env).await;
     let errors = [("kind", "Environment"), ("reason", "OrganizationNotFound")];
     let m = eventually(WAIT, "the reconcile error counted", || async {
         let m = op.metrics().await;
@@ -642,21 +614,10 @@ async fn delete_then_stop(
 /// condition on every path the logs and metrics report.
 async fn create_orphan_environment(cp: &ControlPlane, env: &str) -> Api<Environment> {
     let envs: Api<Environment> = Api::all(cp.client().await);
-    create_yaml(
-        &envs,
-        &format!(
-            "apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {{name: {env}}}\nspec:\n  organizationRef: {{name: missing-{env}}}\n  tier: development\n"
-        ),
-    )
-    .await;
-    wait_for(&envs, env, WAIT, "OrganizationNotFound", |e| {
-        e.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.reason == "OrganizationNotFound")
-        })
-    })
-    .await;
+    environment(env, &format!("missing-{env}"), "development")
+        .create(&envs)
+        .await;
+    wait_reason(&envs, env, "Ready", "False", "OrganizationNotFound").await;
     envs
 }
 
@@ -784,7 +745,7 @@ async fn json_logs_and_the_dashboard_follow_real_reconciles() {
     );
     let org = format!("dash-{}", unique());
     let orgs = create_org(cp, &org).await;
-    wait_org_ready(&orgs, &org).await;
+    wait_ready(&orgs, &org).await;
     let env = format!("dash-orphan-{}", unique());
     let envs = create_orphan_environment(cp, &env).await;
     let metrics = eventually(WAIT, "errors and objects in /metrics", || async {
@@ -932,7 +893,6 @@ async fn an_unchanged_world_costs_no_requests_and_a_childs_change_wakes_its_owne
     use k8s_openapi::api::core::v1::ConfigMap;
     use k8s_openapi::api::rbac::v1::RoleBinding;
     use kube::api::{Patch, PatchParams};
-    use support::objects::{environment, organization, wait_ready};
 
     let _turn = exclusive().await;
     let cp = ControlPlane::full();
@@ -1247,7 +1207,7 @@ async fn a_leader_cut_off_from_the_apiserver_stops_before_a_standby_takes_over()
     // The leader works through the proxy until the cut.
     let org = format!("partition-{}", unique());
     let orgs = create_org(cp, &org).await;
-    wait_org_ready(&orgs, &org).await;
+    wait_ready(&orgs, &org).await;
 
     let cut_at = Instant::now();
     proxy.cut();
@@ -1289,7 +1249,7 @@ async fn a_leader_cut_off_from_the_apiserver_stops_before_a_standby_takes_over()
     // The new leader carries on.
     let next = format!("after-{}", unique());
     create_org(cp, &next).await;
-    wait_org_ready(&orgs, &next).await;
+    wait_ready(&orgs, &next).await;
     for name in [&org, &next] {
         orgs.delete(name, &DeleteParams::default())
             .await

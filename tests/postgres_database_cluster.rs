@@ -11,11 +11,13 @@ use bulkhead::api::{DatabaseCluster, Environment, Organization};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::DeleteParams;
 use kube::{Api, Client};
-use support::controlplane::{
-    ControlPlane, Operator, condition, create_yaml, unique, wait_for, wait_gone,
+use serde_json::json;
+use support::controlplane::{ControlPlane, Operator, unique, wait_for, wait_gone};
+use support::objects::{
+    WAIT, database_cluster, environment, is_ready, message_of, organization, reason_of, wait_ready,
+    wait_reason,
 };
 
-const WAIT: Duration = Duration::from_secs(90);
 static OPERATOR: OnceLock<Operator> = OnceLock::new();
 
 async fn setup() -> (Client, &'static support::postgres::TestPostgres) {
@@ -25,13 +27,6 @@ async fn setup() -> (Client, &'static support::postgres::TestPostgres) {
     (cp.client().await, pg)
 }
 
-fn ready(d: &DatabaseCluster) -> bool {
-    d.status
-        .as_ref()
-        .and_then(|s| condition(&s.conditions, "Ready"))
-        .is_some_and(|c| c.status == "True" && c.observed_generation == d.metadata.generation)
-}
-
 /// Namespace the operator reads provider credentials from (its default:
 /// the operator's namespace).
 const CREDENTIALS_NS: &str = "bulkhead-system";
@@ -39,7 +34,11 @@ const CREDENTIALS_NS: &str = "bulkhead-system";
 /// An Organization + Environment of `tier`, owning namespace `name`, whose
 /// databases live on `pg`: the admin connection sits in a Secret of the
 /// credentials namespace, named by the Environment's databaseProvider.
-async fn environment(client: &Client, pg: &support::postgres::TestPostgres, tier: &str) -> String {
+async fn environment_on(
+    client: &Client,
+    pg: &support::postgres::TestPostgres,
+    tier: &str,
+) -> String {
     let name = format!("pg-{}", unique());
     ensure_namespace(client, CREDENTIALS_NS).await;
     let secret: Secret = serde_json::from_value(serde_json::json!({
@@ -51,16 +50,15 @@ async fn environment(client: &Client, pg: &support::postgres::TestPostgres, tier
         .create(&Default::default(), &secret)
         .await
         .expect("admin Secret");
-    create_yaml(&Api::<Organization>::all(client.clone()), &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Organization\nmetadata: {{name: {name}}}\nspec: {{}}\n")).await;
+    organization(&name)
+        .create(&Api::<Organization>::all(client.clone()))
+        .await;
     let envs: Api<Environment> = Api::all(client.clone());
-    create_yaml(&envs, &format!("apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {{name: {name}}}\nspec:\n  organizationRef: {{name: {name}}}\n  tier: {tier}\n  databaseProvider: {{type: postgres, credentialsSecretRef: {{name: admin-{name}, key: dsn}}}}\n")).await;
-    wait_for(&envs, &name, WAIT, "Environment Ready", |e| {
-        e.status
-            .as_ref()
-            .and_then(|s| condition(&s.conditions, "Ready"))
-            .is_some_and(|c| c.status == "True")
-    })
-    .await;
+    environment(&name, &name, tier)
+        .postgres(&format!("admin-{name}"))
+        .create(&envs)
+        .await;
+    wait_ready(&envs, &name).await;
     name
 }
 
@@ -75,10 +73,10 @@ async fn ensure_namespace(client: &Client, name: &str) {
     }
 }
 
-fn dbc_yaml(name: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: bulkhead.dev/v1alpha1\nkind: DatabaseCluster\nmetadata: {{name: {name}}}\nspec:\n  databases: [{{name: app}}]\n  users:\n  - {{name: app_rw, databases: [app], privileges: readWrite}}\n  - {{name: app_ro, databases: [app], privileges: readOnly}}\n  writeConnectionSecretToRef: {{name: {name}-conn}}\n{extra}"
-    )
+/// A DatabaseCluster in `ns` with database `app`, a readWrite and a
+/// readOnly user, and its connection Secret `<name>-conn`.
+fn app_cluster(name: &str, ns: &str) -> support::objects::Build<DatabaseCluster> {
+    database_cluster(name, ns).with_reader().connection_secret()
 }
 
 fn secret_value(s: &Secret, key: &str) -> String {
@@ -92,10 +90,10 @@ fn secret_value(s: &Secret, key: &str) -> String {
 #[tokio::test]
 async fn connection_secret_logs_in_with_least_privilege() {
     let (client, pg) = setup().await;
-    let ns = environment(&client, pg, "staging").await;
+    let ns = environment_on(&client, pg, "staging").await;
     let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
-    create_yaml(&dbcs, &dbc_yaml("orders", "")).await;
-    let d = wait_for(&dbcs, "orders", WAIT, "Ready", ready).await;
+    app_cluster("orders", &ns).create(&dbcs).await;
+    let d = wait_ready(&dbcs, "orders").await;
     let status = d.status.unwrap_or_default();
     assert_eq!(status.external_name.as_deref(), Some("orders-stage"));
     assert_eq!(status.provider.as_deref(), Some("postgres"));
@@ -175,17 +173,21 @@ async fn production_is_copied_into_staging_without_sensitive_data() {
     // Production never shares a database server with another tier: its own
     // server, and the copy reads it over its own admin connection.
     let prod_pg = support::postgres::TestPostgres::start_new().await;
-    let prod = environment(&client, &prod_pg, "production").await;
-    let stage = environment(&client, pg, "staging").await;
+    let prod = environment_on(&client, &prod_pg, "production").await;
+    let stage = environment_on(&client, pg, "staging").await;
     let prod_dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &prod);
     let stage_dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &stage);
     // Production consents to copies into this staging Environment, and
     // requires that the audit log never leaves.
-    let consent = format!(
-        "  deletionPolicy: Delete\n  copyPolicy:\n    allowedEnvironments: [{stage}]\n    sanitize:\n      excludeTables: [audit_log]\n"
-    );
-    create_yaml(&prod_dbcs, &dbc_yaml("shop", &consent)).await;
-    wait_for(&prod_dbcs, "shop", WAIT, "source Ready", ready).await;
+    app_cluster("shop", &prod)
+        .spec("deletionPolicy", json!("Delete"))
+        .spec(
+            "copyPolicy",
+            json!({ "allowedEnvironments": [stage], "sanitize": { "excludeTables": ["audit_log"] } }),
+        )
+        .create(&prod_dbcs)
+        .await;
+    wait_for(&prod_dbcs, "shop", WAIT, "source Ready", is_ready).await;
 
     // Production data, written as the database's owner would.
     let admin = prod_pg.admin("shop_app").await;
@@ -202,12 +204,20 @@ async fn production_is_copied_into_staging_without_sensitive_data() {
 
     // The consumer masks the columns; it does not repeat the source's
     // exclusion, which applies anyway.
-    let sanitize = format!(
-        "  source:\n    clusterRef: {{name: shop, namespace: {prod}}}\n    mode: Sanitized\n    sanitize:\n      columns: {{customers.email: hash, customers.ssn: redact, customers.name: 'null'}}\n  copyPolicy:\n    allowedEnvironments: [{prod}]\n"
-    );
-    create_yaml(&stage_dbcs, &dbc_yaml("shop", &sanitize)).await;
+    app_cluster("shop", &stage)
+        .spec(
+            "source",
+            json!({
+                "clusterRef": { "name": "shop", "namespace": prod },
+                "mode": "Sanitized",
+                "sanitize": { "columns": { "customers.email": "hash", "customers.ssn": "redact", "customers.name": "null" } },
+            }),
+        )
+        .spec("copyPolicy", json!({ "allowedEnvironments": [prod] }))
+        .create(&stage_dbcs)
+        .await;
     let d = wait_for(&stage_dbcs, "shop", WAIT, "copy done", |d| {
-        ready(d) && d.status.as_ref().is_some_and(|s| s.copy.is_some())
+        is_ready(d) && d.status.as_ref().is_some_and(|s| s.copy.is_some())
     })
     .await;
     let copy = d.status.and_then(|s| s.copy).expect("copy status");
@@ -258,21 +268,18 @@ async fn production_is_copied_into_staging_without_sensitive_data() {
     assert_eq!(n, 50);
 
     // Copies never flow upward: production from staging is refused.
-    let upward = format!(
-        "  source:\n    clusterRef: {{name: shop, namespace: {stage}}}\n    mode: SchemaOnly\n"
-    );
-    create_yaml(&prod_dbcs, &dbc_yaml("upward", &upward)).await;
+    app_cluster("upward", &prod)
+        .spec(
+            "source",
+            json!({ "clusterRef": { "name": "shop", "namespace": stage }, "mode": "SchemaOnly" }),
+        )
+        .create(&prod_dbcs)
+        .await;
     let refused = wait_for(&prod_dbcs, "upward", WAIT, "CopyUpward", |d| {
-        d.status
-            .as_ref()
-            .and_then(|s| condition(&s.conditions, "Synced"))
-            .is_some_and(|c| c.reason == "CopyUpward")
+        reason_of(d, "Synced").as_deref() == Some("CopyUpward")
     })
     .await;
-    let message = refused
-        .status
-        .and_then(|s| condition(&s.conditions, "Synced").map(|c| c.message.clone()))
-        .unwrap_or_default();
+    let message = message_of(&refused, "Synced");
     assert!(
         message.contains("staging") && message.contains("production"),
         "{message}"
@@ -282,14 +289,13 @@ async fn production_is_copied_into_staging_without_sensitive_data() {
 #[tokio::test]
 async fn passwords_rotate_on_schedule() {
     let (client, pg) = setup().await;
-    let ns = environment(&client, pg, "development").await;
+    let ns = environment_on(&client, pg, "development").await;
     let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
-    create_yaml(
-        &dbcs,
-        &dbc_yaml("rot", "  passwordRotation: {interval: 1m}\n"),
-    )
-    .await;
-    let first = wait_for(&dbcs, "rot", WAIT, "Ready", ready).await;
+    app_cluster("rot", &ns)
+        .spec("passwordRotation", json!({ "interval": "1m" }))
+        .create(&dbcs)
+        .await;
+    let first = wait_ready(&dbcs, "rot").await;
     let rotated_at = first
         .status
         .and_then(|s| s.password_rotated_at)
@@ -306,7 +312,7 @@ async fn passwords_rotate_on_schedule() {
         .expect("old password works before rotation");
 
     wait_for(&dbcs, "rot", Duration::from_secs(150), "rotated", |d| {
-        ready(d)
+        is_ready(d)
             && d.status
                 .as_ref()
                 .and_then(|s| s.password_rotated_at.clone())
@@ -333,10 +339,10 @@ async fn an_unreachable_server_is_reported_and_recovers() {
     // A private server this test may stop.
     let _ = pg;
     let private = support::postgres::TestPostgres::start_new().await;
-    let ns = environment(&client, &private, "development").await;
+    let ns = environment_on(&client, &private, "development").await;
     let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
-    create_yaml(&dbcs, &dbc_yaml("flaky", "")).await;
-    wait_for(&dbcs, "flaky", WAIT, "Ready", ready).await;
+    app_cluster("flaky", &ns).create(&dbcs).await;
+    wait_ready(&dbcs, "flaky").await;
 
     private.stop();
     // A spec change makes the operator look while the server is down.
@@ -351,19 +357,7 @@ async fn an_unreachable_server_is_reported_and_recovers() {
     )
     .await
     .expect("change spec");
-    wait_for(
-        &dbcs,
-        "flaky",
-        WAIT,
-        "Synced=False ProviderUnavailable",
-        |d| {
-            d.status
-                .as_ref()
-                .and_then(|s| condition(&s.conditions, "Synced"))
-                .is_some_and(|c| c.status == "False" && c.reason == "ProviderUnavailable")
-        },
-    )
-    .await;
+    wait_reason(&dbcs, "flaky", "Synced", "False", "ProviderUnavailable").await;
 
     private.start();
     wait_for(
@@ -371,7 +365,7 @@ async fn an_unreachable_server_is_reported_and_recovers() {
         "flaky",
         Duration::from_secs(150),
         "recovered by itself",
-        ready,
+        is_ready,
     )
     .await;
     let roles = private

@@ -10,69 +10,33 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use bulkhead::api::DeletionPolicy;
-use bulkhead::api::database_cluster::{
-    CopyMode, DatabaseSpec, MaskAction, Privileges, ResolvedSize, Sanitize, UserSpec,
-};
-use bulkhead::api::environment::Tier;
+use bulkhead::api::database_cluster::{CopyMode, DatabaseSpec, MaskAction, Privileges, Sanitize};
 use bulkhead::provider::postgres::{PostgresDatabaseClusters, postgres_reasons};
 use bulkhead::provider::{
     CopyReport, CopyRequest, DatabaseClusterClient, DesiredDatabaseCluster, ExternalClient,
-    Observation, Owner, ProviderError, Secret, generate_password,
+    Observation, ProviderError, Secret,
 };
+use support::desired::desired_cluster;
 use support::postgres::{TestPostgres, shared};
 use tokio_postgres::error::SqlState;
 
 // ---------------------------------------------------------------- helpers
 
+/// A testing-tier cluster with `databases` (name, owner) and `users`
+/// (name, databases, privileges), each user with a generated password.
 fn cluster(
     external: &str,
     databases: &[(&str, Option<&str>)],
     users: &[(&str, &[&str], Privileges)],
 ) -> DesiredDatabaseCluster {
-    DesiredDatabaseCluster {
-        owner: Owner {
-            api_version: "bulkhead.dev/v1alpha1".into(),
-            kind: "DatabaseCluster".into(),
-            name: external.into(),
-            uid: format!("uid-{external}"),
-            namespace: Some("tests".into()),
-        },
-        namespace: "tests".into(),
-        external_name: external.into(),
-        environment: "test".into(),
-        tier: Tier::Testing,
-        organization: "org".into(),
-        version: "15".into(),
-        regions: vec![],
-        size: ResolvedSize {
-            cpus: 1,
-            memory_mib: 256,
-            storage_gib: 1,
-            replicas: 1,
-        },
-        databases: databases
-            .iter()
-            .map(|(name, owner)| DatabaseSpec {
-                name: name.to_string(),
-                owner: owner.map(str::to_string),
-            })
-            .collect(),
-        users: users
-            .iter()
-            .map(|(name, dbs, privileges)| UserSpec {
-                name: name.to_string(),
-                databases: dbs.iter().map(|d| d.to_string()).collect(),
-                privileges: *privileges,
-                connection_limit: None,
-            })
-            .collect(),
-        passwords: users
-            .iter()
-            .map(|(name, _, _)| (name.to_string(), generate_password()))
-            .collect(),
-        deletion_policy: DeletionPolicy::Delete,
+    let mut d = desired_cluster(external);
+    for (name, owner) in databases {
+        d = d.database(name, *owner);
     }
+    for (name, dbs, privileges) in users {
+        d = d.user(name, dbs, *privileges);
+    }
+    d.build()
 }
 
 fn prefix(d: &DesiredDatabaseCluster) -> String {
@@ -1129,17 +1093,21 @@ fn copy_request(
     }
 }
 
-#[tokio::test]
-async fn sanitized_copy_masks_every_row() {
-    let pg = shared().await;
-    let p = provider(pg);
+/// A source holding people (`users`, with sensitive-looking columns), their
+/// `orders`, an `audit_log` and views over them; an empty target with an
+/// owner and a readOnly user.
+async fn people_fixture(
+    pg: &TestPostgres,
+    p: &PostgresDatabaseClusters,
+    name: &str,
+) -> (DesiredDatabaseCluster, DesiredDatabaseCluster) {
     let source = cluster(
-        "cp-prod",
+        &format!("{name}-prod"),
         &[("app", None)],
         &[("own", &["app"], Privileges::Owner)],
     );
     let target = cluster(
-        "cp-stage",
+        &format!("{name}-stage"),
         &[("app", None)],
         &[
             ("own", &["app"], Privileges::Owner),
@@ -1170,12 +1138,15 @@ async fn sanitized_copy_masks_every_row() {
     )
     .await
     .expect("fill the source");
+    (source, target)
+}
 
-    // Every column that looks sensitive (users.email, users.name in a table
-    // of people, users.ssn) is masked, so the copy is not refused; the
-    // audit log is excluded.
-    let request = copy_request(
-        &source,
+/// Every column of the people fixture that looks sensitive (users.email,
+/// users.name in a table of people, users.ssn) masked, so the copy is not
+/// refused; the audit log excluded.
+fn people_masked(source: &DesiredDatabaseCluster) -> CopyRequest {
+    copy_request(
+        source,
         CopyMode::Sanitized,
         &[
             ("users.email", MaskAction::Hash),
@@ -1183,7 +1154,15 @@ async fn sanitized_copy_masks_every_row() {
             ("users.name", MaskAction::Null),
         ],
         &["audit_log"],
-    );
+    )
+}
+
+#[tokio::test]
+async fn sanitized_copy_masks_every_row() {
+    let pg = shared().await;
+    let p = provider(pg);
+    let (source, target) = people_fixture(pg, &p, "cp").await;
+    let request = people_masked(&source);
     let report = p.copy_from(&target, &request).await.expect("copy");
     assert_eq!(
         report,
@@ -1324,68 +1303,6 @@ async fn sanitized_copy_masks_every_row() {
     assert_eq!(scalar_i64(&dst, "SELECT count(*) FROM users").await, 50);
     assert_eq!(scalar_i64(&dst, "SELECT count(*) FROM orders").await, 120);
 
-    // Bad sanitize rules fail before anything changes.
-    let unknown_table = copy_request(
-        &source,
-        CopyMode::Sanitized,
-        &[("customers.email", MaskAction::Hash)],
-        &[],
-    );
-    assert_eq!(
-        terminal_reason(p.copy_from(&target, &unknown_table).await),
-        "UnknownTable"
-    );
-    let unknown_excluded = copy_request(&source, CopyMode::Sanitized, &[], &["nope"]);
-    assert_eq!(
-        terminal_reason(p.copy_from(&target, &unknown_excluded).await),
-        "UnknownTable"
-    );
-    let unknown_column = copy_request(
-        &source,
-        CopyMode::Sanitized,
-        &[("users.phone", MaskAction::Null)],
-        &[],
-    );
-    assert_eq!(
-        terminal_reason(p.copy_from(&target, &unknown_column).await),
-        "UnknownColumn"
-    );
-    let hash_int = copy_request(
-        &source,
-        CopyMode::Sanitized,
-        &[("public.users.age", MaskAction::Hash)],
-        &[],
-    );
-    assert_eq!(
-        terminal_reason(p.copy_from(&target, &hash_int).await),
-        "UnsupportedMask"
-    );
-    let redact_unique = copy_request(
-        &source,
-        CopyMode::Sanitized,
-        &[("users.email", MaskAction::Redact)],
-        &[],
-    );
-    assert_eq!(
-        terminal_reason(p.copy_from(&target, &redact_unique).await),
-        "UnsupportedMask"
-    );
-    let null_pk = copy_request(
-        &source,
-        CopyMode::Sanitized,
-        &[("users.id", MaskAction::Null)],
-        &[],
-    );
-    assert_eq!(
-        terminal_reason(p.copy_from(&target, &null_pk).await),
-        "UnsupportedMask"
-    );
-    assert_eq!(
-        scalar_i64(&dst, "SELECT count(*) FROM users").await,
-        50,
-        "failed copies left the target as it was"
-    );
-
     // SchemaOnly: every table, no rows.
     let schema_only = copy_request(&source, CopyMode::SchemaOnly, &[], &[]);
     let report = p
@@ -1403,6 +1320,68 @@ async fn sanitized_copy_masks_every_row() {
     assert_allowed(
         sql_as(pg, &target, "ro", "app", "SELECT * FROM audit_log").await,
         "grants follow a schema-only copy",
+    );
+}
+
+/// Bad sanitize rules fail before anything changes: after a good copy of
+/// the people fixture, each bad request is refused with its reason and the
+/// copy stays as it was.
+#[tokio::test]
+async fn bad_sanitize_rules_fail_before_anything_changes() {
+    let pg = shared().await;
+    let p = provider(pg);
+    let (source, target) = people_fixture(pg, &p, "cp-bad").await;
+    p.copy_from(&target, &people_masked(&source))
+        .await
+        .expect("the good copy");
+    let dst = pg.admin(&phys(&target, "app")).await;
+    type Columns<'a> = &'a [(&'a str, MaskAction)];
+    // (case, columns masked, tables excluded, the Terminal reason)
+    let cases: [(&str, Columns, &[&str], &str); 6] = [
+        (
+            "a mask on an unknown table",
+            &[("customers.email", MaskAction::Hash)],
+            &[],
+            "UnknownTable",
+        ),
+        ("an unknown excluded table", &[], &["nope"], "UnknownTable"),
+        (
+            "an unknown column",
+            &[("users.phone", MaskAction::Null)],
+            &[],
+            "UnknownColumn",
+        ),
+        (
+            "a hash of an integer",
+            &[("public.users.age", MaskAction::Hash)],
+            &[],
+            "UnsupportedMask",
+        ),
+        (
+            "a redacted unique column",
+            &[("users.email", MaskAction::Redact)],
+            &[],
+            "UnsupportedMask",
+        ),
+        (
+            "a nulled primary key",
+            &[("users.id", MaskAction::Null)],
+            &[],
+            "UnsupportedMask",
+        ),
+    ];
+    for (case, columns, exclude, reason) in cases {
+        let request = copy_request(&source, CopyMode::Sanitized, columns, exclude);
+        assert_eq!(
+            terminal_reason(p.copy_from(&target, &request).await),
+            reason,
+            "{case}"
+        );
+    }
+    assert_eq!(
+        scalar_i64(&dst, "SELECT count(*) FROM users").await,
+        50,
+        "failed copies left the target as it was"
     );
 }
 

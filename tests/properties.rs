@@ -8,16 +8,18 @@
 //! failure prints the shrunk input, which belongs in a unit test next to the
 //! code once fixed.
 
+mod support;
+
 use std::collections::BTreeSet;
 
-use bulkhead::api::DeletionPolicy;
-use bulkhead::api::database_cluster::{DatabaseSpec, Privileges, ResolvedSize, UserSpec};
+use bulkhead::api::database_cluster::Privileges;
 use bulkhead::api::environment::Tier;
+use bulkhead::provider::DesiredDatabaseCluster;
 use bulkhead::provider::postgres::conn::ConnInfo;
 use bulkhead::provider::postgres::names::{NAME_TOO_LONG, Plan};
 use bulkhead::provider::postgres::{MAX_IDENTIFIER_BYTES, parse_column, parse_table};
-use bulkhead::provider::{DesiredDatabaseCluster, Owner};
 use proptest::prelude::*;
+use support::desired::desired_cluster;
 
 const CASES: u32 = 256;
 
@@ -43,47 +45,20 @@ fn tiers() -> impl Strategy<Value = Tier> {
     ]
 }
 
+/// A staging cluster whose users may each use every database, with no
+/// passwords: the name builders never read them.
 fn desired(external_name: &str, databases: &[String], users: &[String]) -> DesiredDatabaseCluster {
-    DesiredDatabaseCluster {
-        owner: Owner {
-            api_version: "bulkhead.dev/v1alpha1".into(),
-            kind: "DatabaseCluster".into(),
-            name: "app".into(),
-            uid: "u-1".into(),
-            namespace: Some("team".into()),
-        },
-        namespace: "team".into(),
-        external_name: external_name.into(),
-        environment: "env".into(),
-        tier: Tier::Staging,
-        organization: "org".into(),
-        version: "16".into(),
-        regions: vec![],
-        size: ResolvedSize {
-            cpus: 1,
-            memory_mib: 256,
-            storage_gib: 1,
-            replicas: 1,
-        },
-        databases: databases
-            .iter()
-            .map(|name| DatabaseSpec {
-                name: name.clone(),
-                owner: None,
-            })
-            .collect(),
-        users: users
-            .iter()
-            .map(|name| UserSpec {
-                name: name.clone(),
-                databases: databases.to_vec(),
-                privileges: Privileges::ReadWrite,
-                connection_limit: None,
-            })
-            .collect(),
-        passwords: Default::default(),
-        deletion_policy: DeletionPolicy::Delete,
+    let mut d = desired_cluster(external_name)
+        .owned_by("team", "app", "u-1")
+        .environment("env", Tier::Staging)
+        .version("16");
+    for name in databases {
+        d = d.database(name, None);
     }
+    for name in users {
+        d = d.user(name, databases, Privileges::ReadWrite);
+    }
+    d.without_passwords().build()
 }
 
 /// A PostgreSQL identifier bulkhead may create: within the byte limit, no

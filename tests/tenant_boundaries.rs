@@ -16,11 +16,15 @@ use bulkhead::api::{DatabaseCluster, Environment, Organization};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
 use support::controlplane::{ControlPlane, Operator, condition, repo, wait_for, wait_gone};
 use support::helm::{NAMESPACE, install_chart, operator_user};
+use support::objects::{
+    Conditions, database_cluster, environment, is_true, message_of, organization,
+    wait_ready_within, wait_reason_within,
+};
 use support::postgres::TestPostgres;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -72,83 +76,29 @@ fn credentials_secret(name: &str, value: &str) -> String {
     .to_string()
 }
 
-fn organization(name: &str) -> String {
-    format!(
-        "apiVersion: bulkhead.dev/v1alpha1\nkind: Organization\nmetadata: {{name: {name}}}\nspec: {{slug: {name}}}\n"
-    )
+/// `spec.access` of an Environment: `role` for ServiceAccount `ns/name`.
+fn access(role: &str, name: &str, ns: &str) -> Value {
+    json!([{ "role": role, "subjects": [{ "kind": "ServiceAccount", "name": name, "namespace": ns }] }])
 }
 
-/// An Environment owning the namespace named after it, its databases on the
-/// server whose admin connection is in Secret `credentials`.
-fn environment(name: &str, org: &str, tier: &str, credentials: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {{name: {name}}}\nspec:\n  organizationRef: {{name: {org}}}\n  tier: {tier}\n  databaseProvider: {{type: postgres, credentialsSecretRef: {{name: {credentials}, key: dsn}}}}\n{extra}"
-    )
+/// An Organization whose slug is its name.
+fn tenancy(name: &str) -> String {
+    organization(name).slug(name).manifest()
 }
 
-fn database_cluster(name: &str, ns: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: bulkhead.dev/v1alpha1\nkind: DatabaseCluster\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  databases: [{{name: app}}]\n  users: [{{name: app_rw, databases: [app], privileges: readWrite}}]\n{extra}"
-    )
-}
-
-fn is_true(conditions: &[Condition], type_: &str) -> bool {
-    condition(conditions, type_).is_some_and(|c| c.status == "True")
-}
-
-fn synced_reason(d: &DatabaseCluster) -> Option<String> {
-    d.status
-        .as_ref()
-        .and_then(|s| condition(&s.conditions, "Synced"))
-        .map(|c| c.reason.clone())
-}
-
-fn synced_message(conditions: Option<&Vec<Condition>>) -> String {
-    conditions
-        .and_then(|c| condition(c, "Synced"))
-        .map(|c| c.message.clone())
-        .unwrap_or_default()
-}
-
+// The shared waits, with this suite's longer WAIT (two PostgreSQL servers
+// and the chart's admission policies on every write).
 async fn env_ready(client: &Client, name: &str) -> Environment {
-    wait_for(
-        &Api::<Environment>::all(client.clone()),
-        name,
-        WAIT,
-        "Environment Ready",
-        |e| {
-            e.status
-                .as_ref()
-                .is_some_and(|s| is_true(&s.conditions, "Ready"))
-        },
-    )
-    .await
+    wait_ready_within(&Api::all(client.clone()), name, WAIT).await
 }
 
 async fn dbc_ready(client: &Client, ns: &str, name: &str) -> DatabaseCluster {
-    wait_for(
-        &Api::<DatabaseCluster>::namespaced(client.clone(), ns),
-        name,
-        WAIT,
-        "DatabaseCluster Ready",
-        |d| {
-            d.status.as_ref().is_some_and(|s| {
-                is_true(&s.conditions, "Ready") && s.observed_generation == d.metadata.generation
-            })
-        },
-    )
-    .await
+    wait_ready_within(&Api::namespaced(client.clone(), ns), name, WAIT).await
 }
 
 async fn dbc_reason(client: &Client, ns: &str, name: &str, reason: &str) -> DatabaseCluster {
-    wait_for(
-        &Api::<DatabaseCluster>::namespaced(client.clone(), ns),
-        name,
-        WAIT,
-        &format!("Synced=False {reason}"),
-        |d| synced_reason(d).as_deref() == Some(reason),
-    )
-    .await
+    let dbcs = Api::namespaced(client.clone(), ns);
+    wait_reason_within(&dbcs, name, WAIT, "Synced", "False", reason).await
 }
 
 async fn build_world() -> World {
@@ -183,32 +133,22 @@ async fn build_world() -> World {
     );
 
     for org in ["acme-prod-t", "acme-stage-t"] {
-        apply_admin(cp, &organization(org));
+        apply_admin(cp, &tenancy(org));
     }
     apply_admin(
         cp,
-        &environment(
-            PROD,
-            "acme-prod-t",
-            "production",
-            "pg-production",
-            &format!(
-                "  access:\n  - role: admin\n    subjects: [{{kind: ServiceAccount, name: prod-admin, namespace: {PROD}}}]\n"
-            ),
-        ),
+        &environment(PROD, "acme-prod-t", "production")
+            .postgres("pg-production")
+            .spec("access", access("admin", "prod-admin", PROD))
+            .manifest(),
     );
     // The README's way to give an application team its environment.
     apply_admin(
         cp,
-        &environment(
-            STAGE,
-            "acme-stage-t",
-            "staging",
-            "pg-staging",
-            &format!(
-                "  access:\n  - role: developer\n    subjects: [{{kind: ServiceAccount, name: dev, namespace: {STAGE}}}]\n"
-            ),
-        ),
+        &environment(STAGE, "acme-stage-t", "staging")
+            .postgres("pg-staging")
+            .spec("access", access("developer", "dev", STAGE))
+            .manifest(),
     );
     env_ready(&client, PROD).await;
     env_ready(&client, STAGE).await;
@@ -245,18 +185,21 @@ async fn build_world() -> World {
     // Production's databases, written by the production team: `orders`
     // consents to copies into staging with its own rules, `vault` consents
     // to nothing, `open` consents without rules.
-    let consent = format!(
-        "  copyPolicy:\n    allowedEnvironments: [{STAGE}]\n    sanitize:\n      excludeTables: [audit_log]\n      columns: {{customers.email: hash}}\n    safeColumns: [customers.country]\n"
-    );
-    for (name, extra) in [
-        ("orders", consent.as_str()),
-        ("vault", ""),
-        (
-            "open",
-            &*format!("  copyPolicy: {{allowedEnvironments: [{STAGE}]}}\n"),
-        ),
+    let consent = json!({
+        "allowedEnvironments": [STAGE],
+        "sanitize": { "excludeTables": ["audit_log"], "columns": { "customers.email": "hash" } },
+        "safeColumns": ["customers.country"],
+    });
+    for (name, copy_policy) in [
+        ("orders", Some(consent)),
+        ("vault", None),
+        ("open", Some(json!({ "allowedEnvironments": [STAGE] }))),
     ] {
-        let out = cp.apply_as(&prod_team, &database_cluster(name, PROD, extra));
+        let mut cluster = database_cluster(name, PROD);
+        if let Some(copy_policy) = copy_policy {
+            cluster = cluster.spec("copyPolicy", copy_policy);
+        }
+        let out = cp.apply_as(&prod_team, &cluster.manifest());
         assert!(
             out.status.success(),
             "production team applies {name}: {}",
@@ -334,11 +277,13 @@ async fn a_database_cluster_cannot_choose_its_server_credentials_or_environment(
     // The field that once let a tenant name any Secret in the cluster is gone.
     let out = w.cp.apply_as(
         &w.tenant,
-        &database_cluster(
-            "steals-token",
-            STAGE,
-            "  provider: {type: postgres, credentialsSecretRef: {namespace: kube-system, name: admin-token, key: token}}\n",
-        ),
+        &database_cluster("steals-token", STAGE)
+            .spec(
+                "provider",
+                json!({ "type": "postgres",
+                        "credentialsSecretRef": { "namespace": "kube-system", "name": "admin-token", "key": "token" } }),
+            )
+            .manifest(),
     );
     assert!(
         !out.status.success(),
@@ -349,17 +294,15 @@ async fn a_database_cluster_cannot_choose_its_server_credentials_or_environment(
     // Claiming the production Environment from the staging namespace.
     let out = w.cp.apply_as(
         &w.tenant,
-        &database_cluster(
-            "claims-prod",
-            STAGE,
-            &format!("  environmentRef: {{name: {PROD}}}\n"),
-        ),
+        &database_cluster("claims-prod", STAGE)
+            .spec("environmentRef", json!({ "name": PROD }))
+            .manifest(),
     );
     assert!(out.status.success(), "{}", text(&out));
     let d = dbc_reason(&client, STAGE, "claims-prod", "EnvironmentMismatch").await;
     let status = d.status.unwrap_or_default();
     assert_ne!(status.tier.as_deref(), Some("production"));
-    let message = synced_message(Some(&status.conditions));
+    let message = message_of(&status.conditions, "Synced");
     assert!(
         message.contains(PROD) && message.contains(STAGE),
         "{message}"
@@ -382,36 +325,28 @@ async fn a_database_cluster_cannot_choose_its_server_credentials_or_environment(
 async fn copies_need_the_sources_consent_and_keep_its_rules() {
     let w = world().await;
     let client = w.cp.client().await;
-    let apply = |name: &str, extra: &str| {
-        let out =
-            w.cp.apply_as(&w.tenant, &database_cluster(name, STAGE, extra));
+    // A copy of production's `cluster`, masking `columns` (when given).
+    let apply_copy = |name: &str, cluster: &str, columns: Option<Value>| {
+        let mut source =
+            json!({ "clusterRef": { "name": cluster, "namespace": PROD }, "mode": "Sanitized" });
+        if let Some(columns) = columns {
+            source["sanitize"] = json!({ "columns": columns });
+        }
+        let manifest = database_cluster(name, STAGE)
+            .spec("source", source)
+            .manifest();
+        let out = w.cp.apply_as(&w.tenant, &manifest);
         assert!(out.status.success(), "{}", text(&out));
-    };
-    let source = |cluster: &str, rules: &str| {
-        format!(
-            "  source:\n    clusterRef: {{name: {cluster}, namespace: {PROD}}}\n    mode: Sanitized\n{rules}"
-        )
     };
 
     // No consent, and no such cluster: the same answer, nothing copied.
-    apply(
-        "steal",
-        &source(
-            "vault",
-            "    sanitize: {columns: {customers.email: hash}}\n",
-        ),
-    );
-    apply(
-        "ghost",
-        &source(
-            "does-not-exist",
-            "    sanitize: {columns: {customers.email: hash}}\n",
-        ),
-    );
+    let hash_email = json!({ "customers.email": "hash" });
+    apply_copy("steal", "vault", Some(hash_email.clone()));
+    apply_copy("ghost", "does-not-exist", Some(hash_email));
     let steal = dbc_reason(&client, STAGE, "steal", "CopyNotAllowed").await;
     let ghost = dbc_reason(&client, STAGE, "ghost", "CopyNotAllowed").await;
     for d in [&steal, &ghost] {
-        let message = synced_message(d.status.as_ref().map(|s| &s.conditions));
+        let message = message_of(d, "Synced");
         assert!(
             message.contains("does not exist or does not allow copies"),
             "{message}"
@@ -420,20 +355,18 @@ async fn copies_need_the_sources_consent_and_keep_its_rules() {
     }
 
     // Consent without rules is not consent to copy in clear.
-    apply("bare", &source("open", ""));
+    apply_copy("bare", "open", None);
     dbc_reason(&client, STAGE, "bare", "SanitizeRulesMissing").await;
 
     // Consent with rules: the copy is refused while sensitive-looking
     // columns are neither masked nor declared safe by the source.
-    apply(
+    apply_copy(
         "copy",
-        &source(
-            "orders",
-            "    sanitize: {columns: {customers.email: redact}}\n",
-        ),
+        "orders",
+        Some(json!({ "customers.email": "redact" })),
     );
     let refused = dbc_reason(&client, STAGE, "copy", "SensitiveColumnsUnmasked").await;
-    let message = synced_message(refused.status.as_ref().map(|s| &s.conditions));
+    let message = message_of(&refused, "Synced");
     assert!(
         message.contains("customers.ssn") && message.contains("customers.full_name"),
         "{message}"
@@ -452,11 +385,11 @@ async fn copies_need_the_sources_consent_and_keep_its_rules() {
 
     // Masked: it copies, and the source's rules hold whatever the consumer
     // asked: email is hashed (not redacted), the audit log stays behind.
-    apply(
+    apply_copy(
         "copy",
-        &source(
-            "orders",
-            "    sanitize: {columns: {customers.email: redact, customers.ssn: redact, customers.full_name: 'null'}}\n",
+        "orders",
+        Some(
+            json!({ "customers.email": "redact", "customers.ssn": "redact", "customers.full_name": "null" }),
         ),
     );
     wait_for(
@@ -502,9 +435,9 @@ async fn environments_cannot_take_system_or_foreign_namespaces() {
     let client = w.cp.client().await;
     // Stated at admission by the chart's ValidatingAdmissionPolicy.
     let out = w.cp.apply_stdin(
-        &format!(
-            "apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {{name: takes-operator}}\nspec:\n  organizationRef: {{name: acme-stage-t}}\n  tier: development\n  namespaces: [{NAMESPACE}]\n"
-        ),
+        &environment("takes-operator", "acme-stage-t", "development")
+            .spec("namespaces", json!([NAMESPACE]))
+            .manifest(),
         &[],
     );
     assert!(
@@ -531,17 +464,21 @@ async fn environments_cannot_take_system_or_foreign_namespaces() {
     ]);
     apply_admin(
         w.cp,
-        "apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata: {name: payments}\nspec:\n  organizationRef: {name: acme-stage-t}\n  tier: development\n  namespaces: [payments-prod]\n",
+        &environment("payments", "acme-stage-t", "development")
+            .spec("namespaces", json!(["payments-prod"]))
+            .manifest(),
     );
     let envs: Api<Environment> = Api::all(client.clone());
-    let e = wait_for(&envs, "payments", WAIT, "NamespaceNotOptedIn", |e| {
-        e.status
-            .as_ref()
-            .and_then(|s| condition(&s.conditions, "Synced"))
-            .is_some_and(|c| c.reason == "NamespaceNotOptedIn")
-    })
+    let e = wait_reason_within(
+        &envs,
+        "payments",
+        WAIT,
+        "Synced",
+        "False",
+        "NamespaceNotOptedIn",
+    )
     .await;
-    let message = synced_message(e.status.as_ref().map(|s| &s.conditions));
+    let message = message_of(&e, "Synced");
     assert!(
         message.contains("bulkhead.dev/adoptable-by=payments"),
         "{message}"
@@ -815,35 +752,29 @@ async fn isolation_never_stops_production() {
     // A staging Environment in production's Organization and namespace.
     apply_admin(
         w.cp,
-        &environment(
-            "intruder",
-            "acme-prod-t",
-            "staging",
-            "pg-staging",
-            &format!("  namespaces: [{PROD}]\n"),
-        ),
+        &environment("intruder", "acme-prod-t", "staging")
+            .postgres("pg-staging")
+            .spec("namespaces", json!([PROD]))
+            .manifest(),
     );
-    let intruder = wait_for(&envs, "intruder", WAIT, "IsolationViolated", |e| {
-        e.status
-            .as_ref()
-            .and_then(|s| condition(&s.conditions, "Synced"))
-            .is_some_and(|c| c.reason == "IsolationViolated")
-    })
+    let intruder = wait_reason_within(
+        &envs,
+        "intruder",
+        WAIT,
+        "Synced",
+        "False",
+        "IsolationViolated",
+    )
     .await;
-    assert!(!is_true(
-        &intruder.status.unwrap_or_default().conditions,
-        "Ready"
-    ));
+    assert!(!is_true(&intruder, "Ready"));
     let prod = wait_for(&envs, PROD, WAIT, "Isolated=False", |e| {
-        e.status
-            .as_ref()
-            .and_then(|s| condition(&s.conditions, "Isolated"))
+        condition(e.conditions(), "Isolated")
             .is_some_and(|c| c.status == "False" && c.message.contains("intruder"))
     })
     .await;
-    let conditions = prod.status.clone().unwrap_or_default().conditions;
+    let conditions = prod.conditions();
     assert!(
-        is_true(&conditions, "Ready") && is_true(&conditions, "Synced"),
+        is_true(conditions, "Ready") && is_true(conditions, "Synced"),
         "{conditions:?}"
     );
 
@@ -878,19 +809,20 @@ async fn isolation_never_stops_production() {
     // Sharing production's database server is a violation too.
     apply_admin(
         w.cp,
-        &environment("twin", "acme-stage-t", "development", "pg-production", ""),
+        &environment("twin", "acme-stage-t", "development")
+            .postgres("pg-production")
+            .manifest(),
     );
-    let twin = wait_for(&envs, "twin", WAIT, "SharedDatabaseServer", |e| {
-        e.status
-            .as_ref()
-            .and_then(|s| condition(&s.conditions, "Isolated"))
-            .is_some_and(|c| c.reason == "SharedDatabaseServer")
-    })
+    let twin = wait_reason_within(
+        &envs,
+        "twin",
+        WAIT,
+        "Isolated",
+        "False",
+        "SharedDatabaseServer",
+    )
     .await;
-    assert!(!is_true(
-        &twin.status.unwrap_or_default().conditions,
-        "Ready"
-    ));
+    assert!(!is_true(&twin, "Ready"));
     let events = w.cp.kubectl_ok(&["get", "events", "-A", "-o", "json"]);
     assert!(
         events.contains("SharedDatabaseServer")
@@ -905,9 +837,7 @@ async fn isolation_never_stops_production() {
         wait_gone(&envs, name, WAIT).await;
     }
     wait_for(&envs, PROD, WAIT, "Isolated again", |e| {
-        e.status
-            .as_ref()
-            .is_some_and(|s| is_true(&s.conditions, "Isolated"))
+        is_true(e, "Isolated")
     })
     .await;
 }
@@ -931,11 +861,12 @@ async fn secrets_bulkhead_did_not_make_are_never_touched() {
     assert!(out.status.success(), "{}", text(&out));
     let out = w.cp.apply_as(
         &w.tenant,
-        &database_cluster(
-            "conflicted",
-            STAGE,
-            "  writeConnectionSecretToRef: {name: payments-keys}\n",
-        ),
+        &database_cluster("conflicted", STAGE)
+            .spec(
+                "writeConnectionSecretToRef",
+                json!({ "name": "payments-keys" }),
+            )
+            .manifest(),
     );
     assert!(out.status.success(), "{}", text(&out));
     dbc_reason(&client, STAGE, "conflicted", "SecretConflict").await;
@@ -966,26 +897,26 @@ async fn two_organizations_cannot_claim_one_slug() {
     let orgs: Api<Organization> = Api::all(client.clone());
     apply_admin(
         w.cp,
-        "apiVersion: bulkhead.dev/v1alpha1\nkind: Organization\nmetadata: {name: slug-first}\nspec: {slug: shared-slug}\n",
+        &organization("slug-first").slug("shared-slug").manifest(),
     );
-    let first = wait_for(&orgs, "slug-first", WAIT, "Ready", |o| {
-        o.status
-            .as_ref()
-            .is_some_and(|s| is_true(&s.conditions, "Ready"))
-    })
-    .await;
+    let first = wait_for(&orgs, "slug-first", WAIT, "Ready", |o| is_true(o, "Ready")).await;
     apply_admin(
         w.cp,
-        "apiVersion: bulkhead.dev/v1alpha1\nkind: Organization\nmetadata: {name: slug-second}\nspec: {slug: shared-slug, members: [{email: eve@evil.example, role: admin}]}\n",
+        &organization("slug-second")
+            .slug("shared-slug")
+            .member("eve@evil.example", "admin")
+            .manifest(),
     );
-    let second = wait_for(&orgs, "slug-second", WAIT, "SlugConflict", |o| {
-        o.status
-            .as_ref()
-            .and_then(|s| condition(&s.conditions, "Synced"))
-            .is_some_and(|c| c.reason == "SlugConflict")
-    })
+    let second = wait_reason_within(
+        &orgs,
+        "slug-second",
+        WAIT,
+        "Synced",
+        "False",
+        "SlugConflict",
+    )
     .await;
-    let message = synced_message(second.status.as_ref().map(|s| &s.conditions));
+    let message = message_of(&second, "Synced");
     assert!(message.contains("slug-first"), "{message}");
     let role = Api::<ClusterRole>::all(client.clone())
         .get("bulkhead:organization:shared-slug")
@@ -1078,16 +1009,18 @@ async fn no_credential_appears_in_logs_events_or_status() {
         apply_admin(w.cp, &credentials_secret(name, value));
         apply_admin(
             w.cp,
-            &environment(name, "acme-stage-t", "development", name, ""),
+            &environment(name, "acme-stage-t", "development")
+                .postgres(name)
+                .manifest(),
         );
     }
     for (name, _, _) in &cases {
         env_ready(&client, name).await;
-        apply_admin(w.cp, &database_cluster("db", name, ""));
+        apply_admin(w.cp, &database_cluster("db", name).manifest());
     }
     for (name, _, reason) in &cases {
         let d = dbc_reason(&client, name, "db", reason).await;
-        let message = synced_message(d.status.as_ref().map(|s| &s.conditions));
+        let message = message_of(&d, "Synced");
         if *reason == "CredentialsUnavailable" && *name != "leak-password" {
             assert!(
                 message.contains(&format!("Secret {NAMESPACE}/{name} key dsn")),

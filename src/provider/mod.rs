@@ -370,6 +370,41 @@ impl std::fmt::Display for Secret {
     }
 }
 
+/// What the unit tests of the name builders and the copy planner start
+/// from: a staging cluster named `external` at the provider, owned by
+/// DatabaseCluster `team/app` (uid `u-1`), smallest size, with no
+/// databases, users or passwords. (Integration tests and benches, which
+/// cannot see `cfg(test)` items, have `tests/support/desired.rs`.)
+#[cfg(test)]
+pub(crate) fn test_desired(external: &str) -> DesiredDatabaseCluster {
+    DesiredDatabaseCluster {
+        owner: Owner {
+            api_version: "bulkhead.dev/v1alpha1".into(),
+            kind: "DatabaseCluster".into(),
+            name: "app".into(),
+            uid: "u-1".into(),
+            namespace: Some("team".into()),
+        },
+        namespace: "team".into(),
+        external_name: external.into(),
+        environment: "stage".into(),
+        tier: Tier::Staging,
+        organization: "org".into(),
+        version: "16".into(),
+        regions: vec![],
+        size: ResolvedSize {
+            cpus: 1,
+            memory_mib: 256,
+            storage_gib: 1,
+            replicas: 1,
+        },
+        databases: vec![],
+        users: vec![],
+        passwords: BTreeMap::new(),
+        deletion_policy: crate::api::DeletionPolicy::Delete,
+    }
+}
+
 /// Generates a password: 32 characters from an alphabet safe in URIs and
 /// shells, from the OS's CSPRNG.
 pub fn generate_password() -> Secret {

@@ -7,6 +7,7 @@
 
 pub mod cnpg;
 pub mod controlplane;
+pub mod desired;
 pub mod helm;
 pub mod objects;
 pub mod postgres;

@@ -82,6 +82,11 @@ pub fn organization(name: &str) -> Build<Organization> {
 }
 
 impl Build<Organization> {
+    /// Claims tenancy `slug` (the name of its ClusterRole and binding).
+    pub fn slug(self, slug: &str) -> Self {
+        self.spec("slug", json!(slug))
+    }
+
     /// Adds a member with `role` (`admin` or `member`).
     pub fn member(mut self, email: &str, role: &str) -> Self {
         let members = self.body["spec"]["members"].as_array().cloned();
@@ -140,6 +145,14 @@ impl Build<DatabaseCluster> {
         let reader = json!({ "name": "app_ro", "databases": ["app"], "privileges": "readOnly" });
         if let Some(users) = self.body["spec"]["users"].as_array_mut() {
             users.push(reader);
+        }
+        self
+    }
+
+    /// No users at all (the spec's `users` left out).
+    pub fn without_users(mut self) -> Self {
+        if let Some(spec) = self.body["spec"].as_object_mut() {
+            spec.remove("users");
         }
         self
     }
@@ -203,12 +216,27 @@ pub fn reason_of<C: Conditions + ?Sized>(c: &C, type_: &str) -> Option<String> {
     condition(c.conditions(), type_).map(|c| c.reason.clone())
 }
 
+/// The message of condition `type_`, empty when there is none.
+pub fn message_of<C: Conditions + ?Sized>(c: &C, type_: &str) -> String {
+    condition(c.conditions(), type_)
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
 /// Waits until the object is Ready at its current generation.
 pub async fn wait_ready<K>(api: &Api<K>, name: &str) -> K
 where
     K: Conditions + Resource + Clone + DeserializeOwned + std::fmt::Debug + serde::Serialize,
 {
-    wait_for(api, name, WAIT, "Ready", is_ready).await
+    wait_ready_within(api, name, WAIT).await
+}
+
+/// [`wait_ready`] for binaries whose operator needs longer than [`WAIT`].
+pub async fn wait_ready_within<K>(api: &Api<K>, name: &str, timeout: Duration) -> K
+where
+    K: Conditions + Resource + Clone + DeserializeOwned + std::fmt::Debug + serde::Serialize,
+{
+    wait_for(api, name, timeout, "Ready", is_ready).await
 }
 
 /// Waits until condition `type_` is `status` with `reason`.
@@ -216,8 +244,23 @@ pub async fn wait_reason<K>(api: &Api<K>, name: &str, type_: &str, status: &str,
 where
     K: Conditions + Resource + Clone + DeserializeOwned + std::fmt::Debug + serde::Serialize,
 {
+    wait_reason_within(api, name, WAIT, type_, status, reason).await
+}
+
+/// [`wait_reason`] for binaries whose operator needs longer than [`WAIT`].
+pub async fn wait_reason_within<K>(
+    api: &Api<K>,
+    name: &str,
+    timeout: Duration,
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> K
+where
+    K: Conditions + Resource + Clone + DeserializeOwned + std::fmt::Debug + serde::Serialize,
+{
     let what = format!("{type_}={status} {reason}");
-    wait_for(api, name, WAIT, &what, |o| {
+    wait_for(api, name, timeout, &what, |o| {
         has_reason(o, type_, status, reason)
     })
     .await

@@ -4,7 +4,6 @@ use serde_json::json;
 
 use super::*;
 use crate::api::database_cluster::{DatabaseSpec, ResolvedSize, SizePreset, UserSpec};
-use crate::api::{DeletionPolicy, Tier};
 use crate::provider::{Owner, Secret};
 
 fn desired(size: ResolvedSize, users: Vec<UserSpec>) -> DesiredDatabaseCluster {
@@ -13,21 +12,17 @@ fn desired(size: ResolvedSize, users: Vec<UserSpec>) -> DesiredDatabaseCluster {
         passwords.insert(u.name.clone(), Secret::new(format!("pw-{}", u.name)));
     }
     passwords.insert(SUPERUSER.to_string(), Secret::new("pw-super"));
+    let base = crate::provider::test_desired("my-app-db-stage");
     DesiredDatabaseCluster {
         owner: Owner {
-            api_version: "bulkhead.dev/v1alpha1".into(),
-            kind: "DatabaseCluster".into(),
             name: "my-app-db".into(),
             uid: "uid-1".into(),
             namespace: Some("staging".into()),
+            ..base.owner.clone()
         },
         namespace: "staging".into(),
-        external_name: "my-app-db-stage".into(),
         environment: "staging".into(),
-        tier: Tier::Staging,
         organization: "acme".into(),
-        version: "16".into(),
-        regions: vec![],
         size,
         databases: vec![
             DatabaseSpec {
@@ -41,7 +36,7 @@ fn desired(size: ResolvedSize, users: Vec<UserSpec>) -> DesiredDatabaseCluster {
         ],
         users,
         passwords,
-        deletion_policy: DeletionPolicy::Delete,
+        ..base
     }
 }
 

@@ -339,8 +339,7 @@ fn physical_user(prefix: &str, user: &str) -> Result<String, ProviderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::database_cluster::{DatabaseSpec, ResolvedSize, UserSpec};
-    use crate::provider::Owner;
+    use crate::api::database_cluster::{DatabaseSpec, UserSpec};
 
     fn desired(
         external: &str,
@@ -348,26 +347,6 @@ mod tests {
         users: &[(&str, &[&str], Privileges)],
     ) -> DesiredDatabaseCluster {
         DesiredDatabaseCluster {
-            owner: Owner {
-                api_version: "bulkhead.dev/v1alpha1".into(),
-                kind: "DatabaseCluster".into(),
-                name: "app".into(),
-                uid: "u-1".into(),
-                namespace: Some("team".into()),
-            },
-            namespace: "team".into(),
-            external_name: external.into(),
-            environment: "stage".into(),
-            tier: crate::api::environment::Tier::Staging,
-            organization: "org".into(),
-            version: "16".into(),
-            regions: vec![],
-            size: ResolvedSize {
-                cpus: 1,
-                memory_mib: 256,
-                storage_gib: 1,
-                replicas: 1,
-            },
             databases: dbs
                 .iter()
                 .map(|(n, o)| DatabaseSpec {
@@ -384,8 +363,7 @@ mod tests {
                     connection_limit: None,
                 })
                 .collect(),
-            passwords: Default::default(),
-            deletion_policy: crate::api::DeletionPolicy::Delete,
+            ..crate::provider::test_desired(external)
         }
     }
 

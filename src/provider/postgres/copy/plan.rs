@@ -333,36 +333,20 @@ pub(super) fn column_sql(c: &Column, mask: Option<MaskAction>) -> String {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::api::database_cluster::{ResolvedSize, Sanitize};
+    use crate::api::database_cluster::Sanitize;
     use crate::provider::{DesiredDatabaseCluster, Owner};
 
     pub(crate) fn request(mode: CopyMode) -> CopyRequest {
+        let base = crate::provider::test_desired("prod");
         CopyRequest {
             source: DesiredDatabaseCluster {
                 owner: Owner {
-                    api_version: "bulkhead.dev/v1alpha1".into(),
-                    kind: "DatabaseCluster".into(),
                     name: "prod".into(),
-                    uid: "u-1".into(),
-                    namespace: Some("team".into()),
+                    ..base.owner.clone()
                 },
-                namespace: "team".into(),
-                external_name: "prod".into(),
                 environment: "prod".into(),
                 tier: crate::api::environment::Tier::Production,
-                organization: "org".into(),
-                version: "16".into(),
-                regions: vec![],
-                size: ResolvedSize {
-                    cpus: 1,
-                    memory_mib: 256,
-                    storage_gib: 1,
-                    replicas: 1,
-                },
-                databases: vec![],
-                users: vec![],
-                passwords: Default::default(),
-                deletion_policy: crate::api::DeletionPolicy::Delete,
+                ..base
             },
             source_connection: None,
             mode,
