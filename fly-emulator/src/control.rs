@@ -296,6 +296,7 @@ async fn accept_invitation(AxumState(emu): Shared, Path(id): Path<String>) -> Re
     };
     match crate::resolvers::accept_invitation(&mut state, &mut rng, &id, now) {
         Ok(user) => Json(json!({"user": {"id": user.id, "email": user.email}})).into_response(),
+        Err(message) if message.contains("already") => control_error(StatusCode::CONFLICT, message),
         Err(message) => control_error(StatusCode::NOT_FOUND, message),
     }
 }

@@ -870,7 +870,7 @@ async fn faults_drop_connections_delay_and_rate_limit() {
     let dropped = emu
         .http
         .post(format!("{}/graphql", emu.base))
-        .json(&json!({"query": "{ viewer { id } }"}))
+        .json(&json!({"query": ops::VIEWER}))
         .send()
         .await;
     assert!(
@@ -990,4 +990,103 @@ async fn the_request_log_carries_no_token() {
             .iter()
             .any(|l| l["path"] == "/v1/apps/logged-app" && l["status"] == 200)
     );
+}
+
+#[tokio::test]
+async fn drift_removes_members_and_postgres_can_be_made_ready() {
+    let emu = start(config()).await;
+    let (org_id, slug) = emu.create_org("Drifting").await;
+    let data = emu
+        .gql_ok(
+            ops::INVITE,
+            json!({"org": org_id, "email": "gone@example.com"}),
+        )
+        .await;
+    let invitation_id = data["createOrganizationInvitation"]["invitation"]["id"]
+        .as_str()
+        .expect("invitation id")
+        .to_string();
+    let (_, accepted) = emu
+        .control(
+            Method::POST,
+            &format!("/invitations/{invitation_id}/accept"),
+            None,
+        )
+        .await;
+    let user_id = accepted["user"]["id"]
+        .as_str()
+        .expect("user id")
+        .to_string();
+    // Accepting twice is refused.
+    let (status, _) = emu
+        .control(
+            Method::POST,
+            &format!("/invitations/{invitation_id}/accept"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    let (status, _) = emu
+        .control(
+            Method::POST,
+            "/drift/remove-member",
+            Some(json!({"organization": slug, "email": "gone@example.com"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let data = emu.gql_ok(ops::ORG_BY_SLUG, json!({"slug": slug})).await;
+    assert_eq!(data["organization"]["members"]["totalCount"], 1);
+    let (_, body) = emu
+        .gql(
+            Some(&bearer()),
+            ops::SET_ROLE,
+            json!({"org": org_id, "user": user_id, "role": "ADMIN"}),
+        )
+        .await;
+    assert_eq!(error_code(&body), Some("NOT_FOUND"), "{body}");
+
+    // Removing the bootstrap user locks it out of the organization.
+    let (_, state) = emu.control(Method::GET, "/state", None).await;
+    let admin_id = state["admin_user_id"]
+        .as_str()
+        .expect("admin id")
+        .to_string();
+    let (status, _) = emu
+        .control(
+            Method::POST,
+            "/drift/remove-member",
+            Some(json!({"organization": org_id, "user_id": admin_id})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, body) = emu
+        .gql(Some(&bearer()), ops::ORG_BY_ID, json!({"id": org_id}))
+        .await;
+    assert_eq!(error_code(&body), Some("UNAUTHORIZED"), "{body}");
+
+    let mut cfg = config();
+    cfg.postgres_ready_after = Duration::from_secs(3600);
+    let slow = start(cfg).await;
+    let (_, created) = slow
+        .admin(
+            Method::POST,
+            "/v1/postgres",
+            Some(json!({"org_slug": "personal", "plan": "starter", "region": "ams"})),
+        )
+        .await;
+    let id = created["data"]["id"]
+        .as_str()
+        .expect("cluster id")
+        .to_string();
+    let (status, _) = slow
+        .control(Method::PUT, &format!("/postgres/{id}/ready"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, shown) = slow
+        .admin(Method::GET, &format!("/v1/postgres/{id}"), None)
+        .await;
+    assert_eq!(shown["data"]["status"], "ready");
+    slow.server.shutdown().await;
+    emu.server.shutdown().await;
 }

@@ -97,7 +97,10 @@ fragment OrgFields on Organization { orgId: id slug }";
   organization(slug: $slug) { limitedAccessTokens { totalCount nodes { id name profile } } }
 }";
 
+    pub const VIEWER: &str = "query Viewer { viewer { id email } }";
+
     pub const ALL: &[(&str, &str)] = &[
+        ("VIEWER", VIEWER),
         ("CREATE_ORG", CREATE_ORG),
         ("ORG_BY_SLUG", ORG_BY_SLUG),
         ("ORG_SHAPES", ORG_SHAPES),
