@@ -641,13 +641,11 @@ async fn rest_handler(AxumState(emu): AxumState<Arc<Emulator>>, req: Request) ->
                     (reply.status, axum::Json(body.clone())).into_response()
                 }
                 Ok(problems) => {
-                    tracing::error!(operation = %op.operation_id, ?problems, "emulator response does not match the spec");
+                    let problems = emu.redact(&problems.join("; "));
+                    tracing::error!(operation = %op.operation_id, %problems, "emulator response does not match the spec");
                     reply_error(
                         StatusCode::INTERNAL_SERVER_ERROR,
-                        &format!(
-                            "emulator bug: response does not match the spec: {}",
-                            problems.join("; ")
-                        ),
+                        &format!("emulator bug: response does not match the spec: {problems}"),
                     )
                 }
                 Err(internal) => reply_error(StatusCode::INTERNAL_SERVER_ERROR, &internal),

@@ -196,7 +196,9 @@ pub fn handle(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
                 None => error(M, StatusCode::NOT_FOUND, "machine not found"),
             }
         }),
+        "Machines_update" => machine_update(ctx, req),
         "Machines_delete" => machine_delete(ctx, req),
+        "Machines_restart" => machine_transition(ctx, req, "started"),
         "Machines_start" => machine_transition(ctx, req, "started"),
         "Machines_stop" => machine_transition(ctx, req, "stopped"),
         "Machines_wait" => with_app(ctx, req, |_, app| {
@@ -1086,4 +1088,43 @@ fn current_token(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
         }),
     };
     Reply::json(StatusCode::OK, json!({"tokens": [info]}))
+}
+
+fn machine_update(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
+    let id = req.param("machine_id").to_string();
+    let Some(config) = req.body.get("config").cloned() else {
+        return error(M, StatusCode::BAD_REQUEST, "config is required");
+    };
+    if config
+        .get("image")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return error(M, StatusCode::BAD_REQUEST, "config.image is required");
+    }
+    let current_version = req.body_str("current_version").map(str::to_string);
+    let region = req.body_str("region").map(str::to_string);
+    with_app_mut(ctx, req, |app, rng, now| {
+        let Some(machine) = app.machines.get_mut(&id) else {
+            return error(M, StatusCode::NOT_FOUND, "machine not found");
+        };
+        if current_version.is_some_and(|v| v != machine.version) {
+            return error(
+                M,
+                StatusCode::CONFLICT,
+                "machine version changed: current_version does not match",
+            );
+        }
+        if region.is_some_and(|r| r != machine.region) {
+            return error(
+                M,
+                StatusCode::BAD_REQUEST,
+                "a machine cannot move to another region",
+            );
+        }
+        machine.config = config;
+        machine.version = ids::lower_id(rng, 26);
+        machine.updated_at = now;
+        Reply::json(StatusCode::OK, machine_json(machine))
+    })
 }

@@ -593,6 +593,26 @@ async fn postgres_flex_steps_and_machines() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
+    // Updates are guarded by current_version (409 when stale).
+    let version = machine["version"].as_str().expect("version").to_string();
+    let update_path = format!("/v1/apps/pg-flex/machines/{machine_id}");
+    let (status, _) = emu
+        .admin(
+            Method::POST,
+            &update_path,
+            Some(json!({"config": config, "current_version": "stale"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, updated) = emu
+        .admin(
+            Method::POST,
+            &update_path,
+            Some(json!({"config": config, "current_version": version})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_ne!(updated["version"], json!(version));
     // A started machine is not destroyed without force.
     let path = format!("/v1/apps/pg-flex/machines/{machine_id}");
     let (status, _) = emu.admin(Method::DELETE, &path, None).await;
