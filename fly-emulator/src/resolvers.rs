@@ -514,12 +514,15 @@ impl Resolver<'_> {
             created_at: now,
             redeemed_at: None,
         });
-        let org = &state.organizations[&org_id];
-        let invitation = org
-            .invitations
-            .iter()
-            .find(|i| i.id == id)
-            .map(|i| invitation_json(state, org, i))
+        let invitation = state
+            .organizations
+            .get(&org_id)
+            .and_then(|org| {
+                org.invitations
+                    .iter()
+                    .find(|i| i.id == id)
+                    .map(|i| invitation_json(state, org, i))
+            })
             .unwrap_or(Value::Null);
         Ok(json!({
             "__typename": "CreateOrganizationInvitationPayload",
