@@ -40,6 +40,9 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 # Cargo.toml declares benches; the manifest does not parse without them.
 COPY benches ./benches
+# The workspace's other member (the Fly.io API emulator, a test tool): the
+# workspace does not load without it; only the operator is built.
+COPY fly-emulator ./fly-emulator
 # Cache mounts keep the registry and build artefacts between builds; the
 # binary is copied out because the target dir is not part of the layer.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

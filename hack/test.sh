@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite — exactly what CI runs (.ci/run calls this):
-# formatting, lints, CRD drift, the release image (hack/image.sh), unit tests
-# and every integration test against the real local control plane (etcd,
+# formatting, lints, CRD drift, the release image (hack/image.sh), the Fly
+# emulator's tests, unit tests and every integration test against the real local control plane (etcd,
 # kube-apiserver, controller-manager, scheduler, kwok, helm) and a real
 # PostgreSQL.
 set -euo pipefail
@@ -20,8 +20,9 @@ export PATH="$BULKHEAD_CP_BIN:$PATH"
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+step "cargo clippy --workspace --all-targets -- -D warnings"
+# The workspace: the operator and the Fly emulator (fly-emulator/).
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "crds/ matches \`bulkhead crd\`"
 generated="$(mktemp -d)"
@@ -36,6 +37,10 @@ image_started=$SECONDS
 BULKHEAD_IMAGE_ARCHIVE="$PWD/$(hack/image.sh | tail -n 1)"
 export BULKHEAD_IMAGE_ARCHIVE
 printf 'image built in %ss\n' "$((SECONDS - image_started))" >&2
+
+step "the Fly emulator's tests (cargo test -p fly-emulator)"
+# Seconds, loopback only; run before the operator's long suite.
+cargo test -p fly-emulator --all-targets
 
 step "cargo test (unit and integration)"
 cargo test --all-targets
