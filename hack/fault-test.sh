@@ -28,7 +28,7 @@
 #
 # Measured on 2 shared cores with N=10, PG_OUTAGE=10: about 4 minutes in
 # all (a kube-apiserver restart takes over a minute to be ready again).
-# N=1000 with the default 60 s outage takes far longer; not measured.
+# N=1000 with the default 60 s outage: 1,025 s in all (see the README).
 #
 # Everything runs on loopback in STATE (default .bulkhead/fault), with the
 # same control plane scripts and PostgreSQL packages as the tests. Exit

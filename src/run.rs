@@ -227,8 +227,9 @@ fn replica_identity(args: &RunArgs) -> String {
 /// header value is left out rather than failing the start.
 fn user_agent(identity: &str) -> http::HeaderValue {
     let version = env!("CARGO_PKG_VERSION");
-    http::HeaderValue::from_str(&format!("bulkhead/{version} ({identity})"))
-        .unwrap_or_else(|_| http::HeaderValue::from_static(concat!("bulkhead/", env!("CARGO_PKG_VERSION"))))
+    http::HeaderValue::from_str(&format!("bulkhead/{version} ({identity})")).unwrap_or_else(|_| {
+        http::HeaderValue::from_static(concat!("bulkhead/", env!("CARGO_PKG_VERSION")))
+    })
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
@@ -236,9 +237,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut config = kube::Config::infer()
         .await
         .map_err(|e| Error::Config(e.to_string()))?;
-    config
-        .headers
-        .push((http::header::USER_AGENT, user_agent(&replica_identity(&args))));
+    config.headers.push((
+        http::header::USER_AGENT,
+        user_agent(&replica_identity(&args)),
+    ));
     // Watches are long reads that the apiserver ends itself; every other
     // request gets a read timeout, so a response that never comes fails
     // the reconcile (retried with backoff) instead of holding it forever.

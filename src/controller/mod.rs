@@ -424,6 +424,13 @@ where
     let (reader, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
+        // managedFields (an entry per writer, with every field it set) is
+        // most of a stored object and nothing here reads it.
+        .modify(|obj| {
+            obj.managed_fields_mut().clear();
+            obj.annotations_mut()
+                .remove("kubectl.kubernetes.io/last-applied-configuration");
+        })
         .reflect(writer)
         .touched_objects()
         .predicate_filter(reconcile_trigger, Default::default());

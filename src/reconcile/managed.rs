@@ -41,8 +41,8 @@ pub use super::decision::Policies;
 pub use super::errors::{Backoff, ErrorCategory, ReconcileError, error_action};
 pub use super::events::{publish, publish_failure};
 pub use super::status::{
-    ManagedResource, annotate, has_finalizer, patch_status, record, set_converged_conditions, set_error_conditions,
-    wait_until, write_status,
+    ManagedResource, annotate, has_finalizer, patch_status, record, set_converged_conditions,
+    set_error_conditions, wait_until, write_status,
 };
 
 /// Field manager for everything bulkhead writes with server-side apply.

@@ -1,6 +1,6 @@
 //! The children bulkhead manages, as its watches last saw them.
 //!
-//! One kube-runtime reflector per child kind (label-selected on
+//! One kube-runtime watcher per child kind (label-selected on
 //! `app.kubernetes.io/managed-by=bulkhead`, except Namespaces, which are
 //! watched whole because an Environment must see namespaces it did not
 //! create), so a reconcile reads its children from memory instead of a GET
@@ -19,7 +19,11 @@
 //!   ready, wakes exactly the object that owns it.
 //!
 //! Objects are cached without `managedFields` and the kubectl
-//! last-applied annotation, the two largest fields bulkhead never compares.
+//! last-applied annotation, the two largest fields bulkhead never compares,
+//! and as their JSON text rather than a parsed tree: a `DynamicObject`
+//! (typed metadata plus a `serde_json::Value` of maps and strings) takes
+//! several times the memory of its text, and a reconcile parses only the
+//! few objects it reads.
 //!
 //! A kind whose watch has not listed yet (the operator just started, or the
 //! kind's CRD is not installed, e.g. CloudNativePG) is not answered from
@@ -32,8 +36,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use futures::StreamExt;
 use futures::channel::mpsc;
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::api::{Api, DynamicObject};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::Value;
@@ -143,10 +147,57 @@ struct Written {
     body: Value,
 }
 
+/// One cached object: its resourceVersion and its (trimmed) JSON text.
+struct Entry {
+    resource_version: Option<u64>,
+    json: Box<[u8]>,
+}
+
+impl Entry {
+    fn of(obj: &DynamicObject) -> Option<Entry> {
+        Some(Entry {
+            resource_version: version_of(obj.resource_version().as_deref()),
+            json: serde_json::to_vec(obj).ok()?.into_boxed_slice(),
+        })
+    }
+}
+
+/// What one kind's watch has shown, as [`Entry`]s. During a relist the new
+/// list is gathered apart and replaces the old at its end (as kube-runtime's
+/// reflector store does), so objects deleted while the watch was down go.
+#[derive(Default)]
+struct Objects {
+    live: HashMap<Key, Entry>,
+    relisting: Option<HashMap<Key, Entry>>,
+}
+
+impl Objects {
+    fn apply(&mut self, obj: &DynamicObject) {
+        if let Some(entry) = Entry::of(obj) {
+            self.live.insert(key_of(obj), entry);
+        }
+    }
+    fn delete(&mut self, key: &Key) {
+        self.live.remove(key);
+    }
+    fn begin_relist(&mut self) {
+        self.relisting = Some(HashMap::new());
+    }
+    fn relisted(&mut self, obj: &DynamicObject) {
+        if let (Some(relisting), Some(entry)) = (self.relisting.as_mut(), Entry::of(obj)) {
+            relisting.insert(key_of(obj), entry);
+        }
+    }
+    fn finish_relist(&mut self) {
+        if let Some(relisted) = self.relisting.take() {
+            self.live = relisted;
+        }
+    }
+}
+
 /// The cache of one child kind.
 struct KindCache {
-    resource: ApiResource,
-    store: Store<DynamicObject>,
+    objects: RwLock<Objects>,
     synced: AtomicBool,
     index: RwLock<OwnerIndex>,
     written: Mutex<HashMap<Key, Written>>,
@@ -195,11 +246,20 @@ impl KindCache {
 
     /// The resourceVersion of `key` in the watch's store.
     fn stored_version(&self, key: &Key) -> Option<u64> {
-        let mut reference = ObjectRef::<DynamicObject>::new_with(&key.1, self.resource.clone());
-        reference.namespace = key.0.clone();
-        self.store
-            .get(&reference)
-            .and_then(|o| version_of(o.resource_version().as_deref()))
+        let objects = self.objects.read().ok()?;
+        objects.live.get(key)?.resource_version
+    }
+
+    /// The watch's copy of `key`: its version and its parsed JSON (`Err`
+    /// when the cache cannot be read).
+    fn stored(&self, key: &Key) -> Result<Option<(Option<u64>, Value)>, ()> {
+        let objects = self.objects.read().map_err(|_| ())?;
+        match objects.live.get(key) {
+            Some(entry) => serde_json::from_slice(&entry.json)
+                .map(|value| Some((entry.resource_version, value)))
+                .map_err(|_| ()),
+            None => Ok(None),
+        }
     }
 
     fn lookup(&self, namespace: Option<&str>, name: &str) -> Lookup {
@@ -207,12 +267,10 @@ impl KindCache {
             return Lookup::Unknown;
         }
         let key = (namespace.map(str::to_string), name.to_string());
-        let mut reference = ObjectRef::<DynamicObject>::new_with(name, self.resource.clone());
-        reference.namespace = key.0.clone();
-        let cached = self.store.get(&reference);
-        let cached_version = cached
-            .as_ref()
-            .and_then(|o| version_of(o.resource_version().as_deref()));
+        let Ok(cached) = self.stored(&key) else {
+            return Lookup::Unknown;
+        };
+        let cached_version = cached.as_ref().and_then(|(version, _)| *version);
         if let Ok(written) = self.written.lock()
             && let Some(w) = written.get(&key)
             && w.resource_version.is_some()
@@ -220,9 +278,8 @@ impl KindCache {
         {
             return Lookup::Found(w.body.clone());
         }
-        match cached.map(|o| serde_json::to_value(o.as_ref())) {
-            Some(Ok(value)) => Lookup::Found(value),
-            Some(Err(_)) => Lookup::Unknown,
+        match cached {
+            Some((_, value)) => Lookup::Found(value),
             None => Lookup::NotCached,
         }
     }
@@ -276,10 +333,8 @@ impl ChildCache {
         let mut caches = HashMap::new();
         for kind in kinds {
             let resource = kind.api_resource();
-            let writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
             let cache = Arc::new(KindCache {
-                resource: resource.clone(),
-                store: writer.as_reader(),
+                objects: RwLock::new(Objects::default()),
                 synced: AtomicBool::new(false),
                 index: RwLock::new(OwnerIndex::default()),
                 written: Mutex::new(HashMap::new()),
@@ -290,14 +345,7 @@ impl ChildCache {
                 watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"))
             };
             let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
-            tokio::spawn(drive(
-                *kind,
-                cache.clone(),
-                writer,
-                api,
-                config,
-                routes.clone(),
-            ));
+            tokio::spawn(drive(*kind, cache.clone(), api, config, routes.clone()));
             caches.insert(*kind, cache);
         }
         ChildCache {
@@ -395,7 +443,10 @@ impl ChildCache {
 
     /// How many objects the caches hold (for the benchmark and metrics).
     pub fn len(&self) -> usize {
-        self.kinds.values().map(|c| c.store.len()).sum()
+        self.kinds
+            .values()
+            .map(|c| c.objects.read().map_or(0, |o| o.live.len()))
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -409,22 +460,26 @@ impl ChildCache {
 async fn drive(
     kind: ChildKind,
     cache: Arc<KindCache>,
-    writer: reflector::store::Writer<DynamicObject>,
     api: Api<DynamicObject>,
     config: watcher::Config,
     routes: Arc<Routes>,
 ) {
-    let events = watcher(api, config)
-        .default_backoff()
-        .modify(trim)
-        .reflect(writer);
+    let events = watcher(api, config).default_backoff().modify(trim);
     futures::pin_mut!(events);
     let mut relisting: Option<OwnerIndex> = None;
     let mut warned = false;
     while let Some(event) = events.next().await {
         match event {
-            Ok(watcher::Event::Init) => relisting = Some(OwnerIndex::default()),
+            Ok(watcher::Event::Init) => {
+                relisting = Some(OwnerIndex::default());
+                if let Ok(mut objects) = cache.objects.write() {
+                    objects.begin_relist();
+                }
+            }
             Ok(watcher::Event::InitApply(obj)) => {
+                if let Ok(mut objects) = cache.objects.write() {
+                    objects.relisted(&obj);
+                }
                 if let Some(index) = relisting.as_mut() {
                     index.insert(key_of(&obj), owner_uid(&obj));
                 }
@@ -432,13 +487,16 @@ async fn drive(
                 routes.notify(&obj);
             }
             Ok(watcher::Event::InitDone) => {
+                if let Ok(mut objects) = cache.objects.write() {
+                    objects.finish_relist();
+                }
                 if let (Some(index), Ok(mut live)) = (relisting.take(), cache.index.write()) {
                     *live = index;
                 }
                 if !cache.synced.swap(true, Ordering::AcqRel) {
                     info!(
                         kind = kind.kind,
-                        objects = cache.store.len(),
+                        objects = cache.objects.read().map_or(0, |o| o.live.len()),
                         "child cache synced"
                     );
                 }
@@ -446,6 +504,9 @@ async fn drive(
             }
             Ok(watcher::Event::Apply(obj)) => {
                 let key = key_of(&obj);
+                if let Ok(mut objects) = cache.objects.write() {
+                    objects.apply(&obj);
+                }
                 if let Ok(mut index) = cache.index.write() {
                     index.insert(key.clone(), owner_uid(&obj));
                 }
@@ -454,6 +515,9 @@ async fn drive(
             }
             Ok(watcher::Event::Delete(obj)) => {
                 let key = key_of(&obj);
+                if let Ok(mut objects) = cache.objects.write() {
+                    objects.delete(&key);
+                }
                 if let Ok(mut index) = cache.index.write() {
                     index.remove(&key);
                 }
@@ -508,18 +572,19 @@ mod tests {
         .expect("config map")
     }
 
-    /// One kind's cache with a writer the test drives as the watch would.
-    fn kind_cache() -> (KindCache, reflector::store::Writer<DynamicObject>) {
-        let resource = super::super::children::CONFIG_MAP.api_resource();
-        let writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
-        let cache = KindCache {
-            resource,
-            store: writer.as_reader(),
+    /// One kind's cache, synced; tests apply watch events to `objects`.
+    fn kind_cache() -> KindCache {
+        KindCache {
+            objects: RwLock::new(Objects::default()),
             synced: AtomicBool::new(true),
             index: RwLock::new(OwnerIndex::default()),
             written: Mutex::new(HashMap::new()),
-        };
-        (cache, writer)
+        }
+    }
+
+    /// What the watch task does with an Apply event, for the store.
+    fn watch_shows(cache: &KindCache, obj: &DynamicObject) {
+        cache.objects.write().expect("lock").apply(obj);
     }
 
     fn value_of(lookup: Lookup) -> Option<String> {
@@ -531,8 +596,8 @@ mod tests {
 
     #[test]
     fn a_reconcile_reads_its_own_writes_until_the_watch_catches_up() {
-        let (cache, mut writer) = kind_cache();
-        writer.apply_watcher_event(&watcher::Event::Apply(config_map("cm", "5", "u1", "old")));
+        let cache = kind_cache();
+        watch_shows(&cache, &config_map("cm", "5", "u1", "old"));
         let key: Key = (Some("ns".into()), "cm".into());
         // This process applied version 7; the watch still shows 5.
         cache.written.lock().expect("lock").insert(
@@ -547,13 +612,11 @@ mod tests {
             Some("new")
         );
         // The watch shows 7: its copy wins and the written one goes.
-        writer.apply_watcher_event(&watcher::Event::Apply(config_map("cm", "7", "u1", "new")));
+        watch_shows(&cache, &config_map("cm", "7", "u1", "new"));
         cache.seen(&key, Some(7));
         assert!(cache.written.lock().expect("lock").is_empty());
         // Someone else's later edit (9) is what a reconcile then sees.
-        writer.apply_watcher_event(&watcher::Event::Apply(config_map(
-            "cm", "9", "u1", "edited",
-        )));
+        watch_shows(&cache, &config_map("cm", "9", "u1", "edited"));
         assert_eq!(
             value_of(cache.lookup(Some("ns"), "cm")).as_deref(),
             Some("edited")
@@ -571,9 +634,9 @@ mod tests {
 
     #[test]
     fn an_owners_children_include_those_just_written() {
-        let (cache, mut writer) = kind_cache();
+        let cache = kind_cache();
         let seen = config_map("seen", "3", "u1", "v");
-        writer.apply_watcher_event(&watcher::Event::Apply(seen.clone()));
+        watch_shows(&cache, &seen.clone());
         cache
             .index
             .write()
@@ -587,7 +650,7 @@ mod tests {
             },
         );
         let other = config_map("other", "5", "u2", "v");
-        writer.apply_watcher_event(&watcher::Event::Apply(other.clone()));
+        watch_shows(&cache, &other.clone());
         cache
             .index
             .write()
@@ -601,6 +664,33 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["fresh", "seen"]);
+    }
+
+    #[test]
+    fn a_relist_drops_what_was_deleted_while_the_watch_was_down() {
+        let cache = kind_cache();
+        watch_shows(&cache, &config_map("kept", "3", "u1", "v"));
+        watch_shows(&cache, &config_map("gone", "4", "u1", "v"));
+        {
+            let mut objects = cache.objects.write().expect("lock");
+            objects.begin_relist();
+            objects.relisted(&config_map("kept", "6", "u1", "v2"));
+            // Until the relist ends, reads see the old list.
+            assert!(
+                objects
+                    .live
+                    .contains_key(&(Some("ns".into()), "gone".into()))
+            );
+            objects.finish_relist();
+        }
+        assert_eq!(
+            value_of(cache.lookup(Some("ns"), "kept")).as_deref(),
+            Some("v2")
+        );
+        assert!(matches!(
+            cache.lookup(Some("ns"), "gone"),
+            Lookup::NotCached
+        ));
     }
 
     #[test]
