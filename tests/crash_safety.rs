@@ -65,7 +65,9 @@ async fn crash_at(fail_point: &str, expected_exit: i32) {
         "the external name was recorded before the crash"
     );
     assert!(
-        db.finalizers().iter().any(|f| f == "bulkhead.dev/finalizer"),
+        db.finalizers()
+            .iter()
+            .any(|f| f == "bulkhead.dev/finalizer"),
         "the finalizer was added before the crash"
     );
     assert!(
