@@ -310,6 +310,12 @@ async fn organization_members_and_tokens_converge_and_drift_is_repaired() {
     )
     .await;
     let status = org.status.clone().unwrap_or_default();
+    wait_until("both invited at Fly", || async {
+        org_at_fly(&name)
+            .await
+            .is_some_and(|o| pending_invitations(&o).len() == 2)
+    })
+    .await;
     assert_eq!(
         orgs_named(&name).await.len(),
         1,
@@ -588,4 +594,78 @@ async fn observe_only_adopts_by_external_name_and_never_writes() {
         org_at_fly(&slug).await.is_some(),
         "ObserveOnly never deletes"
     );
+}
+
+/// Under 20% 503s and 10% 429s (Retry-After 1 s) on every GraphQL call, an
+/// Organization with a member and a token converges with exactly one
+/// organization at Fly. Asserted beyond that: every 429 the emulator sent
+/// was an injected one (`responses_by_status[429]` equals
+/// `faults_injected.rate_limit`, `rate_limited_total` is 0), so bulkhead's
+/// own rate limiter never made the emulator refuse it.
+#[tokio::test]
+async fn converges_under_injected_5xx_and_429_with_exactly_one_organization() {
+    let (_cp, client) = setup().await;
+    let orgs: Api<Organization> = Api::all(client.clone());
+    let name = format!("faulty-{}", unique());
+    let secret = format!("{name}-deploy");
+    control(
+        reqwest::Method::PUT,
+        "/_emulator/faults",
+        Some(json!({ "rules": [{
+            "path_prefix": "/graphql",
+            "error_fraction": 0.2, "error_status": 503,
+            "rate_limit_fraction": 0.1, "retry_after_secs": 1,
+        }] })),
+    )
+    .await;
+    fly_org(&name, CREDENTIALS)
+        .member(&format!("carol@{name}.example"), "member")
+        .spec("tokens", json!([token_spec("deploy", &secret)]))
+        .create(&orgs)
+        .await;
+    let converged = tokio::time::timeout(
+        Duration::from_secs(120),
+        poll(
+            "Ready with the member invited and the token written",
+            || async {
+                let org = orgs.get_opt(&name).await.ok()??;
+                let s = org.status.as_ref()?;
+                let done = is_ready(&org) && s.members.len() == 1 && s.tokens.len() == 1;
+                (done && token_in(&client, &secret).await.is_some()).then_some(())
+            },
+        ),
+    )
+    .await;
+    let counters = control(reqwest::Method::GET, "/_emulator/counters", None).await;
+    control(reqwest::Method::DELETE, "/_emulator/faults", None).await;
+    assert!(
+        converged.is_ok(),
+        "did not converge under faults; counters: {counters}"
+    );
+    assert_eq!(
+        orgs_named(&name).await.len(),
+        1,
+        "exactly one organization at Fly"
+    );
+    let injected = &counters["faults_injected"];
+    assert!(
+        injected["error"].as_u64().unwrap_or(0) > 0,
+        "no 5xx was injected: {counters}"
+    );
+    assert_eq!(
+        counters["responses_by_status"]["429"].as_u64().unwrap_or(0),
+        injected["rate_limit"].as_u64().unwrap_or(0),
+        "every 429 was an injected one: {counters}"
+    );
+    assert_eq!(counters["rate_limited_total"], 0, "{counters}");
+    let (token, _) = token_in(&client, &secret).await.expect("token Secret");
+    assert!(
+        authenticates(&token, &name).await,
+        "the token authenticates"
+    );
+    assert_no_secret_leaked(&client, &[token]).await;
+    orgs.delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_gone(&orgs, &name, WAIT).await;
 }

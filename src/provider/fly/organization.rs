@@ -45,7 +45,7 @@ pub const ANNOTATION_TOKEN_ID: &str = "bulkhead.dev/fly-token-id";
 
 /// Reason of a token Secret that exists and is not bulkhead's for this
 /// Organization.
-pub const TOKEN_SECRET_CONFLICT: &str = "TokenSecretConflict";
+pub const TOKEN_SECRET_CONFLICT: &str = "SecretConflict";
 
 /// A token is replaced once less than this fraction of its lifetime is left.
 const ROTATE_WHEN_LEFT: f64 = 1.0 / 3.0;
@@ -460,8 +460,9 @@ pub fn plan(
         {
             MemberState::Invited
         } else {
+            // Not invited yet: status shows only what Fly has.
             plan.invite.push(m.email.clone());
-            MemberState::Invited
+            continue;
         };
         plan.members.push(MemberStatus {
             email: m.email.clone(),
@@ -827,7 +828,6 @@ mod tests {
         assert_eq!(
             states,
             [
-                ("new@x.io", MemberState::Invited),
                 ("pending@x.io", MemberState::Invited),
                 ("joined@x.io", MemberState::Active),
                 ("viewer@x.io", MemberState::Active),
