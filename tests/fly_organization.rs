@@ -25,6 +25,9 @@ const TOKENS_NS: &str = "fly-tokens";
 
 static EMULATOR: OnceLock<String> = OnceLock::new();
 static OPERATOR: OnceLock<Operator> = OnceLock::new();
+/// Faults apply to every call the emulator gets, so the fault test runs
+/// alone (write) and the others beside each other (read).
+static FAULTS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// The emulator's base URL. It runs on a runtime of its own thread, so it
 /// outlives each test's runtime.
@@ -284,6 +287,7 @@ async fn assert_no_secret_leaked(client: &Client, secrets: &[String]) {
 #[tokio::test]
 async fn organization_members_and_tokens_converge_and_drift_is_repaired() {
     let (_cp, client) = setup().await;
+    let _faults = FAULTS.read().await;
     let orgs: Api<Organization> = Api::all(client.clone());
     let name = format!("acme-{}", unique());
     let (alice, bob) = (
@@ -497,6 +501,7 @@ where
 #[tokio::test]
 async fn wrong_credentials_are_reported_by_secret_name_and_nothing_is_created() {
     let (_cp, client) = setup().await;
+    let _faults = FAULTS.read().await;
     let orgs: Api<Organization> = Api::all(client.clone());
     let name = format!("wrong-{}", unique());
     let bad = format!("bad-{name}");
@@ -529,6 +534,7 @@ async fn wrong_credentials_are_reported_by_secret_name_and_nothing_is_created() 
 #[tokio::test]
 async fn deletion_policy_orphan_leaves_the_organization_at_fly() {
     let (_cp, client) = setup().await;
+    let _faults = FAULTS.read().await;
     let orgs: Api<Organization> = Api::all(client.clone());
     let name = format!("orphan-{}", unique());
     fly_org(&name, CREDENTIALS).create(&orgs).await;
@@ -543,6 +549,7 @@ async fn deletion_policy_orphan_leaves_the_organization_at_fly() {
 #[tokio::test]
 async fn observe_only_adopts_by_external_name_and_never_writes() {
     let (_cp, client) = setup().await;
+    let _faults = FAULTS.read().await;
     let orgs: Api<Organization> = Api::all(client.clone());
     let name = format!("adopt-{}", unique());
     // Made at Fly by someone else, with a member bulkhead's spec lacks.
@@ -605,6 +612,7 @@ async fn observe_only_adopts_by_external_name_and_never_writes() {
 #[tokio::test]
 async fn converges_under_injected_5xx_and_429_with_exactly_one_organization() {
     let (_cp, client) = setup().await;
+    let _faults = FAULTS.write().await;
     let orgs: Api<Organization> = Api::all(client.clone());
     let name = format!("faulty-{}", unique());
     let secret = format!("{name}-deploy");
@@ -668,4 +676,69 @@ async fn converges_under_injected_5xx_and_429_with_exactly_one_organization() {
         .await
         .expect("delete");
     wait_gone(&orgs, &name, WAIT).await;
+}
+
+/// The create-pending guard, for a provider that picks names: a create
+/// started and never recorded (a crash) with nothing at Fly under the name
+/// is refused (`CreatePendingUnresolved`, nothing created); with the
+/// organization there (the create happened), its slug is recorded and the
+/// guard cleared, with no second organization.
+#[tokio::test]
+async fn a_create_left_pending_is_resolved_by_lookup_or_refused() {
+    let (_cp, client) = setup().await;
+    let _faults = FAULTS.read().await;
+    let orgs: Api<Organization> = Api::all(client.clone());
+
+    let lost = format!("lost-{}", unique());
+    fly_org(&lost, CREDENTIALS)
+        .annotation("bulkhead.dev/create-pending", "2026-01-01T00:00:00Z")
+        .create(&orgs)
+        .await;
+    wait_reason(&orgs, &lost, "Synced", "False", "CreatePendingUnresolved").await;
+    assert!(orgs_named(&lost).await.is_empty(), "nothing created");
+
+    let made = format!("made-{}", unique());
+    let resp: Value = http()
+        .post(format!("{}/graphql", emulator()))
+        .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .json(&json!({
+            "query": "mutation($n: String!) { createOrganization(input: {name: $n}) { organization { slug } } }",
+            "variables": { "n": made },
+        }))
+        .send()
+        .await
+        .expect("create at Fly")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        resp["data"]["createOrganization"]["organization"]["slug"],
+        made.as_str()
+    );
+    fly_org(&made, CREDENTIALS)
+        .annotation("bulkhead.dev/create-pending", "2026-01-01T00:00:00Z")
+        .create(&orgs)
+        .await;
+    let org = wait_for(
+        &orgs,
+        &made,
+        WAIT,
+        "Ready with the guard cleared",
+        |o: &Organization| {
+            is_ready(o) && !o.annotations().contains_key("bulkhead.dev/create-pending")
+        },
+    )
+    .await;
+    assert_eq!(
+        org.annotations().get("bulkhead.dev/external-name"),
+        Some(&made)
+    );
+    assert_eq!(orgs_named(&made).await.len(), 1, "no second organization");
+
+    for name in [lost, made] {
+        orgs.delete(&name, &DeleteParams::default())
+            .await
+            .expect("delete");
+        wait_gone(&orgs, &name, WAIT).await;
+    }
 }
