@@ -371,18 +371,15 @@ async fn organization_members_and_tokens_converge_and_drift_is_repaired() {
             .contains(&token)
     );
 
-    // Alice accepts: her role is set (invitations carry none).
-    let invitation = pending_invitations(&at_fly)
-        .into_iter()
-        .find(|(_, e)| *e == alice)
-        .map(|(id, _)| id)
-        .expect("alice's invitation");
-    control(
-        reqwest::Method::POST,
-        &format!("/_emulator/invitations/{invitation}/accept"),
-        None,
-    )
-    .await;
+    // Alice and Bob accept: their roles are set (invitations carry none).
+    for (invitation, _) in pending_invitations(&at_fly) {
+        control(
+            reqwest::Method::POST,
+            &format!("/_emulator/invitations/{invitation}/accept"),
+            None,
+        )
+        .await;
+    }
     wait_until("alice is ADMIN at Fly", || async {
         role_at_fly(&name, &alice).await.as_deref() == Some("ADMIN")
     })
@@ -396,7 +393,9 @@ async fn organization_members_and_tokens_converge_and_drift_is_repaired() {
     })
     .await;
 
-    // Bob leaves the spec: his invitation is withdrawn at Fly.
+    assert_eq!(role_at_fly(&name, &bob).await.as_deref(), Some("MEMBER"));
+
+    // Bob leaves the spec: his membership is removed at Fly.
     orgs.patch(
         &name,
         &PatchParams::default(),
@@ -404,10 +403,8 @@ async fn organization_members_and_tokens_converge_and_drift_is_repaired() {
     )
     .await
     .expect("remove bob");
-    wait_until("bob's invitation withdrawn", || async {
-        org_at_fly(&name)
-            .await
-            .is_some_and(|o| !pending_invitations(&o).iter().any(|(_, e)| *e == bob))
+    wait_until("bob removed at Fly", || async {
+        role_at_fly(&name, &bob).await.is_none()
     })
     .await;
 
@@ -423,6 +420,22 @@ async fn organization_members_and_tokens_converge_and_drift_is_repaired() {
         org_at_fly(&name)
             .await
             .is_some_and(|o| pending_invitations(&o).iter().any(|(_, e)| *e == alice))
+    })
+    .await;
+
+    // Alice leaves the spec before accepting again: her invitation is
+    // withdrawn.
+    orgs.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "members": null } })),
+    )
+    .await
+    .expect("remove alice");
+    wait_until("alice's invitation withdrawn", || async {
+        org_at_fly(&name)
+            .await
+            .is_some_and(|o| pending_invitations(&o).is_empty())
     })
     .await;
 

@@ -478,6 +478,96 @@ mod tests {
         assert_eq!(retry_after(&h), Some(MAX_RETRY_AFTER));
     }
 
+    /// The emulator in process, answering every GraphQL call with `fault`.
+    async fn faulty_emulator(fault: Value) -> (fly_emulator::Server, Arc<FlyApi>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let server = fly_emulator::serve(
+            fly_emulator::Config {
+                admin_token: "admin".into(),
+                ..fly_emulator::Config::default()
+            },
+            listener,
+        )
+        .await
+        .expect("emulator");
+        let rules: fly_emulator::control::FaultConfig =
+            serde_json::from_value(json!({ "rules": [fault] })).expect("fault rules");
+        server.emulator.faults.lock().expect("faults").config = rules;
+        let api = FlyApi::new(FlySettings {
+            graphql_url: format!("{}/graphql", server.url()),
+            attempts: 3,
+            backoff: Duration::from_millis(10),
+            ..FlySettings::default()
+        })
+        .expect("client");
+        (server, api)
+    }
+
+    fn graphql_requests(server: &fly_emulator::Server) -> u64 {
+        let counters = server.emulator.counters.lock().expect("counters");
+        counters
+            .requests_by_path
+            .get("/graphql")
+            .copied()
+            .unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn a_429_is_retried_after_retry_after_and_given_up_after_the_attempts() {
+        let (server, api) =
+            faulty_emulator(json!({ "rate_limit_fraction": 1.0, "retry_after_secs": 1 })).await;
+        let started = std::time::Instant::now();
+        let e = api
+            .graphql(
+                &Secret::new("admin"),
+                &operations::ORGANIZATION,
+                json!({ "slug": "x" }),
+                "creds",
+            )
+            .await
+            .expect_err("always rate limited");
+        let CallError::Provider(e) = e else {
+            panic!("not a provider error")
+        };
+        assert_eq!(e.reason(), reasons::RATE_LIMITED);
+        assert_eq!(graphql_requests(&server), 3, "one request per attempt");
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "waited Retry-After twice"
+        );
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_5xx_is_retried_for_queries_and_not_for_mutations() {
+        let (server, api) =
+            faulty_emulator(json!({ "error_fraction": 1.0, "error_status": 503 })).await;
+        let token = Secret::new("admin");
+        let e = api
+            .graphql(
+                &token,
+                &operations::ORGANIZATION,
+                json!({ "slug": "x" }),
+                "creds",
+            )
+            .await
+            .expect_err("always 503");
+        assert!(matches!(
+            e,
+            CallError::Provider(ProviderError::Unavailable { .. })
+        ));
+        assert_eq!(graphql_requests(&server), 3, "the query was retried");
+        let vars = json!({ "org": "o", "email": "a@b.c" });
+        let _ = api
+            .graphql(&token, &operations::CREATE_INVITATION, vars, "creds")
+            .await
+            .expect_err("always 503");
+        assert_eq!(graphql_requests(&server), 4, "the mutation was sent once");
+        server.shutdown().await;
+    }
+
     #[test]
     fn backoff_doubles_with_at_most_as_much_jitter() {
         for attempt in 0..4 {
