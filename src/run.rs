@@ -74,6 +74,19 @@ pub struct RunArgs {
     /// (an operator with cluster-wide rights).
     #[arg(long, env = "BULKHEAD_NAMESPACE_ROLE", default_value = crate::controller::DEFAULT_NAMESPACE_ROLE)]
     pub namespace_role: String,
+    /// Fly.io's GraphQL API (organizations, members, tokens).
+    #[arg(long, env = "BULKHEAD_FLY_API_URL", default_value = crate::provider::fly::DEFAULT_GRAPHQL_URL)]
+    pub fly_api_url: String,
+    /// Fly.io's Machines REST API.
+    #[arg(long, env = "BULKHEAD_FLY_MACHINES_URL", default_value = crate::provider::fly::DEFAULT_MACHINES_URL)]
+    pub fly_machines_url: String,
+    /// Requests per second bulkhead sends to Fly, all objects together
+    /// (bursts up to twice that).
+    #[arg(long, env = "BULKHEAD_FLY_REQUESTS_PER_SECOND", default_value_t = 10)]
+    pub fly_requests_per_second: u32,
+    /// Seconds to wait for one answer from Fly.
+    #[arg(long, env = "BULKHEAD_FLY_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub fly_timeout_seconds: u64,
     /// Crash on purpose at a point of the create path (crash-safety tests).
     #[arg(long, env = "BULKHEAD_FAIL_POINT", value_enum, hide = true)]
     pub fail_point: Option<FailPoint>,
@@ -297,6 +310,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
             .collect(),
         namespace_role: args.namespace_role.clone(),
         operator_subject: own_subject(&client).await,
+        fly: crate::provider::fly::FlySettings {
+            graphql_url: args.fly_api_url.clone(),
+            machines_url: args.fly_machines_url.clone(),
+            request_timeout: Duration::from_secs(args.fly_timeout_seconds.max(1)),
+            requests_per_second: args.fly_requests_per_second.max(1),
+            ..crate::provider::fly::FlySettings::default()
+        },
     };
     let ctx = Context::new(client.clone(), watch_client, settings, metrics.clone());
     let stopped = {

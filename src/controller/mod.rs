@@ -50,6 +50,8 @@ pub struct Settings {
     pub namespace_role: String,
     /// The operator's own RBAC subject (from a SelfSubjectReview at start).
     pub operator_subject: Option<serde_json::Value>,
+    /// Where Fly's APIs are and how hard to use them.
+    pub fly: crate::provider::fly::FlySettings,
 }
 
 impl Default for Settings {
@@ -64,6 +66,7 @@ impl Default for Settings {
             denied_namespaces: Vec::new(),
             namespace_role: DEFAULT_NAMESPACE_ROLE.to_string(),
             operator_subject: None,
+            fly: crate::provider::fly::FlySettings::default(),
         }
     }
 }
@@ -112,6 +115,9 @@ pub struct Context {
     /// at peers never LIST.
     pub environments: OnceLock<reflector::Store<Environment>>,
     pub organizations: OnceLock<reflector::Store<Organization>>,
+    /// The one Fly API client (one rate limiter for every reconcile), or
+    /// why it could not be built.
+    fly: Result<Arc<crate::provider::fly::FlyApi>, String>,
     /// How many controllers have a synced cache.
     synced: tokio::sync::watch::Sender<usize>,
 }
@@ -132,7 +138,9 @@ impl Context {
                 .ok()
                 .or_else(|| std::env::var("HOSTNAME").ok()),
         };
+        let fly = crate::provider::fly::FlyApi::new(settings.fly.clone());
         Arc::new(Context {
+            fly,
             recorder: Recorder::new(client.clone(), reporter),
             children: Children::new(client.clone()),
             client,
@@ -280,7 +288,7 @@ impl Context {
 
     /// The Organization backend for a provider spec: one match arm per
     /// provider, the only place controllers learn which one it is.
-    pub fn organizations(
+    pub async fn organizations(
         &self,
         spec: &ProviderSpec,
     ) -> Result<Arc<dyn OrganizationClient>, ReconcileError> {
@@ -288,10 +296,19 @@ impl Context {
             ProviderType::Kubernetes => Ok(Arc::new(KubernetesOrganizations::new(
                 self.children.clone(),
             ))),
-            ProviderType::Fly => Err(ReconcileError::invalid(
-                reasons::UNSUPPORTED,
-                "the fly provider is not available in this release; use provider type kubernetes",
-            )),
+            ProviderType::Fly => {
+                let api = self.fly.clone().map_err(|e| {
+                    ReconcileError::Provider(crate::provider::ProviderError::unavailable(e))
+                })?;
+                // Only from the operator's credentials namespace (Trust model).
+                let token = self.read_credentials(spec).await?;
+                Ok(Arc::new(crate::provider::fly::FlyOrganizations::new(
+                    api,
+                    token,
+                    self.describe_credentials(spec),
+                    self.children.clone(),
+                )))
+            }
             ProviderType::Postgres => Err(ReconcileError::invalid(
                 reasons::INVALID_SPEC,
                 "provider type postgres holds DatabaseClusters only; an Organization needs kubernetes or fly",

@@ -12,9 +12,10 @@ use kube::{Api, ResourceExt};
 
 use super::{Context, error_policy, owner_of, related_stream, related_trigger, trigger_stream};
 use crate::api::organization::{Member, reasons as org_reasons};
+use crate::api::{ANNOTATION_CREATE_PENDING, ANNOTATION_EXTERNAL_NAME};
 use crate::api::{Environment, ManagementPolicy, Organization, OrganizationStatus};
 use crate::provider::kubernetes::cache::OwnerScope;
-use crate::provider::{DesiredOrganization, ObservedOrganization};
+use crate::provider::{DesiredOrganization, ObservedOrganization, OrganizationClient};
 use crate::reconcile::managed::{
     ManagedResource, Policies, ReconcileError, converge, finalize, finish, publish,
     reconcile_managed, set_converged_conditions, wait_until,
@@ -141,6 +142,12 @@ async fn desired(
             members,
             billing: org.spec.billing.clone(),
             environments,
+            external_name: org
+                .annotations()
+                .get(ANNOTATION_EXTERNAL_NAME)
+                .filter(|n| !n.is_empty())
+                .cloned(),
+            tokens: org.spec.tokens.clone(),
         },
         expired,
         next_expiry,
@@ -178,6 +185,47 @@ fn check_slug(org: &Organization, all: &[Arc<Organization>]) -> Result<(), Recon
     }
 }
 
+/// The name `converge` looks under and records: the spec's slug where
+/// bulkhead picks names; where the provider picks them, the one recorded
+/// after the create (the spec's slug until then, as Fly makes the slug from
+/// the name bulkhead gives it, which is the spec's slug).
+fn external_name(desired: &DesiredOrganization, client: &dyn OrganizationClient) -> String {
+    if client.deterministic_names() {
+        desired.slug.clone()
+    } else {
+        desired
+            .external_name
+            .clone()
+            .unwrap_or_else(|| desired.slug.clone())
+    }
+}
+
+/// Whether a create was ever started for the object: only then may
+/// deletion need the provider.
+fn created_anything(org: &Organization) -> bool {
+    let annotations = org.annotations();
+    annotations.contains_key(ANNOTATION_EXTERNAL_NAME)
+        || annotations.contains_key(ANNOTATION_CREATE_PENDING)
+}
+
+/// Token Secrets go nowhere the operator keeps for itself (its namespace,
+/// the credentials namespace, system namespaces): a token must never
+/// overwrite the credentials it was minted with.
+fn check_token_secrets(org: &Organization, ctx: &Context) -> Result<(), ReconcileError> {
+    for t in &org.spec.tokens {
+        if let Some(why) = ctx.settings.forbidden_namespace(&t.secret_ref.namespace) {
+            return Err(ReconcileError::invalid(
+                reasons::INVALID_SPEC,
+                format!(
+                    "spec.tokens[{}].secretRef: namespace {} cannot hold token Secrets: {why}",
+                    t.name, t.secret_ref.namespace
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn policies(org: &Organization) -> Policies {
     Policies {
         deletion: org.spec.deletion_policy,
@@ -195,8 +243,9 @@ async fn apply(
     let generation = org.metadata.generation;
     status.observed_generation = generation;
     let result = async {
-        let client = ctx.organizations(&org.spec.provider)?;
+        let client = ctx.organizations(&org.spec.provider).await?;
         check_slug(&org, &ctx.all_organizations().await?)?;
+        check_token_secrets(&org, ctx)?;
         if !org.spec.tokens.is_empty() && !client.mints_tokens() {
             return Err(ReconcileError::invalid(
                 reasons::UNSUPPORTED,
@@ -217,13 +266,14 @@ async fn apply(
                 .await;
             }
         }
+        let external_name = external_name(&desired, client.as_ref());
         let converged = converge(
             &ctx.managed(),
             api,
             org.as_ref(),
             client.as_ref(),
             &desired,
-            &desired.slug,
+            &external_name,
             policies(&org),
         )
         .await?;
@@ -234,10 +284,13 @@ async fn apply(
         let ObservedOrganization {
             external_id,
             members,
+            slug,
+            tokens,
         } = converged.observed;
         status.external_id = external_id;
         status.members = members;
-        status.slug = Some(desired.slug.clone());
+        status.slug = Some(slug.unwrap_or_else(|| desired.slug.clone()));
+        status.tokens = tokens;
         status.environments = desired.environments.clone();
         set_converged_conditions(
             &mut status.conditions,
@@ -263,17 +316,21 @@ async fn cleanup(org: Arc<Organization>, ctx: &Context) -> Result<Action, Reconc
         // It never held its slug: what exists under it is another's.
         return Ok(Action::await_change());
     }
-    // Nothing was ever created at a provider this build cannot reach.
-    let Ok(client) = ctx.organizations(&org.spec.provider) else {
-        return Ok(Action::await_change());
+    let client = match ctx.organizations(&org.spec.provider).await {
+        Ok(client) => client,
+        // Nothing was ever created at a provider this build cannot reach,
+        // or while the credentials were unusable.
+        Err(_) if !created_anything(&org) => return Ok(Action::await_change()),
+        Err(e) => return Err(e),
     };
     let (desired, _, _) = desired(&org, ctx, Timestamp::now()).await?;
+    let external_name = external_name(&desired, client.as_ref());
     finalize(
         &ctx.managed(),
         org.as_ref(),
         client.as_ref(),
         &desired,
-        &desired.slug,
+        &external_name,
         policies(&org),
         || async { Ok(()) },
     )

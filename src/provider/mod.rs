@@ -15,9 +15,10 @@ use crate::api::database_cluster::{
     CopyMode, DatabaseSpec, Endpoint, ResolvedSize, Sanitize, UserSpec,
 };
 use crate::api::environment::{AccessGrant, EnvironmentConfig, Tier};
-use crate::api::organization::{Billing, Member, MemberStatus};
+use crate::api::organization::{Billing, Member, MemberStatus, TokenSpec, TokenStatus};
 
 pub mod cloudnativepg;
+pub mod fly;
 pub mod kubernetes;
 pub mod postgres;
 
@@ -133,6 +134,14 @@ pub trait ExternalClient: Send + Sync {
     /// Creates the external object. Must be safe to call again after a crash
     /// (create what is missing, leave what exists).
     async fn create(&self, desired: &Self::Desired) -> Result<(), ProviderError>;
+    /// What the reconciler calls to create: [`ExternalClient::create`], plus
+    /// the external name the provider chose, for backends whose provider
+    /// picks names (`deterministic_names() == false`). The reconciler
+    /// records that name as `bulkhead.dev/external-name` instead of the one
+    /// it asked for. `None` (the default): the name asked for stands.
+    async fn create_named(&self, desired: &Self::Desired) -> Result<Option<String>, ProviderError> {
+        self.create(desired).await.map(|()| None)
+    }
     /// Converges an existing external object to `desired`.
     async fn update(
         &self,
@@ -191,6 +200,12 @@ pub struct DesiredOrganization {
     pub billing: Option<Billing>,
     /// Environments bound to the organization.
     pub environments: Vec<String>,
+    /// The `bulkhead.dev/external-name` recorded on the object: where a
+    /// backend whose provider picks names finds what it created (or what
+    /// an ObserveOnly object adopts). `None` before the first create.
+    pub external_name: Option<String>,
+    /// `spec.tokens`, for backends that mint tokens.
+    pub tokens: Vec<TokenSpec>,
 }
 
 /// What a backend reports about an Organization.
@@ -198,6 +213,11 @@ pub struct DesiredOrganization {
 pub struct ObservedOrganization {
     pub external_id: Option<String>,
     pub members: Vec<MemberStatus>,
+    /// The slug at the provider, when the provider picked it.
+    pub slug: Option<String>,
+    /// The minted tokens (names, Secrets, issue and expiry times; never a
+    /// token).
+    pub tokens: Vec<TokenStatus>,
 }
 
 /// An Environment with its references resolved.

@@ -192,6 +192,7 @@ where
     // after the create. When the provider picks the name, `create-pending`
     // marks the create as started, and the name is recorded once known.
     let deterministic = client.deterministic_names();
+    let before_name = external_name;
     let now = Timestamp::now().to_string();
     let before: &[(&str, Option<&str>)] = if deterministic {
         &[
@@ -213,12 +214,13 @@ where
     }
     // A failure here is reported once as a Warning Event by the
     // controller (`publish_failure`), with its reason.
-    client.create(desired).await?;
+    let chosen = client.create_named(desired).await?;
     if managed.fail_point == Some(FailPoint::ExitAfterCreate) {
         warn!(object = %name, "fail point exit-after-create: exiting");
         std::process::exit(18);
     }
-    if !deterministic {
+    let external_name = recorded_name(external_name, chosen.as_deref());
+    if !deterministic || external_name != before_name {
         // The finalizer is on the object now: only the annotations change.
         annotate(
             api,
@@ -247,6 +249,12 @@ where
         created: true,
         updated: false,
     })
+}
+
+/// The external name recorded after a create: the one the provider chose,
+/// when it chose one, else the one asked for.
+fn recorded_name<'a>(asked: &'a str, chosen: Option<&'a str>) -> &'a str {
+    chosen.filter(|c| !c.is_empty()).unwrap_or(asked)
 }
 
 /// [`MissingStep::RefuseObserveOnly`]'s error.
@@ -688,6 +696,24 @@ mod tests {
             "a create was started but its result is unknown; check the provider for \"acme\", \
              set the bulkhead.dev/external-name annotation if it exists, then remove bulkhead.dev/create-pending"
         );
+    }
+
+    #[test]
+    fn a_provider_chosen_name_is_recorded_instead_of_the_one_asked_for() {
+        assert_eq!(recorded_name("acme", None), "acme");
+        assert_eq!(recorded_name("acme", Some("acme-1")), "acme-1");
+        assert_eq!(
+            recorded_name("acme", Some("")),
+            "acme",
+            "an empty answer is no name"
+        );
+    }
+
+    #[tokio::test]
+    async fn create_named_defaults_to_no_chosen_name() {
+        let client = FakeClient::default();
+        assert_eq!(client.create_named(&()).await.expect("create"), None);
+        assert_eq!(client.calls().create, 1, "the default calls create once");
     }
 
     #[test]

@@ -152,6 +152,7 @@ impl ExternalClient for KubernetesOrganizations {
             observed: ObservedOrganization {
                 external_id,
                 members,
+                ..ObservedOrganization::default()
             },
         })
     }

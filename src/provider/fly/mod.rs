@@ -1,0 +1,579 @@
+//! Fly.io: organizations, members and tokens over Fly's GraphQL API.
+//!
+//! [`FlyApi`] is the one HTTP client of the process (so its rate limiter
+//! holds for every reconcile at once); [`FlyOrganizations`] pairs it with
+//! one Organization's credentials. Every GraphQL document the provider
+//! sends is a constant in [`operations`], checked against Fly's published
+//! schema by a test.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use http::StatusCode;
+use serde_json::{Value, json};
+use tracing::debug;
+
+use super::{ProviderError, Secret};
+
+pub mod operations;
+pub mod organization;
+
+pub use operations::Operation;
+pub use organization::FlyOrganizations;
+
+/// Reasons of the Fly provider's errors.
+pub mod reasons {
+    /// Fly refused the credentials (HTTP 401 / UNAUTHORIZED): terminal
+    /// until the credentials Secret changes.
+    pub const CREDENTIALS_REJECTED: &str = "CredentialsRejected";
+    /// The credentials are valid but may not do what was asked.
+    pub const PERMISSION_DENIED: &str = "PermissionDenied";
+    /// Fly rejected the request's input (a GraphQL VALIDATION error).
+    pub const REQUEST_REJECTED: &str = "ProviderRequestRejected";
+    /// Fly answered something bulkhead did not expect: a GraphQL document
+    /// Fly does not accept, or an answer of the wrong shape.
+    pub const UNEXPECTED_RESPONSE: &str = "ProviderUnexpectedResponse";
+    /// Fly asked bulkhead to slow down and the retries ran out.
+    pub const RATE_LIMITED: &str = "ProviderRateLimited";
+    /// A Fly error that may go away on its own.
+    pub const PROVIDER_ERROR: &str = "ProviderError";
+}
+
+/// Where Fly's APIs are and how hard bulkhead may use them.
+#[derive(Clone, Debug)]
+pub struct FlySettings {
+    pub graphql_url: String,
+    /// The Machines REST API (for the Environment and DatabaseCluster parts
+    /// of the provider, still to come).
+    pub machines_url: String,
+    /// Longest wait for one HTTP answer.
+    pub request_timeout: Duration,
+    /// Client-side limit of requests per second to Fly, all objects
+    /// together; bursts up to twice that.
+    pub requests_per_second: u32,
+    /// Attempts of one call that may be retried (idempotent ones).
+    pub attempts: u32,
+    /// First backoff between attempts; doubles each time, with jitter.
+    pub backoff: Duration,
+}
+
+pub const DEFAULT_GRAPHQL_URL: &str = "https://api.fly.io/graphql";
+pub const DEFAULT_MACHINES_URL: &str = "https://api.machines.dev";
+
+impl Default for FlySettings {
+    fn default() -> Self {
+        FlySettings {
+            graphql_url: DEFAULT_GRAPHQL_URL.to_string(),
+            machines_url: DEFAULT_MACHINES_URL.to_string(),
+            request_timeout: Duration::from_secs(30),
+            requests_per_second: 10,
+            attempts: 5,
+            backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Longest `Retry-After` honoured; a longer one is cut to this, so a
+/// reconcile never sleeps for minutes.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// The `Authorization` header for a Fly token: macaroons (`fm1r_`, `fm1a_`,
+/// `fm2_`, or already in `FlyV1 …` form) as `FlyV1`, anything else (a user
+/// token) as `Bearer`.
+pub fn authorization(token: &Secret) -> String {
+    let token = token.expose().trim();
+    if token.starts_with("FlyV1 ") {
+        token.to_string()
+    } else if ["fm1r_", "fm1a_", "fm2_"]
+        .iter()
+        .any(|p| token.starts_with(p))
+    {
+        format!("FlyV1 {token}")
+    } else {
+        format!("Bearer {token}")
+    }
+}
+
+/// One GraphQL error entry, as Fly sends it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GraphqlError {
+    pub message: String,
+    pub code: Option<String>,
+}
+
+/// How a call failed: `NotFound` is an answer (observe turns it into
+/// "missing"), everything else a [`ProviderError`].
+#[derive(Debug)]
+pub enum CallError {
+    NotFound(String),
+    Provider(ProviderError),
+}
+
+impl From<CallError> for ProviderError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::NotFound(message) => {
+                ProviderError::transient(reasons::PROVIDER_ERROR, message)
+            }
+            CallError::Provider(e) => e,
+        }
+    }
+}
+
+impl From<ProviderError> for CallError {
+    fn from(e: ProviderError) -> Self {
+        CallError::Provider(e)
+    }
+}
+
+/// The GraphQL `errors[]` of an answer as a [`CallError`]. `credentials`
+/// names the Secret the token came from (never the token).
+pub fn classify_errors(
+    operation: &str,
+    errors: &[GraphqlError],
+    credentials: &str,
+) -> Option<CallError> {
+    let first = errors.first()?;
+    let messages = errors
+        .iter()
+        .map(|e| e.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let message = format!("Fly {operation}: {messages}");
+    let error = match first.code.as_deref() {
+        Some("NOT_FOUND") => return Some(CallError::NotFound(message)),
+        Some("UNAUTHORIZED") | Some("UNAUTHENTICATED") | Some("FORBIDDEN") => {
+            ProviderError::terminal(
+                reasons::PERMISSION_DENIED,
+                format!("{message} (credentials from {credentials})"),
+            )
+        }
+        Some("VALIDATION") | Some("BAD_USER_INPUT") => {
+            ProviderError::terminal(reasons::REQUEST_REJECTED, message)
+        }
+        Some("GRAPHQL_VALIDATION_FAILED") | Some("NOT_IMPLEMENTED") => {
+            ProviderError::terminal(reasons::UNEXPECTED_RESPONSE, message)
+        }
+        _ if first.message.contains("Could not find") || first.message.contains("not found") => {
+            return Some(CallError::NotFound(message));
+        }
+        _ => ProviderError::transient(reasons::PROVIDER_ERROR, message),
+    };
+    Some(CallError::Provider(error))
+}
+
+fn parse_errors(body: &Value) -> Vec<GraphqlError> {
+    body.get("errors")
+        .and_then(Value::as_array)
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|e| GraphqlError {
+                    message: e
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("error without a message")
+                        .to_string(),
+                    code: e
+                        .pointer("/extensions/code")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `Retry-After` in seconds (Fly sends seconds), capped.
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let secs: f64 = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs).min(MAX_RETRY_AFTER))
+}
+
+/// The wait before attempt `attempt + 1`: `base · 2^attempt`, plus up to as
+/// much again at random, so many reconciles retrying at once spread out.
+pub fn jittered(base: Duration, attempt: u32) -> Duration {
+    use rand::RngExt;
+    let exp = base.saturating_mul(1u32 << attempt.min(6));
+    let jitter_ms = rand::rng().random_range(0..=exp.as_millis().min(60_000) as u64);
+    exp + Duration::from_millis(jitter_ms)
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Done(Value),
+    /// Try again after this long, if attempts remain (`None`: backoff).
+    Retry {
+        after: Option<Duration>,
+        error: ProviderError,
+        /// Whether the server said it did not process the request (429),
+        /// so even a non-idempotent call may be sent again.
+        refused: bool,
+    },
+    Failed(CallError),
+}
+
+/// The process's Fly API client.
+pub struct FlyApi {
+    http: reqwest::Client,
+    settings: FlySettings,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl std::fmt::Debug for FlyApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlyApi")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FlyApi {
+    pub fn new(settings: FlySettings) -> Result<Arc<Self>, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("Fly client TLS setup: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(settings.request_timeout)
+            .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("bulkhead/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("Fly client setup: {e}"))?;
+        let rate = NonZeroU32::new(settings.requests_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst = rate.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
+        let limiter = RateLimiter::direct(Quota::per_second(rate).allow_burst(burst));
+        Ok(Arc::new(FlyApi {
+            http,
+            settings,
+            limiter,
+        }))
+    }
+
+    pub fn settings(&self) -> &FlySettings {
+        &self.settings
+    }
+
+    /// Runs one GraphQL operation and returns its `data`. Queries and
+    /// idempotent mutations are retried on 5xx and connection errors with
+    /// jittered backoff; every call is retried after a 429 (the server did
+    /// not process it), honouring `Retry-After`. `credentials` names where
+    /// the token came from, for messages (never the token).
+    pub async fn graphql(
+        &self,
+        token: &Secret,
+        operation: &Operation,
+        variables: Value,
+        credentials: &str,
+    ) -> Result<Value, CallError> {
+        let body = json!({
+            "query": operation.document,
+            "operationName": operation.name,
+            "variables": variables,
+        });
+        let auth = authorization(token);
+        let mut attempt = 0;
+        loop {
+            self.limiter.until_ready().await;
+            match self.attempt(&body, &auth, operation, credentials).await {
+                Attempt::Done(data) => return Ok(data),
+                Attempt::Failed(e) => return Err(e),
+                Attempt::Retry {
+                    after,
+                    error,
+                    refused,
+                } => {
+                    attempt += 1;
+                    if attempt >= self.settings.attempts || !(operation.idempotent || refused) {
+                        return Err(CallError::Provider(error));
+                    }
+                    let wait =
+                        after.unwrap_or_else(|| jittered(self.settings.backoff, attempt - 1));
+                    debug!(operation = operation.name, attempt, wait_ms = wait.as_millis() as u64, error = %error, "retrying Fly call");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        body: &Value,
+        auth: &str,
+        operation: &Operation,
+        credentials: &str,
+    ) -> Attempt {
+        let name = operation.name;
+        let response = match self
+            .http
+            .post(&self.settings.graphql_url)
+            .header(http::header::AUTHORIZATION, auth)
+            .json(body)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                // reqwest's message names the URL, never a header.
+                return Attempt::Retry {
+                    after: None,
+                    error: ProviderError::unavailable(format!("Fly {name}: {e}")),
+                    refused: false,
+                };
+            }
+        };
+        let status = response.status();
+        let after = retry_after(response.headers());
+        if status == StatusCode::UNAUTHORIZED {
+            return Attempt::Failed(credentials_rejected(name, credentials));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Attempt::Retry {
+                after: after.or(Some(Duration::from_secs(1))),
+                error: ProviderError::transient(
+                    reasons::RATE_LIMITED,
+                    format!("Fly {name}: rate limited (HTTP 429)"),
+                ),
+                refused: true,
+            };
+        }
+        if status.is_server_error() {
+            return Attempt::Retry {
+                after,
+                error: ProviderError::unavailable(format!("Fly {name}: HTTP {status}")),
+                refused: false,
+            };
+        }
+        let value: Value = match response.json().await {
+            Ok(v) => v,
+            Err(e) => {
+                return Attempt::Retry {
+                    after: None,
+                    error: ProviderError::unavailable(format!(
+                        "Fly {name}: HTTP {status}, unreadable answer: {e}"
+                    )),
+                    refused: false,
+                };
+            }
+        };
+        let errors = parse_errors(&value);
+        if errors
+            .iter()
+            .any(|e| e.code.as_deref() == Some("UNAUTHORIZED"))
+            && value.get("data").is_none_or(Value::is_null)
+        {
+            // A request-level UNAUTHORIZED: the token itself was refused.
+            return Attempt::Failed(credentials_rejected(name, credentials));
+        }
+        if let Some(e) = classify_errors(name, &errors, credentials) {
+            return Attempt::Failed(e);
+        }
+        if !status.is_success() {
+            return Attempt::Failed(CallError::Provider(ProviderError::terminal(
+                reasons::UNEXPECTED_RESPONSE,
+                format!("Fly {name}: HTTP {status}"),
+            )));
+        }
+        match value.get("data") {
+            Some(data) if !data.is_null() => Attempt::Done(data.clone()),
+            _ => Attempt::Failed(CallError::Provider(ProviderError::terminal(
+                reasons::UNEXPECTED_RESPONSE,
+                format!("Fly {name}: answer without data"),
+            ))),
+        }
+    }
+}
+
+fn credentials_rejected(operation: &str, credentials: &str) -> CallError {
+    CallError::Provider(ProviderError::terminal(
+        reasons::CREDENTIALS_REJECTED,
+        format!(
+            "Fly refused the credentials in {credentials} ({operation}: unauthorized); \
+             put a valid Fly API token there"
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macaroons_go_as_flyv1_and_user_tokens_as_bearer() {
+        assert_eq!(authorization(&Secret::new("fm2_abc")), "FlyV1 fm2_abc");
+        assert_eq!(authorization(&Secret::new("fm1r_abc")), "FlyV1 fm1r_abc");
+        assert_eq!(authorization(&Secret::new("fm1a_abc")), "FlyV1 fm1a_abc");
+        assert_eq!(
+            authorization(&Secret::new("FlyV1 fm2_a,fm2_b")),
+            "FlyV1 fm2_a,fm2_b"
+        );
+        assert_eq!(
+            authorization(&Secret::new(" user-token\n")),
+            "Bearer user-token"
+        );
+    }
+
+    #[test]
+    fn graphql_errors_map_to_categories_with_camel_case_reasons() {
+        let e = |code: &str| GraphqlError {
+            message: "boom".into(),
+            code: Some(code.into()),
+        };
+        let reason =
+            |code: &str| match classify_errors("op", &[e(code)], "Secret ns/creds key token") {
+                Some(CallError::Provider(p)) => (p.reason(), p.is_terminal()),
+                Some(CallError::NotFound(_)) => ("NotFound", false),
+                None => ("none", false),
+            };
+        assert_eq!(reason("NOT_FOUND"), ("NotFound", false));
+        assert_eq!(reason("UNAUTHORIZED"), (reasons::PERMISSION_DENIED, true));
+        assert_eq!(reason("VALIDATION"), (reasons::REQUEST_REJECTED, true));
+        assert_eq!(
+            reason("GRAPHQL_VALIDATION_FAILED"),
+            (reasons::UNEXPECTED_RESPONSE, true)
+        );
+        assert_eq!(reason("SOMETHING"), (reasons::PROVIDER_ERROR, false));
+        assert!(classify_errors("op", &[], "x").is_none());
+    }
+
+    #[test]
+    fn rejected_credentials_name_the_secret_not_the_token() {
+        let CallError::Provider(e) =
+            credentials_rejected("organization", "Secret ns/fly key token")
+        else {
+            panic!("not a provider error");
+        };
+        assert_eq!(e.reason(), "CredentialsRejected");
+        assert!(e.is_terminal());
+        assert!(e.to_string().contains("Secret ns/fly key token"), "{e}");
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_capped() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("2"),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("3600"),
+        );
+        assert_eq!(retry_after(&h), Some(MAX_RETRY_AFTER));
+    }
+
+    /// The emulator in process, answering every GraphQL call with `fault`.
+    async fn faulty_emulator(fault: Value) -> (fly_emulator::Server, Arc<FlyApi>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let server = fly_emulator::serve(
+            fly_emulator::Config {
+                admin_token: "admin".into(),
+                ..fly_emulator::Config::default()
+            },
+            listener,
+        )
+        .await
+        .expect("emulator");
+        let rules: fly_emulator::control::FaultConfig =
+            serde_json::from_value(json!({ "rules": [fault] })).expect("fault rules");
+        server.emulator.faults.lock().expect("faults").config = rules;
+        let api = FlyApi::new(FlySettings {
+            graphql_url: format!("{}/graphql", server.url()),
+            attempts: 3,
+            backoff: Duration::from_millis(10),
+            ..FlySettings::default()
+        })
+        .expect("client");
+        (server, api)
+    }
+
+    fn graphql_requests(server: &fly_emulator::Server) -> u64 {
+        let counters = server.emulator.counters.lock().expect("counters");
+        counters
+            .requests_by_path
+            .get("/graphql")
+            .copied()
+            .unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn a_429_is_retried_after_retry_after_and_given_up_after_the_attempts() {
+        let (server, api) =
+            faulty_emulator(json!({ "rate_limit_fraction": 1.0, "retry_after_secs": 1 })).await;
+        let started = std::time::Instant::now();
+        let e = api
+            .graphql(
+                &Secret::new("admin"),
+                &operations::ORGANIZATION,
+                json!({ "slug": "x" }),
+                "creds",
+            )
+            .await
+            .expect_err("always rate limited");
+        let CallError::Provider(e) = e else {
+            panic!("not a provider error")
+        };
+        assert_eq!(e.reason(), reasons::RATE_LIMITED);
+        assert_eq!(graphql_requests(&server), 3, "one request per attempt");
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "waited Retry-After twice"
+        );
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_5xx_is_retried_for_queries_and_not_for_mutations() {
+        let (server, api) =
+            faulty_emulator(json!({ "error_fraction": 1.0, "error_status": 503 })).await;
+        let token = Secret::new("admin");
+        let e = api
+            .graphql(
+                &token,
+                &operations::ORGANIZATION,
+                json!({ "slug": "x" }),
+                "creds",
+            )
+            .await
+            .expect_err("always 503");
+        assert!(matches!(
+            e,
+            CallError::Provider(ProviderError::Unavailable { .. })
+        ));
+        assert_eq!(graphql_requests(&server), 3, "the query was retried");
+        let vars = json!({ "org": "o", "email": "a@b.c" });
+        let _ = api
+            .graphql(&token, &operations::CREATE_INVITATION, vars, "creds")
+            .await
+            .expect_err("always 503");
+        assert_eq!(graphql_requests(&server), 4, "the mutation was sent once");
+        server.shutdown().await;
+    }
+
+    #[test]
+    fn backoff_doubles_with_at_most_as_much_jitter() {
+        for attempt in 0..4 {
+            let base = Duration::from_millis(100) * (1 << attempt);
+            let wait = jittered(Duration::from_millis(100), attempt);
+            assert!(wait >= base && wait <= base * 2, "{attempt}: {wait:?}");
+        }
+    }
+}

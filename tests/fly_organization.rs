@@ -1,0 +1,757 @@
+//! Organizations with `provider: fly`, against the Fly emulator (started in
+//! this process on 127.0.0.1, checked against Fly's published schema) and
+//! the real local control plane, with `bulkhead run` pointed at the
+//! emulator. What is asserted is what a user sees: conditions and Secrets
+//! in the apiserver, and the state, counters and calls the emulator
+//! recorded.
+
+mod support;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bulkhead::api::Organization;
+use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+use support::controlplane::{ControlPlane, Operator, unique, wait_for, wait_gone};
+use support::objects::{WAIT, is_ready, is_true, message_of, organization, wait_reason};
+
+const ADMIN_TOKEN: &str = "emulator-admin-token-for-tests";
+const CREDENTIALS_NS: &str = "bulkhead-system";
+const CREDENTIALS: &str = "fly-credentials";
+const TOKENS_NS: &str = "fly-tokens";
+
+static EMULATOR: OnceLock<String> = OnceLock::new();
+static OPERATOR: OnceLock<Operator> = OnceLock::new();
+/// Faults apply to every call the emulator gets, so the fault test runs
+/// alone (write) and the others beside each other (read).
+static FAULTS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// The emulator's base URL. It runs on a runtime of its own thread, so it
+/// outlives each test's runtime.
+fn emulator() -> &'static str {
+    EMULATOR.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("emulator runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind 127.0.0.1:0");
+                let config = fly_emulator::Config {
+                    admin_token: ADMIN_TOKEN.into(),
+                    admin_email: "operator@bulkhead.test".into(),
+                    ..fly_emulator::Config::default()
+                };
+                let server = fly_emulator::serve(config, listener)
+                    .await
+                    .expect("emulator starts");
+                tx.send(server.url()).expect("hand over the URL");
+                std::future::pending::<()>().await;
+            });
+        });
+        rx.recv().expect("emulator URL")
+    })
+}
+
+fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .expect("reqwest client")
+}
+
+async fn control(method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    let mut req = http().request(method, format!("{}{path}", emulator()));
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.expect("control API");
+    let status = resp.status();
+    let value = resp.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{path}: {status} {value}");
+    value
+}
+
+async fn state() -> Value {
+    control(reqwest::Method::GET, "/_emulator/state", None).await
+}
+
+/// The emulator's organizations named `name`.
+async fn orgs_named(name: &str) -> Vec<Value> {
+    let state = state().await;
+    state["organizations"]
+        .as_object()
+        .map(|m| m.values().filter(|o| o["name"] == name).cloned().collect())
+        .unwrap_or_default()
+}
+
+async fn org_at_fly(slug: &str) -> Option<Value> {
+    let state = state().await;
+    state["organizations"]
+        .as_object()
+        .and_then(|m| m.values().find(|o| o["slug"] == slug).cloned())
+}
+
+fn user_id(state: &Value, email: &str) -> Option<String> {
+    state["users"]
+        .as_object()?
+        .values()
+        .find(|u| u["email"] == email)
+        .and_then(|u| u["id"].as_str())
+        .map(str::to_string)
+}
+
+/// The Fly role of `email` in `org` (None: not a member).
+async fn role_at_fly(slug: &str, email: &str) -> Option<String> {
+    let state = state().await;
+    let uid = user_id(&state, email)?;
+    let org = state["organizations"]
+        .as_object()?
+        .values()
+        .find(|o| o["slug"] == slug)?
+        .clone();
+    org["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["user_id"] == uid)
+        .and_then(|m| m["role"].as_str())
+        .map(str::to_string)
+}
+
+fn pending_invitations(org: &Value) -> Vec<(String, String)> {
+    org["invitations"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|i| i["redeemed_at"].is_null())
+                .map(|i| {
+                    (
+                        i["id"].as_str().unwrap_or_default().to_string(),
+                        i["email"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The control plane, the credentials Secret and one operator pointed at
+/// the emulator, shared by this binary's tests.
+async fn setup() -> (&'static ControlPlane, Client) {
+    let cp = ControlPlane::apiserver();
+    let client = cp.client().await;
+    for ns in [CREDENTIALS_NS, TOKENS_NS] {
+        let api: Api<Namespace> = Api::all(client.clone());
+        let _ = api
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({ "metadata": { "name": ns } })).expect("namespace"),
+            )
+            .await;
+    }
+    put_credentials(&client, CREDENTIALS, ADMIN_TOKEN).await;
+    let url = format!("{}/graphql", emulator());
+    OPERATOR.get_or_init(|| {
+        cp.start_operator_env(
+            cp.kubeconfig(),
+            &[
+                "--http-addr",
+                "127.0.0.1:0",
+                "--leader-election=false",
+                "--resync-seconds",
+                "3",
+                "--fly-api-url",
+                &url,
+                "--fly-timeout-seconds",
+                "5",
+            ],
+            &[
+                ("NO_PROXY", Some("127.0.0.1")),
+                ("no_proxy", Some("127.0.0.1")),
+            ],
+        )
+    });
+    (cp, client)
+}
+
+async fn put_credentials(client: &Client, name: &str, token: &str) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), CREDENTIALS_NS);
+    api.patch(
+        name,
+        &PatchParams::apply("fly-organization-test").force(),
+        &Patch::Apply(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": name },
+            "stringData": { "token": token },
+        })),
+    )
+    .await
+    .expect("credentials Secret");
+}
+
+fn fly_org(name: &str, credentials: &str) -> support::objects::Build<Organization> {
+    organization(name).slug(name).spec(
+        "provider",
+        json!({
+            "type": "fly",
+            "credentialsSecretRef": { "namespace": CREDENTIALS_NS, "name": credentials, "key": "token" },
+        }),
+    )
+}
+
+fn token_spec(name: &str, secret: &str) -> Value {
+    json!({
+        "name": name, "scope": "org", "expiry": "2h",
+        "secretRef": { "namespace": TOKENS_NS, "name": secret, "key": "token" },
+    })
+}
+
+/// The token a Secret holds and the Fly token ID annotated on it.
+async fn token_in(client: &Client, secret: &str) -> Option<(String, String)> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), TOKENS_NS);
+    let s = api.get_opt(secret).await.ok()??;
+    let token = String::from_utf8(s.data?.get("token")?.0.clone()).ok()?;
+    let id = s
+        .metadata
+        .annotations?
+        .get("bulkhead.dev/fly-token-id")?
+        .clone();
+    Some((token, id))
+}
+
+/// Whether `token` authenticates at the emulator for organization `slug`.
+async fn authenticates(token: &str, slug: &str) -> bool {
+    let resp = http()
+        .post(format!("{}/graphql", emulator()))
+        .header("Authorization", format!("FlyV1 {}", token.trim_start_matches("FlyV1 ")))
+        .json(&json!({ "query": "query($s: String) { organization(slug: $s) { id } }", "variables": { "s": slug } }))
+        .send()
+        .await
+        .expect("graphql");
+    let ok = resp.status().is_success();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    ok && body.get("errors").is_none() && !body["data"]["organization"]["id"].is_null()
+}
+
+fn token_state(state: &Value, id: &str) -> Option<Value> {
+    state["tokens"]
+        .as_array()?
+        .iter()
+        .find(|t| t["id"] == id)
+        .cloned()
+}
+
+/// No token (nor the admin token) in the operator's log or the Events.
+async fn assert_no_secret_leaked(client: &Client, secrets: &[String]) {
+    let log = OPERATOR.get().map(Operator::log).unwrap_or_default();
+    let events: Api<Event> = Api::all(client.clone());
+    let events = serde_json::to_string(
+        &events
+            .list(&ListParams::default())
+            .await
+            .expect("events")
+            .items,
+    )
+    .unwrap_or_default();
+    for s in secrets.iter().map(String::as_str).chain([ADMIN_TOKEN]) {
+        let core = s.trim_start_matches("FlyV1 ");
+        assert!(!log.contains(core), "a token is in the operator's log");
+        assert!(!events.contains(core), "a token is in an Event");
+    }
+}
+
+#[tokio::test]
+async fn organization_members_and_tokens_converge_and_drift_is_repaired() {
+    let (_cp, client) = setup().await;
+    let _faults = FAULTS.read().await;
+    let orgs: Api<Organization> = Api::all(client.clone());
+    let name = format!("acme-{}", unique());
+    let (alice, bob) = (
+        format!("alice@{name}.example"),
+        format!("bob@{name}.example"),
+    );
+    let secret = format!("{name}-ci");
+    fly_org(&name, CREDENTIALS)
+        .member(&alice, "admin")
+        .member(&bob, "member")
+        .spec("tokens", json!([token_spec("ci", &secret)]))
+        .spec("deletionPolicy", json!("Delete"))
+        .create(&orgs)
+        .await;
+
+    // Created under the right name; Fly's slug recorded as the external
+    // name and in status; both members invited.
+    let org = wait_for(
+        &orgs,
+        &name,
+        WAIT,
+        "Ready with both members invited",
+        |o: &Organization| is_ready(o) && o.status.as_ref().is_some_and(|s| s.members.len() == 2),
+    )
+    .await;
+    let status = org.status.clone().unwrap_or_default();
+    wait_until("both invited at Fly", || async {
+        org_at_fly(&name)
+            .await
+            .is_some_and(|o| pending_invitations(&o).len() == 2)
+    })
+    .await;
+    assert_eq!(
+        orgs_named(&name).await.len(),
+        1,
+        "exactly one organization at Fly"
+    );
+    let at_fly = org_at_fly(&name).await.expect("the organization at Fly");
+    assert_eq!(status.slug.as_deref(), Some(name.as_str()));
+    assert_eq!(
+        org.annotations().get("bulkhead.dev/external-name"),
+        Some(&name)
+    );
+    assert_eq!(status.external_id.as_deref(), at_fly["id"].as_str());
+    assert!(
+        org.annotations()
+            .get("bulkhead.dev/create-pending")
+            .is_none()
+    );
+    let invited: Vec<String> = pending_invitations(&at_fly)
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    assert!(
+        invited.contains(&alice) && invited.contains(&bob),
+        "{invited:?}"
+    );
+    assert!(
+        status
+            .members
+            .iter()
+            .all(|m| format!("{:?}", m.state) == "Invited")
+    );
+
+    // The token Secret is written, authenticates at Fly, and status shows
+    // its name and times, never the token.
+    let (token, token_id) = token_in(&client, &secret).await.expect("token Secret");
+    assert!(
+        authenticates(&token, &name).await,
+        "the Secret's token authenticates"
+    );
+    let t = status.tokens.first().expect("token status");
+    assert_eq!(
+        (t.name.as_str(), t.secret.clone()),
+        ("ci", format!("{TOKENS_NS}/{secret}"))
+    );
+    assert!(t.expires_at.is_some() && t.issued_at.is_some());
+    assert!(
+        !serde_json::to_string(&status)
+            .unwrap_or_default()
+            .contains(&token)
+    );
+
+    // Alice and Bob accept: their roles are set (invitations carry none).
+    for (invitation, _) in pending_invitations(&at_fly) {
+        control(
+            reqwest::Method::POST,
+            &format!("/_emulator/invitations/{invitation}/accept"),
+            None,
+        )
+        .await;
+    }
+    wait_until("alice is ADMIN at Fly", || async {
+        role_at_fly(&name, &alice).await.as_deref() == Some("ADMIN")
+    })
+    .await;
+    wait_for(&orgs, &name, WAIT, "alice active", |o: &Organization| {
+        o.status.as_ref().is_some_and(|s| {
+            s.members
+                .iter()
+                .any(|m| m.email == alice && format!("{:?}", m.state) == "Active")
+        })
+    })
+    .await;
+
+    assert_eq!(role_at_fly(&name, &bob).await.as_deref(), Some("MEMBER"));
+
+    // Bob leaves the spec: his membership is removed at Fly.
+    orgs.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "members": [{ "email": alice, "role": "admin" }] } })),
+    )
+    .await
+    .expect("remove bob");
+    wait_until("bob removed at Fly", || async {
+        role_at_fly(&name, &bob).await.is_none()
+    })
+    .await;
+
+    // Drift at Fly: alice removed behind bulkhead's back → invited again on
+    // the next resync.
+    control(
+        reqwest::Method::POST,
+        "/_emulator/drift/remove-member",
+        Some(json!({ "organization": name, "email": alice })),
+    )
+    .await;
+    wait_until("alice invited again", || async {
+        org_at_fly(&name)
+            .await
+            .is_some_and(|o| pending_invitations(&o).iter().any(|(_, e)| *e == alice))
+    })
+    .await;
+
+    // Alice leaves the spec before accepting again: her invitation is
+    // withdrawn.
+    orgs.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "members": null } })),
+    )
+    .await
+    .expect("remove alice");
+    wait_until("alice's invitation withdrawn", || async {
+        org_at_fly(&name)
+            .await
+            .is_some_and(|o| pending_invitations(&o).is_empty())
+    })
+    .await;
+
+    // Drift at Fly: the token revoked → a new one minted into the Secret.
+    control(
+        reqwest::Method::POST,
+        "/_emulator/drift/revoke-token",
+        Some(json!({ "token_id": token_id })),
+    )
+    .await;
+    let (new_token, new_id) = poll("a new token in the Secret", || async {
+        token_in(&client, &secret)
+            .await
+            .filter(|(_, id)| *id != token_id)
+    })
+    .await;
+    assert!(
+        authenticates(&new_token, &name).await,
+        "the new token authenticates"
+    );
+    assert!(
+        !authenticates(&token, &name).await,
+        "the revoked one does not"
+    );
+
+    // The token leaves the spec: revoked at Fly.
+    orgs.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "tokens": null } })),
+    )
+    .await
+    .expect("remove the token");
+    wait_until("the token revoked at Fly", || async {
+        token_state(&state().await, &new_id).is_some_and(|t| !t["revoked_at"].is_null())
+    })
+    .await;
+    wait_for(
+        &orgs,
+        &name,
+        WAIT,
+        "no token in status",
+        |o: &Organization| o.status.as_ref().is_some_and(|s| s.tokens.is_empty()),
+    )
+    .await;
+
+    assert_no_secret_leaked(&client, &[token, new_token]).await;
+
+    // deletionPolicy Delete: the organization goes at Fly.
+    orgs.delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_gone(&orgs, &name, WAIT).await;
+    assert!(org_at_fly(&name).await.is_none(), "deleted at Fly");
+}
+
+/// Polls `check` until it returns something.
+async fn poll<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_reported_by_secret_name_and_nothing_is_created() {
+    let (_cp, client) = setup().await;
+    let _faults = FAULTS.read().await;
+    let orgs: Api<Organization> = Api::all(client.clone());
+    let name = format!("wrong-{}", unique());
+    let bad = format!("bad-{name}");
+    let bad_token = format!("not-a-valid-token-{name}");
+    put_credentials(&client, &bad, &bad_token).await;
+    fly_org(&name, &bad).create(&orgs).await;
+    let org = wait_reason(&orgs, &name, "Synced", "False", "CredentialsRejected").await;
+    let message = message_of(&org, "Synced");
+    assert!(
+        message.contains(&format!("Secret {CREDENTIALS_NS}/{bad}")),
+        "{message}"
+    );
+    assert!(
+        !message.contains(&bad_token),
+        "the message carries the token"
+    );
+    assert!(orgs_named(&name).await.is_empty(), "nothing created at Fly");
+    assert!(
+        org.annotations()
+            .get("bulkhead.dev/external-name")
+            .is_none()
+    );
+    assert_no_secret_leaked(&client, &[bad_token]).await;
+    orgs.delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_gone(&orgs, &name, WAIT).await;
+}
+
+#[tokio::test]
+async fn deletion_policy_orphan_leaves_the_organization_at_fly() {
+    let (_cp, client) = setup().await;
+    let _faults = FAULTS.read().await;
+    let orgs: Api<Organization> = Api::all(client.clone());
+    let name = format!("orphan-{}", unique());
+    fly_org(&name, CREDENTIALS).create(&orgs).await;
+    wait_for(&orgs, &name, WAIT, "Ready", is_ready).await;
+    orgs.delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_gone(&orgs, &name, WAIT).await;
+    assert!(org_at_fly(&name).await.is_some(), "Orphan leaves it at Fly");
+}
+
+#[tokio::test]
+async fn observe_only_adopts_by_external_name_and_never_writes() {
+    let (_cp, client) = setup().await;
+    let _faults = FAULTS.read().await;
+    let orgs: Api<Organization> = Api::all(client.clone());
+    let name = format!("adopt-{}", unique());
+    // Made at Fly by someone else, with a member bulkhead's spec lacks.
+    let resp: Value = http()
+        .post(format!("{}/graphql", emulator()))
+        .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .json(&json!({
+            "query": "mutation($n: String!) { createOrganization(input: {name: $n}) { organization { id slug } } }",
+            "variables": { "n": format!("Legacy {name}") },
+        }))
+        .send()
+        .await
+        .expect("create at Fly")
+        .json()
+        .await
+        .expect("JSON");
+    let slug = resp["data"]["createOrganization"]["organization"]["slug"]
+        .as_str()
+        .expect("slug")
+        .to_string();
+    let id = resp["data"]["createOrganization"]["organization"]["id"]
+        .as_str()
+        .map(str::to_string);
+    fly_org(&name, CREDENTIALS)
+        .annotation("bulkhead.dev/external-name", &slug)
+        .member(&format!("someone@{name}.example"), "member")
+        .spec("managementPolicy", json!("ObserveOnly"))
+        .create(&orgs)
+        .await;
+    let org = wait_for(&orgs, &name, WAIT, "Ready", is_ready).await;
+    let status = org.status.clone().unwrap_or_default();
+    assert_eq!(status.external_id, id);
+    assert_eq!(status.slug.as_deref(), Some(slug.as_str()));
+    assert!(
+        is_true(&org, "Synced"),
+        "Synced: {}",
+        message_of(&org, "Synced")
+    );
+    let at_fly = org_at_fly(&slug).await.expect("still at Fly");
+    assert!(
+        pending_invitations(&at_fly).is_empty(),
+        "ObserveOnly invited nobody"
+    );
+    orgs.delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_gone(&orgs, &name, WAIT).await;
+    assert!(
+        org_at_fly(&slug).await.is_some(),
+        "ObserveOnly never deletes"
+    );
+}
+
+/// Under 20% 503s and 10% 429s (Retry-After 1 s) on every GraphQL call, an
+/// Organization with a member and a token converges with exactly one
+/// organization at Fly. Asserted beyond that: every 429 the emulator sent
+/// was an injected one (`responses_by_status[429]` equals
+/// `faults_injected.rate_limit`, `rate_limited_total` is 0), so bulkhead's
+/// own rate limiter never made the emulator refuse it.
+#[tokio::test]
+async fn converges_under_injected_5xx_and_429_with_exactly_one_organization() {
+    let (_cp, client) = setup().await;
+    let _faults = FAULTS.write().await;
+    let orgs: Api<Organization> = Api::all(client.clone());
+    let name = format!("faulty-{}", unique());
+    let secret = format!("{name}-deploy");
+    control(
+        reqwest::Method::PUT,
+        "/_emulator/faults",
+        Some(json!({ "rules": [{
+            "path_prefix": "/graphql",
+            "error_fraction": 0.2, "error_status": 503,
+            "rate_limit_fraction": 0.1, "retry_after_secs": 1,
+        }] })),
+    )
+    .await;
+    fly_org(&name, CREDENTIALS)
+        .member(&format!("carol@{name}.example"), "member")
+        .spec("tokens", json!([token_spec("deploy", &secret)]))
+        .create(&orgs)
+        .await;
+    let converged = tokio::time::timeout(
+        Duration::from_secs(120),
+        poll(
+            "Ready with the member invited and the token written",
+            || async {
+                let org = orgs.get_opt(&name).await.ok()??;
+                let s = org.status.as_ref()?;
+                let done = is_ready(&org) && s.members.len() == 1 && s.tokens.len() == 1;
+                (done && token_in(&client, &secret).await.is_some()).then_some(())
+            },
+        ),
+    )
+    .await;
+    let counters = control(reqwest::Method::GET, "/_emulator/counters", None).await;
+    control(reqwest::Method::DELETE, "/_emulator/faults", None).await;
+    assert!(
+        converged.is_ok(),
+        "did not converge under faults; counters: {counters}"
+    );
+    assert_eq!(
+        orgs_named(&name).await.len(),
+        1,
+        "exactly one organization at Fly"
+    );
+    let injected = &counters["faults_injected"];
+    assert!(
+        injected["error"].as_u64().unwrap_or(0) > 0,
+        "no 5xx was injected: {counters}"
+    );
+    assert_eq!(
+        counters["responses_by_status"]["429"].as_u64().unwrap_or(0),
+        injected["rate_limit"].as_u64().unwrap_or(0),
+        "every 429 was an injected one: {counters}"
+    );
+    assert_eq!(counters["rate_limited_total"], 0, "{counters}");
+    let (token, _) = token_in(&client, &secret).await.expect("token Secret");
+    assert!(
+        authenticates(&token, &name).await,
+        "the token authenticates"
+    );
+    assert_no_secret_leaked(&client, &[token]).await;
+    orgs.delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_gone(&orgs, &name, WAIT).await;
+}
+
+/// The create-pending guard, for a provider that picks names: a create
+/// started and never recorded (a crash) with nothing at Fly under the name
+/// is refused (`CreatePendingUnresolved`, nothing created); with the
+/// organization there (the create happened), its slug is recorded and the
+/// guard cleared, with no second organization.
+#[tokio::test]
+async fn a_create_left_pending_is_resolved_by_lookup_or_refused() {
+    let (_cp, client) = setup().await;
+    let _faults = FAULTS.read().await;
+    let orgs: Api<Organization> = Api::all(client.clone());
+
+    let lost = format!("lost-{}", unique());
+    fly_org(&lost, CREDENTIALS)
+        .annotation("bulkhead.dev/create-pending", "2026-01-01T00:00:00Z")
+        .create(&orgs)
+        .await;
+    wait_reason(&orgs, &lost, "Synced", "False", "CreatePendingUnresolved").await;
+    assert!(orgs_named(&lost).await.is_empty(), "nothing created");
+
+    let made = format!("made-{}", unique());
+    let resp: Value = http()
+        .post(format!("{}/graphql", emulator()))
+        .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .json(&json!({
+            "query": "mutation($n: String!) { createOrganization(input: {name: $n}) { organization { slug } } }",
+            "variables": { "n": made },
+        }))
+        .send()
+        .await
+        .expect("create at Fly")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        resp["data"]["createOrganization"]["organization"]["slug"],
+        made.as_str()
+    );
+    fly_org(&made, CREDENTIALS)
+        .annotation("bulkhead.dev/create-pending", "2026-01-01T00:00:00Z")
+        .create(&orgs)
+        .await;
+    let org = wait_for(
+        &orgs,
+        &made,
+        WAIT,
+        "Ready with the guard cleared",
+        |o: &Organization| {
+            is_ready(o) && !o.annotations().contains_key("bulkhead.dev/create-pending")
+        },
+    )
+    .await;
+    assert_eq!(
+        org.annotations().get("bulkhead.dev/external-name"),
+        Some(&made)
+    );
+    assert_eq!(orgs_named(&made).await.len(), 1, "no second organization");
+
+    for name in [lost, made] {
+        orgs.delete(&name, &DeleteParams::default())
+            .await
+            .expect("delete");
+        wait_gone(&orgs, &name, WAIT).await;
+    }
+}
