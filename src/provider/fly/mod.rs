@@ -285,7 +285,19 @@ impl FlyApi {
             "operationName": operation.name,
             "variables": variables,
         });
-        let auth = authorization(token);
+        // Marked sensitive so that no debug output of the request shows it;
+        // a token that is not a valid header value is reported by where it
+        // came from, never by any part of it.
+        let mut auth = http::HeaderValue::from_str(&authorization(token)).map_err(|_| {
+            CallError::Provider(ProviderError::terminal(
+                crate::reconcile::reasons::CREDENTIALS_UNAVAILABLE,
+                format!(
+                    "the Fly API token in {credentials} is not a valid HTTP header value \
+                     (control characters?); put a valid Fly API token there"
+                ),
+            ))
+        })?;
+        auth.set_sensitive(true);
         let mut attempt = 0;
         loop {
             self.limiter.until_ready().await;
@@ -313,7 +325,7 @@ impl FlyApi {
     async fn attempt(
         &self,
         body: &Value,
-        auth: &str,
+        auth: &http::HeaderValue,
         operation: &Operation,
         credentials: &str,
     ) -> Attempt {
@@ -321,7 +333,7 @@ impl FlyApi {
         let response = match self
             .http
             .post(&self.settings.graphql_url)
-            .header(http::header::AUTHORIZATION, auth)
+            .header(http::header::AUTHORIZATION, auth.clone())
             .json(body)
             .send()
             .await
@@ -448,6 +460,38 @@ mod tests {
         );
         assert_eq!(reason("SOMETHING"), (reasons::PROVIDER_ERROR, false));
         assert!(classify_errors("op", &[], "x").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_token_that_is_no_header_value_is_reported_without_any_of_it() {
+        let (server, api) = faulty_emulator(json!({})).await;
+        let e = api
+            .graphql(
+                &Secret::new("fm2_secretpart\nrest"),
+                &operations::ORGANIZATION,
+                json!({ "slug": "x" }),
+                "Secret bulkhead-system/fly key token",
+            )
+            .await
+            .expect_err("not a header value");
+        let CallError::Provider(e) = e else {
+            panic!("not a provider error")
+        };
+        assert_eq!(
+            e.reason(),
+            crate::reconcile::reasons::CREDENTIALS_UNAVAILABLE
+        );
+        let message = e.to_string();
+        assert!(
+            message.contains("Secret bulkhead-system/fly key token"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("secretpart") && !message.contains("rest"),
+            "{message}"
+        );
+        assert_eq!(graphql_requests(&server), 0, "nothing was sent");
+        server.shutdown().await;
     }
 
     #[test]
