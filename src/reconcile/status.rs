@@ -58,20 +58,28 @@ pub async fn annotate<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
-    let mut annotations = serde_json::Map::new();
-    for (key, value) in changes {
-        annotations.insert(
-            key.to_string(),
-            value.map_or(serde_json::Value::Null, |v| json!(v)),
-        );
-    }
     api.patch(
         name,
         &PatchParams::default(),
-        &Patch::Merge(json!({ "metadata": { "annotations": annotations } })),
+        &Patch::Merge(json!({ "metadata": { "annotations": annotation_changes(changes) } })),
     )
     .await?;
     Ok(())
+}
+
+/// The `metadata.annotations` of a merge patch: a value sets a key, `None`
+/// (JSON null) removes it.
+fn annotation_changes(changes: &[(&str, Option<&str>)]) -> serde_json::Value {
+    changes
+        .iter()
+        .map(|(key, value)| {
+            (
+                key.to_string(),
+                value.map_or(serde_json::Value::Null, |v| json!(v)),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// Writes bookkeeping annotations and, when `obj` lacks it, bulkhead's
@@ -90,16 +98,7 @@ where
 {
     let mut metadata = serde_json::Map::new();
     if !changes.is_empty() {
-        let annotations: serde_json::Map<String, serde_json::Value> = changes
-            .iter()
-            .map(|(key, value)| {
-                (
-                    key.to_string(),
-                    value.map_or(serde_json::Value::Null, |v| json!(v)),
-                )
-            })
-            .collect();
-        metadata.insert("annotations".into(), annotations.into());
+        metadata.insert("annotations".into(), annotation_changes(changes));
     }
     if !has_finalizer(obj) {
         let mut finalizers = obj.finalizers().to_vec();

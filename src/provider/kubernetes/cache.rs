@@ -391,11 +391,15 @@ impl ChildCache {
         // wins the race with the apply response), and an entry made after
         // that would stay, a second copy of the object, until the object
         // next changes.
-        if let (Ok(body), Ok(mut written)) = (serde_json::to_value(&obj), cache.written.lock()) {
-            if cache.stored_version(&key) >= resource_version {
-                written.remove(&key);
-                return;
-            }
+        let Ok(mut written) = cache.written.lock() else {
+            return;
+        };
+        if cache.stored_version(&key) >= resource_version {
+            written.remove(&key);
+            return;
+        }
+        // Serialised only once it is known to be kept.
+        if let Ok(body) = serde_json::to_value(&obj) {
             written.insert(
                 key,
                 Written {
