@@ -20,8 +20,9 @@ use crate::api::environment::{
     LABEL_ADOPTABLE_BY, Tier, reasons as env_reasons,
 };
 use crate::api::{
-    CONDITION_READY, ConditionStatus, DeletionPolicy, Environment, EnvironmentStatus,
-    ManagementPolicy, Organization, is_condition_true, set_condition,
+    CONDITION_READY, CONDITION_SYNCED, ConditionStatus, DeletionPolicy, Environment,
+    EnvironmentStatus, ManagementPolicy, Organization, find_condition, is_condition_true,
+    set_condition,
 };
 use crate::provider::kubernetes::cache::OwnerScope;
 use crate::provider::{DesiredEnvironment, OperatorGrant};
@@ -32,6 +33,28 @@ use crate::reconcile::managed::{
 use crate::reconcile::reasons;
 
 const KIND: &str = "Environment";
+
+/// How soon an Environment looks again at an Organization bulkhead has not
+/// reconciled yet; the Organization's first status requeues it sooner.
+const ORGANIZATION_PENDING_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The generation the Organization's Synced condition was set at: `None`
+/// until bulkhead has reconciled it once.
+fn synced_generation(org: &Organization) -> Option<i64> {
+    org.status
+        .as_ref()
+        .and_then(|s| find_condition(&s.conditions, CONDITION_SYNCED))
+        .and_then(|c| c.observed_generation)
+}
+
+/// Whether the Organization is waiting for its first reconcile at its
+/// current generation (a set created together: the Environment is often
+/// looked at first). That is no failure of the Environment's: it waits
+/// without a status write or an Event, and the Organization's status
+/// requeues it. An Organization being deleted is reported as it is.
+fn organization_pending(org: &Organization) -> bool {
+    org.metadata.deletion_timestamp.is_none() && synced_generation(org) != org.metadata.generation
+}
 
 pub fn controller(
     ctx: Arc<Context>,
@@ -68,7 +91,8 @@ pub fn controller(
             related_stream(
                 Api::<Organization>::all(client.clone()),
                 |o: &Organization| {
-                    related_trigger(o, is_ready(o.status.as_ref().map(|s| &s.conditions)))
+                    let ready = is_ready(o.status.as_ref().map(|s| &s.conditions));
+                    related_trigger(o, (ready, synced_generation(o)))
                 },
             ),
             move |org| {
@@ -391,6 +415,16 @@ async fn apply(
     api: &Api<Environment>,
     ctx: &Context,
 ) -> Result<Action, ReconcileError> {
+    if let Some(org) = ctx.organization(&env.spec.organization_ref.name).await?
+        && organization_pending(&org)
+    {
+        tracing::debug!(
+            environment = %env.name_any(),
+            organization = %org.name_any(),
+            "waiting for the Organization's first reconcile"
+        );
+        return Ok(Action::requeue(ORGANIZATION_PENDING_RECHECK));
+    }
     let now = Timestamp::now();
     let generation = env.metadata.generation;
     let mut status = env.status.clone().unwrap_or_default();

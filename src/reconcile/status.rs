@@ -29,7 +29,11 @@ pub trait ManagedResource:
 }
 
 /// Writes status unless it is unchanged (an unchanged write would still
-/// cost an API call on every resync).
+/// cost an API call on every resync), or unless this process has just
+/// written exactly this status over exactly the status `obj` holds: then
+/// `obj` is the watch cache's copy from before that write (a reconcile
+/// queued by our own bookkeeping patch runs with it), and the write would
+/// only repeat itself.
 pub async fn write_status<K: ManagedResource>(
     api: &Api<K>,
     obj: &K,
@@ -38,9 +42,79 @@ pub async fn write_status<K: ManagedResource>(
     if obj.status() == Some(&status) {
         return Ok(());
     }
+    let uid = obj.uid().unwrap_or_default();
+    let before = status_digest(obj.status());
+    let after = status_digest(Some(&status));
+    if RECENT_STATUS_WRITES.repeats(&uid, before, after) {
+        return Ok(());
+    }
     patch_status(api, &obj.name_any(), &status).await?;
+    RECENT_STATUS_WRITES.wrote(uid, before, after);
     Ok(())
 }
+
+/// A digest of a status as it would be sent.
+fn status_digest<S: Serialize>(status: Option<&S>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&status)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    hasher.finish()
+}
+
+/// How long a status write of ours explains a stale copy: long enough for
+/// the watch to deliver the write, short enough that a status someone else
+/// reset to an old value is repaired by the next reconcile after it.
+const STALE_COPY_WINDOW: Duration = Duration::from_secs(30);
+
+/// The last status write this process made per object (by uid): the
+/// digests of the status it replaced and of the status it wrote.
+#[derive(Default)]
+struct RecentStatusWrites {
+    by_uid: std::sync::Mutex<std::collections::HashMap<String, StatusWrite>>,
+}
+
+struct StatusWrite {
+    before: u64,
+    after: u64,
+    at: std::time::Instant,
+}
+
+impl RecentStatusWrites {
+    /// Whether writing `after` over `before` repeats a write made within
+    /// the window. Each write explains one stale copy only.
+    fn repeats(&self, uid: &str, before: u64, after: u64) -> bool {
+        let mut by_uid = self.by_uid.lock().unwrap_or_else(|p| p.into_inner());
+        let repeat = by_uid.get(uid).is_some_and(|w| {
+            w.before == before && w.after == after && w.at.elapsed() < STALE_COPY_WINDOW
+        });
+        if repeat {
+            by_uid.remove(uid);
+        }
+        repeat
+    }
+
+    fn wrote(&self, uid: String, before: u64, after: u64) {
+        let mut by_uid = self.by_uid.lock().unwrap_or_else(|p| p.into_inner());
+        // Old entries explain nothing any more; dropping them keeps the map
+        // to the objects written within the window.
+        if by_uid.len() >= 1024 {
+            by_uid.retain(|_, w| w.at.elapsed() < STALE_COPY_WINDOW);
+        }
+        by_uid.insert(
+            uid,
+            StatusWrite {
+                before,
+                after,
+                at: std::time::Instant::now(),
+            },
+        );
+    }
+}
+
+static RECENT_STATUS_WRITES: std::sync::LazyLock<RecentStatusWrites> =
+    std::sync::LazyLock::new(RecentStatusWrites::default);
 
 /// `wait`, shortened so the object is looked at again just after `at`
 /// (an expiry, a rotation due).
@@ -221,6 +295,28 @@ pub fn set_error_conditions(
 mod tests {
     use super::*;
     use crate::provider::ProviderError;
+
+    #[test]
+    fn a_status_write_explains_one_stale_copy_of_the_status_it_replaced() {
+        let writes = RecentStatusWrites::default();
+        let (old, new, other) = (1, 2, 3);
+        assert!(!writes.repeats("u", old, new), "nothing written yet");
+        writes.wrote("u".into(), old, new);
+        assert!(!writes.repeats("v", old, new), "another object");
+        assert!(
+            !writes.repeats("u", other, new),
+            "the status was changed by someone else since: write"
+        );
+        assert!(
+            !writes.repeats("u", old, other),
+            "a different status: write"
+        );
+        assert!(writes.repeats("u", old, new), "the stale copy: skip");
+        assert!(
+            !writes.repeats("u", old, new),
+            "only once: a second stale-looking copy is written"
+        );
+    }
 
     #[test]
     fn unavailable_provider_keeps_ready_true_but_marks_synced_false() {
