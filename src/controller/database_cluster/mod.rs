@@ -197,6 +197,10 @@ fn desired_for(
         environment: env.name_any(),
         tier,
         organization: org.to_string(),
+        organization_slug: env
+            .status
+            .as_ref()
+            .and_then(|s| s.organization_slug.clone()),
         version: dbc.spec.version.clone(),
         regions: dbc.spec.regions.clone(),
         size: dbc.resolved_size(tier == crate::api::Tier::Production),
