@@ -80,6 +80,7 @@ impl std::fmt::Display for ProviderType {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.type == 'kubernetes' || has(self.credentialsSecretRef)").message("provider types fly and postgres need credentialsSecretRef"))]
+#[x_kube(validation = Rule::new("!has(self.fly) || self.type == 'fly'").message("fly settings are only allowed when type is fly"))]
 pub struct ProviderSpec {
     /// Backend type: `kubernetes` (default, no credentials), `fly` or `postgres`.
     #[serde(rename = "type", default)]
@@ -91,6 +92,30 @@ pub struct ProviderSpec {
     /// objects (Organization, Environment), which the platform team writes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<CredentialsSecretRef>,
+    /// Settings of the `fly` provider only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fly: Option<FlyProviderSettings>,
+}
+
+/// How the `fly` provider builds what it holds.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlyProviderSettings {
+    /// Which form of Postgres DatabaseClusters take at Fly: `Managed`
+    /// (default; Fly Managed Postgres, `/v1/postgres`) or `Flex` (the
+    /// machines cluster `fly postgres create` builds; not implemented yet).
+    #[serde(default)]
+    pub postgres: FlyPostgres,
+}
+
+/// The form of a Fly Postgres cluster.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum FlyPostgres {
+    /// Fly Managed Postgres.
+    #[default]
+    Managed,
+    /// A postgres-flex cluster built from machines.
+    Flex,
 }
 
 /// A key of a Secret in the operator's namespace.

@@ -13,6 +13,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
+use crate::api::common::FlyPostgres;
 use crate::api::{Environment, Organization, ProviderSpec, ProviderType};
 use crate::provider::cloudnativepg::CloudNativePgDatabaseClusters;
 use crate::provider::kubernetes::children::{self, ChildKind};
@@ -333,10 +334,24 @@ impl Context {
                 self.settings.postgres_image.clone(),
             ))),
             ProviderType::Postgres => Ok(Arc::new(self.postgres_client(spec).await?)),
-            ProviderType::Fly => Err(ReconcileError::invalid(
-                reasons::UNSUPPORTED,
-                "the fly provider does not manage DatabaseClusters in this release; use kubernetes or postgres",
-            )),
+            ProviderType::Fly => match spec.fly.as_ref().map(|f| f.postgres).unwrap_or_default() {
+                FlyPostgres::Managed => {
+                    let api = self.fly.clone().map_err(|e| {
+                        ReconcileError::Provider(crate::provider::ProviderError::unavailable(e))
+                    })?;
+                    // Only from the operator's credentials namespace (Trust model).
+                    let token = self.read_credentials(spec).await?;
+                    Ok(Arc::new(crate::provider::fly::FlyManagedPostgres::new(
+                        api,
+                        token,
+                        self.describe_credentials(spec),
+                    )))
+                }
+                FlyPostgres::Flex => Err(ReconcileError::invalid(
+                    reasons::UNSUPPORTED,
+                    "fly.postgres: Flex (the `fly postgres create` machines cluster) is not implemented yet; use Managed",
+                )),
+            },
         }
     }
 }

@@ -265,6 +265,10 @@ pub struct DesiredDatabaseCluster {
     pub environment: String,
     pub tier: Tier,
     pub organization: String,
+    /// The Organization's slug at its provider, as the Environment's status
+    /// resolved it (`None` until it has): where a backend that lives in a
+    /// provider organization (Fly) puts the cluster.
+    pub organization_slug: Option<String>,
     pub version: String,
     pub regions: Vec<String>,
     pub size: ResolvedSize,
@@ -349,6 +353,22 @@ pub trait DatabaseClusterClient:
         None
     }
 
+    /// The password the server issued for `user`, for backends whose server
+    /// generates user passwords and cannot be given one (Fly Managed
+    /// Postgres). `rotate`: have the server issue a new one first (on the
+    /// reconciler's rotation schedule). `None` (the default): the backend
+    /// sets the reconciler's generated password, which is the one to hand
+    /// out. Never logged.
+    async fn issued_password(
+        &self,
+        target: &DesiredDatabaseCluster,
+        user: &str,
+        rotate: bool,
+    ) -> Result<Option<Secret>, ProviderError> {
+        let _ = (target, user, rotate);
+        Ok(None)
+    }
+
     /// Copies `request.source` into `target` as the mode says. Replaces what
     /// the target databases hold.
     async fn copy_from(
@@ -410,6 +430,7 @@ pub(crate) fn test_desired(external: &str) -> DesiredDatabaseCluster {
         environment: "stage".into(),
         tier: Tier::Staging,
         organization: "org".into(),
+        organization_slug: Some("org".into()),
         version: "16".into(),
         regions: vec![],
         size: ResolvedSize {

@@ -33,6 +33,7 @@ pub fn desired_cluster(external: &str) -> Desired {
         environment: "test".into(),
         tier: Tier::Testing,
         organization: "org".into(),
+        organization_slug: Some("org".into()),
         version: "15".into(),
         regions: vec![],
         size: ResolvedSize {

@@ -197,6 +197,10 @@ fn desired_for(
         environment: env.name_any(),
         tier,
         organization: org.to_string(),
+        organization_slug: env
+            .status
+            .as_ref()
+            .and_then(|s| s.organization_slug.clone()),
         version: dbc.spec.version.clone(),
         regions: dbc.spec.regions.clone(),
         size: dbc.resolved_size(tier == crate::api::Tier::Production),
@@ -343,9 +347,24 @@ async fn apply(
             now,
         );
         // Step 6, publish the connection Secret once there is an endpoint.
+        // A backend whose server issues the passwords (Fly Managed
+        // Postgres) hands back the one that works; it is read on every
+        // reconcile, so a Secret write lost after a rotation is repaired on
+        // the next one. Rotated when the reconciler's schedule rotated the
+        // generated ones (already stored in step 4).
+        let mut published = desired.clone();
+        if converged.readiness.ready
+            && let Some(user) = desired.users.first()
+            && let Some(issued) = placement
+                .client
+                .issued_password(&desired, &user.name, passwords.changed)
+                .await?
+        {
+            published.passwords.insert(user.name.clone(), issued);
+        }
         if let Some(endpoint) = &observed.endpoint
             && let Some(child) =
-                connection_secret_child(&dbc, &desired, placement.client.as_ref(), endpoint)?
+                connection_secret_child(&dbc, &published, placement.client.as_ref(), endpoint)?
         {
             apply_secret(&dbc, ctx, &child, CONNECTION_ROLE).await?;
             status.connection_secret = Some(child.name);

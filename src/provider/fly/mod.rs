@@ -17,9 +17,11 @@ use tracing::debug;
 
 use super::{ProviderError, Secret};
 
+pub mod database_cluster;
 pub mod operations;
 pub mod organization;
 
+pub use database_cluster::FlyManagedPostgres;
 pub use operations::Operation;
 pub use organization::FlyOrganizations;
 
@@ -408,6 +410,174 @@ impl FlyApi {
             ))),
         }
     }
+    /// Runs one Machines REST call (`operation` is its OpenAPI
+    /// `operationId`, for messages) and returns the parsed body (`Null` for
+    /// an empty one). 404 is [`CallError::NotFound`]. Idempotent calls are
+    /// retried on 5xx and connection errors with jittered backoff; every
+    /// call is retried after a 429, and after a 503 that carries
+    /// `Retry-After` (Managed Postgres answers so while a cluster is not
+    /// ready: the request was not processed), honouring `Retry-After`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn rest(
+        &self,
+        token: &Secret,
+        method: http::Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        operation: &'static str,
+        idempotent: bool,
+        credentials: &str,
+    ) -> Result<Value, CallError> {
+        let mut auth = http::HeaderValue::from_str(&authorization(token)).map_err(|_| {
+            CallError::Provider(ProviderError::terminal(
+                crate::reconcile::reasons::CREDENTIALS_UNAVAILABLE,
+                format!(
+                    "the Fly API token in {credentials} is not a valid HTTP header value \
+                     (control characters?); put a valid Fly API token there"
+                ),
+            ))
+        })?;
+        auth.set_sensitive(true);
+        let mut url = format!(
+            "{}{}",
+            self.settings.machines_url.trim_end_matches('/'),
+            path
+        );
+        for (i, (key, value)) in query.iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(&percent_encode(key));
+            url.push('=');
+            url.push_str(&percent_encode(value));
+        }
+        let mut attempt = 0;
+        loop {
+            self.limiter.until_ready().await;
+            let mut request = self
+                .http
+                .request(method.clone(), &url)
+                .header(http::header::AUTHORIZATION, auth.clone());
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let outcome = match request.send().await {
+                Err(e) => Attempt::Retry {
+                    after: None,
+                    error: ProviderError::unavailable(format!("Fly {operation}: {e}")),
+                    refused: false,
+                },
+                Ok(response) => rest_outcome(response, operation, credentials).await,
+            };
+            match outcome {
+                Attempt::Done(value) => return Ok(value),
+                Attempt::Failed(e) => return Err(e),
+                Attempt::Retry {
+                    after,
+                    error,
+                    refused,
+                } => {
+                    attempt += 1;
+                    if attempt >= self.settings.attempts || !(idempotent || refused) {
+                        return Err(CallError::Provider(error));
+                    }
+                    let wait =
+                        after.unwrap_or_else(|| jittered(self.settings.backoff, attempt - 1));
+                    debug!(operation, attempt, wait_ms = wait.as_millis() as u64, error = %error, "retrying Fly call");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
+/// A path segment or query value, percent-encoded (unreserved characters kept).
+pub fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// What one Machines REST answer comes to. Fly's error bodies are
+/// `{error, status}`; their text names resources, never a credential.
+async fn rest_outcome(response: reqwest::Response, operation: &str, credentials: &str) -> Attempt {
+    let status = response.status();
+    let after = retry_after(response.headers());
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        return Attempt::Failed(credentials_rejected(operation, credentials));
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return Attempt::Retry {
+            after: after.or(Some(Duration::from_secs(1))),
+            error: ProviderError::transient(
+                reasons::RATE_LIMITED,
+                format!("Fly {operation}: rate limited (HTTP 429)"),
+            ),
+            refused: true,
+        };
+    }
+    if status.is_server_error() {
+        let refused = status == StatusCode::SERVICE_UNAVAILABLE && after.is_some();
+        return Attempt::Retry {
+            after,
+            error: ProviderError::unavailable(format!("Fly {operation}: HTTP {status}")),
+            refused,
+        };
+    }
+    let text = match response.text().await {
+        Ok(t) => t,
+        Err(e) => {
+            return Attempt::Retry {
+                after: None,
+                error: ProviderError::unavailable(format!(
+                    "Fly {operation}: HTTP {status}, unreadable answer: {e}"
+                )),
+                refused: false,
+            };
+        }
+    };
+    let value: Value = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(_) if !status.is_success() => Value::Null,
+            Err(e) => {
+                return Attempt::Failed(CallError::Provider(ProviderError::terminal(
+                    reasons::UNEXPECTED_RESPONSE,
+                    format!("Fly {operation}: HTTP {status}, answer is not JSON: {e}"),
+                )));
+            }
+        }
+    };
+    if status.is_success() {
+        return Attempt::Done(value);
+    }
+    let said = value
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap_or("no message")
+        .to_string();
+    if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
+        return Attempt::Failed(CallError::NotFound(format!("Fly {operation}: {said}")));
+    }
+    if status == StatusCode::CONFLICT {
+        // Someone else's change in between: looking again resolves it.
+        return Attempt::Failed(CallError::Provider(ProviderError::transient(
+            reasons::PROVIDER_ERROR,
+            format!("Fly {operation}: conflict: {said}"),
+        )));
+    }
+    Attempt::Failed(CallError::Provider(ProviderError::terminal(
+        reasons::REQUEST_REJECTED,
+        format!("Fly {operation}: HTTP {status}: {said}"),
+    )))
 }
 
 fn credentials_rejected(operation: &str, credentials: &str) -> CallError {
