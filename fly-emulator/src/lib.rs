@@ -373,6 +373,17 @@ async fn outer(AxumState(emu): AxumState<Arc<Emulator>>, req: Request, next: Nex
             );
         }
     };
+    // One request log entry with the status answered (`None`: dropped).
+    let log_request = |status: Option<u16>| {
+        emu.log_request(
+            &method,
+            &path,
+            query.as_deref(),
+            &bytes,
+            status,
+            scheme.clone(),
+        )
+    };
     if !is_control {
         let decision = emu.faults.lock().ok().map(|mut f| f.decide(&path));
         if let Some((latency, decision)) = decision {
@@ -382,14 +393,7 @@ async fn outer(AxumState(emu): AxumState<Arc<Emulator>>, req: Request, next: Nex
             let injected = match decision {
                 FaultDecision::None => None,
                 FaultDecision::Drop => {
-                    emu.log_request(
-                        &method,
-                        &path,
-                        query.as_deref(),
-                        &bytes,
-                        None,
-                        scheme.clone(),
-                    );
+                    log_request(None);
                     bump_fault(&emu, "drop");
                     if let Some(signal) = parts.extensions.get::<ConnectionDrop>() {
                         signal.0.notify_one();
@@ -420,14 +424,7 @@ async fn outer(AxumState(emu): AxumState<Arc<Emulator>>, req: Request, next: Nex
                 }
             };
             if let Some(response) = injected {
-                emu.log_request(
-                    &method,
-                    &path,
-                    query.as_deref(),
-                    &bytes,
-                    Some(response.status().as_u16()),
-                    scheme,
-                );
+                log_request(Some(response.status().as_u16()));
                 count_status(&emu, response.status());
                 return response;
             }
@@ -438,14 +435,7 @@ async fn outer(AxumState(emu): AxumState<Arc<Emulator>>, req: Request, next: Nex
     count_status(&emu, response.status());
     if !is_control {
         tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
-        emu.log_request(
-            &method,
-            &path,
-            query.as_deref(),
-            &bytes,
-            Some(response.status().as_u16()),
-            scheme,
-        );
+        log_request(Some(response.status().as_u16()));
     }
     response
 }
