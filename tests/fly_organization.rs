@@ -7,83 +7,22 @@
 
 mod support;
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use bulkhead::api::Organization;
-use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
-use support::controlplane::{ControlPlane, Operator, unique, wait_for, wait_gone};
-use support::objects::{WAIT, is_ready, is_true, message_of, organization, wait_reason};
+use support::controlplane::{unique, wait_for, wait_gone};
+use support::fly::{
+    CREDENTIALS, CREDENTIALS_NS, FAULTS, assert_no_secret_leaked, clear_faults, control, counters,
+    create_org_at_fly, emulator, fly_org, http, inject_faults, poll, put_credentials, state,
+    wait_until,
+};
+use support::objects::{WAIT, is_ready, is_true, message_of, wait_reason};
 
-const ADMIN_TOKEN: &str = "emulator-admin-token-for-tests";
-const CREDENTIALS_NS: &str = "bulkhead-system";
-const CREDENTIALS: &str = "fly-credentials";
 const TOKENS_NS: &str = "fly-tokens";
-
-static EMULATOR: OnceLock<String> = OnceLock::new();
-static OPERATOR: OnceLock<Operator> = OnceLock::new();
-/// Faults apply to every call the emulator gets, so the fault test runs
-/// alone (write) and the others beside each other (read).
-static FAULTS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-/// The emulator's base URL. It runs on a runtime of its own thread, so it
-/// outlives each test's runtime.
-fn emulator() -> &'static str {
-    EMULATOR.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("emulator runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind 127.0.0.1:0");
-                let config = fly_emulator::Config {
-                    admin_token: ADMIN_TOKEN.into(),
-                    admin_email: "operator@bulkhead.test".into(),
-                    ..fly_emulator::Config::default()
-                };
-                let server = fly_emulator::serve(config, listener)
-                    .await
-                    .expect("emulator starts");
-                tx.send(server.url()).expect("hand over the URL");
-                std::future::pending::<()>().await;
-            });
-        });
-        rx.recv().expect("emulator URL")
-    })
-}
-
-fn http() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .no_proxy()
-        .build()
-        .expect("reqwest client")
-}
-
-async fn control(method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-    let mut req = http().request(method, format!("{}{path}", emulator()));
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let resp = req.send().await.expect("control API");
-    let status = resp.status();
-    let value = resp.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{path}: {status} {value}");
-    value
-}
-
-async fn state() -> Value {
-    control(reqwest::Method::GET, "/_emulator/state", None).await
-}
 
 /// The emulator's organizations named `name`.
 async fn orgs_named(name: &str) -> Vec<Value> {
@@ -144,85 +83,6 @@ fn pending_invitations(org: &Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-async fn wait_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-/// The control plane, the credentials Secret and one operator pointed at
-/// the emulator, shared by this binary's tests.
-async fn setup() -> (&'static ControlPlane, Client) {
-    let cp = ControlPlane::apiserver();
-    let client = cp.client().await;
-    for ns in [CREDENTIALS_NS, TOKENS_NS] {
-        let api: Api<Namespace> = Api::all(client.clone());
-        let _ = api
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({ "metadata": { "name": ns } })).expect("namespace"),
-            )
-            .await;
-    }
-    put_credentials(&client, CREDENTIALS, ADMIN_TOKEN).await;
-    let url = format!("{}/graphql", emulator());
-    OPERATOR.get_or_init(|| {
-        cp.start_operator_env(
-            cp.kubeconfig(),
-            &[
-                "--http-addr",
-                "127.0.0.1:0",
-                "--leader-election=false",
-                "--resync-seconds",
-                "3",
-                "--fly-api-url",
-                &url,
-                "--fly-timeout-seconds",
-                "5",
-            ],
-            &[
-                ("NO_PROXY", Some("127.0.0.1")),
-                ("no_proxy", Some("127.0.0.1")),
-            ],
-        )
-    });
-    (cp, client)
-}
-
-async fn put_credentials(client: &Client, name: &str, token: &str) {
-    let api: Api<Secret> = Api::namespaced(client.clone(), CREDENTIALS_NS);
-    api.patch(
-        name,
-        &PatchParams::apply("fly-organization-test").force(),
-        &Patch::Apply(json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": { "name": name },
-            "stringData": { "token": token },
-        })),
-    )
-    .await
-    .expect("credentials Secret");
-}
-
-fn fly_org(name: &str, credentials: &str) -> support::objects::Build<Organization> {
-    organization(name).slug(name).spec(
-        "provider",
-        json!({
-            "type": "fly",
-            "credentialsSecretRef": { "namespace": CREDENTIALS_NS, "name": credentials, "key": "token" },
-        }),
-    )
-}
-
 fn token_spec(name: &str, secret: &str) -> Value {
     json!({
         "name": name, "scope": "org", "expiry": "2h",
@@ -265,28 +125,9 @@ fn token_state(state: &Value, id: &str) -> Option<Value> {
         .cloned()
 }
 
-/// No token (nor the admin token) in the operator's log or the Events.
-async fn assert_no_secret_leaked(client: &Client, secrets: &[String]) {
-    let log = OPERATOR.get().map(Operator::log).unwrap_or_default();
-    let events: Api<Event> = Api::all(client.clone());
-    let events = serde_json::to_string(
-        &events
-            .list(&ListParams::default())
-            .await
-            .expect("events")
-            .items,
-    )
-    .unwrap_or_default();
-    for s in secrets.iter().map(String::as_str).chain([ADMIN_TOKEN]) {
-        let core = s.trim_start_matches("FlyV1 ");
-        assert!(!log.contains(core), "a token is in the operator's log");
-        assert!(!events.contains(core), "a token is in an Event");
-    }
-}
-
 #[tokio::test]
 async fn organization_members_and_tokens_converge_and_drift_is_repaired() {
-    let (_cp, client) = setup().await;
+    let (_cp, client) = support::fly::setup(&[TOKENS_NS]).await;
     let _faults = FAULTS.read().await;
     let orgs: Api<Organization> = Api::all(client.clone());
     let name = format!("acme-{}", unique());
@@ -492,28 +333,9 @@ async fn organization_members_and_tokens_converge_and_drift_is_repaired() {
     assert!(org_at_fly(&name).await.is_none(), "deleted at Fly");
 }
 
-/// Polls `check` until it returns something.
-async fn poll<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
 #[tokio::test]
 async fn wrong_credentials_are_reported_by_secret_name_and_nothing_is_created() {
-    let (_cp, client) = setup().await;
+    let (_cp, client) = support::fly::setup(&[TOKENS_NS]).await;
     let _faults = FAULTS.read().await;
     let orgs: Api<Organization> = Api::all(client.clone());
     let name = format!("wrong-{}", unique());
@@ -546,7 +368,7 @@ async fn wrong_credentials_are_reported_by_secret_name_and_nothing_is_created() 
 
 #[tokio::test]
 async fn deletion_policy_orphan_leaves_the_organization_at_fly() {
-    let (_cp, client) = setup().await;
+    let (_cp, client) = support::fly::setup(&[TOKENS_NS]).await;
     let _faults = FAULTS.read().await;
     let orgs: Api<Organization> = Api::all(client.clone());
     let name = format!("orphan-{}", unique());
@@ -561,31 +383,14 @@ async fn deletion_policy_orphan_leaves_the_organization_at_fly() {
 
 #[tokio::test]
 async fn observe_only_adopts_by_external_name_and_never_writes() {
-    let (_cp, client) = setup().await;
+    let (_cp, client) = support::fly::setup(&[TOKENS_NS]).await;
     let _faults = FAULTS.read().await;
     let orgs: Api<Organization> = Api::all(client.clone());
     let name = format!("adopt-{}", unique());
     // Made at Fly by someone else, with a member bulkhead's spec lacks.
-    let resp: Value = http()
-        .post(format!("{}/graphql", emulator()))
-        .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .json(&json!({
-            "query": "mutation($n: String!) { createOrganization(input: {name: $n}) { organization { id slug } } }",
-            "variables": { "n": format!("Legacy {name}") },
-        }))
-        .send()
-        .await
-        .expect("create at Fly")
-        .json()
-        .await
-        .expect("JSON");
-    let slug = resp["data"]["createOrganization"]["organization"]["slug"]
-        .as_str()
-        .expect("slug")
-        .to_string();
-    let id = resp["data"]["createOrganization"]["organization"]["id"]
-        .as_str()
-        .map(str::to_string);
+    let at_fly = create_org_at_fly(&format!("Legacy {name}")).await;
+    let slug = at_fly["slug"].as_str().expect("slug").to_string();
+    let id = at_fly["id"].as_str().map(str::to_string);
     fly_org(&name, CREDENTIALS)
         .annotation("bulkhead.dev/external-name", &slug)
         .member(&format!("someone@{name}.example"), "member")
@@ -624,21 +429,12 @@ async fn observe_only_adopts_by_external_name_and_never_writes() {
 /// own rate limiter never made the emulator refuse it.
 #[tokio::test]
 async fn converges_under_injected_5xx_and_429_with_exactly_one_organization() {
-    let (_cp, client) = setup().await;
+    let (_cp, client) = support::fly::setup(&[TOKENS_NS]).await;
     let _faults = FAULTS.write().await;
     let orgs: Api<Organization> = Api::all(client.clone());
     let name = format!("faulty-{}", unique());
     let secret = format!("{name}-deploy");
-    control(
-        reqwest::Method::PUT,
-        "/_emulator/faults",
-        Some(json!({ "rules": [{
-            "path_prefix": "/graphql",
-            "error_fraction": 0.2, "error_status": 503,
-            "rate_limit_fraction": 0.1, "retry_after_secs": 1,
-        }] })),
-    )
-    .await;
+    inject_faults("/graphql", 0.2, 0.1).await;
     fly_org(&name, CREDENTIALS)
         .member(&format!("carol@{name}.example"), "member")
         .spec("tokens", json!([token_spec("deploy", &secret)]))
@@ -657,8 +453,8 @@ async fn converges_under_injected_5xx_and_429_with_exactly_one_organization() {
         ),
     )
     .await;
-    let counters = control(reqwest::Method::GET, "/_emulator/counters", None).await;
-    control(reqwest::Method::DELETE, "/_emulator/faults", None).await;
+    let counters = counters().await;
+    clear_faults().await;
     assert!(
         converged.is_ok(),
         "did not converge under faults; counters: {counters}"
@@ -698,7 +494,7 @@ async fn converges_under_injected_5xx_and_429_with_exactly_one_organization() {
 /// guard cleared, with no second organization.
 #[tokio::test]
 async fn a_create_left_pending_is_resolved_by_lookup_or_refused() {
-    let (_cp, client) = setup().await;
+    let (_cp, client) = support::fly::setup(&[TOKENS_NS]).await;
     let _faults = FAULTS.read().await;
     let orgs: Api<Organization> = Api::all(client.clone());
 
@@ -711,23 +507,7 @@ async fn a_create_left_pending_is_resolved_by_lookup_or_refused() {
     assert!(orgs_named(&lost).await.is_empty(), "nothing created");
 
     let made = format!("made-{}", unique());
-    let resp: Value = http()
-        .post(format!("{}/graphql", emulator()))
-        .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .json(&json!({
-            "query": "mutation($n: String!) { createOrganization(input: {name: $n}) { organization { slug } } }",
-            "variables": { "n": made },
-        }))
-        .send()
-        .await
-        .expect("create at Fly")
-        .json()
-        .await
-        .expect("JSON");
-    assert_eq!(
-        resp["data"]["createOrganization"]["organization"]["slug"],
-        made.as_str()
-    );
+    assert_eq!(create_org_at_fly(&made).await["slug"], made.as_str());
     fly_org(&made, CREDENTIALS)
         .annotation("bulkhead.dev/create-pending", "2026-01-01T00:00:00Z")
         .create(&orgs)

@@ -409,6 +409,23 @@ pub fn sub_resource(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
                 ),
             }
         }
+        "Postgres_users_rotate_password" => {
+            let username = param("username");
+            match cluster.users.get_mut(&username) {
+                Some(user) => {
+                    user.password = password;
+                    Reply::json(
+                        StatusCode::OK,
+                        json!({"data": {"username": username, "password": user.password}}),
+                    )
+                }
+                None => error(
+                    P,
+                    StatusCode::NOT_FOUND,
+                    format!("user {username:?} not found"),
+                ),
+            }
+        }
         other => error(
             P,
             StatusCode::NOT_IMPLEMENTED,

@@ -235,7 +235,8 @@ pub fn handle(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
         | "Postgres_users_create"
         | "Postgres_users_delete"
         | "Postgres_users_update_role"
-        | "Postgres_users_credentials" => crate::postgres::sub_resource(ctx, req),
+        | "Postgres_users_credentials"
+        | "Postgres_users_rotate_password" => crate::postgres::sub_resource(ctx, req),
         other => {
             let shape = if other.starts_with("Postgres") { P } else { M };
             error(

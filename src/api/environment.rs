@@ -399,7 +399,8 @@ pub struct EnvironmentStatus {
     /// Namespaces created and labelled for this environment.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
-    /// Slug of the Organization this environment is bound to.
+    /// Slug of the Organization this environment is bound to, as its
+    /// provider knows it (for Fly, the slug Fly reported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub organization_slug: Option<String>,
     /// Suffix applied to external names in this environment.

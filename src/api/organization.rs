@@ -95,6 +95,16 @@ impl Organization {
             .or_else(|| self.metadata.name.clone())
             .unwrap_or_default()
     }
+
+    /// The slug the provider knows the organization by: the one it
+    /// reported (Fly picks it, or it was adopted by external name), else
+    /// the spec's.
+    pub fn provider_slug(&self) -> String {
+        self.status
+            .as_ref()
+            .and_then(|s| s.slug.clone())
+            .unwrap_or_else(|| self.slug())
+    }
 }
 
 /// CEL rule for an email address (one '@', a dot in the domain, no spaces).

@@ -382,7 +382,7 @@ fn resolve(
             owner: owner_of(env),
             tier: env.spec.tier,
             organization: org.name_any(),
-            organization_slug: org.slug(),
+            organization_slug: org.provider_slug(),
             namespaces: env.namespaces(),
             access,
             members,
@@ -503,7 +503,7 @@ async fn provision(
         generation,
         now,
     );
-    status.organization_slug = Some(org.slug());
+    status.organization_slug = Some(org.provider_slug());
 
     // Validate: namespaces it may claim, isolation policy, promotion path.
     check_namespaces(env, ctx)?;

@@ -8,6 +8,7 @@
 pub mod cnpg;
 pub mod controlplane;
 pub mod desired;
+pub mod fly;
 pub mod helm;
 pub mod objects;
 pub mod postgres;

@@ -80,6 +80,9 @@ pub struct Passwords {
     /// Whether they differ from what the credentials Secret holds, so the
     /// Secret must be written before anything uses them.
     pub changed: bool,
+    /// Whether the rotation schedule came due (not merely a user added):
+    /// a backend that issues passwords rotates its own only then.
+    pub rotated: bool,
 }
 
 /// What the credentials Secret should hold: the passwords it has, a new one
@@ -137,6 +140,7 @@ pub fn plan_passwords(
         passwords: current,
         generated_at,
         changed,
+        rotated: rotate,
     }
 }
 
@@ -322,6 +326,7 @@ mod tests {
         );
         let next = plan_passwords(&dbc, Some(&existing), ts("2026-02-01T00:00:00Z"));
         assert!(next.changed, "ro is new and gone is dropped");
+        assert!(!next.rotated, "a user added is no rotation");
         assert_eq!(next.passwords["app"].expose(), "pw-app");
         assert_eq!(next.passwords[SUPERUSER].expose(), "pw-su");
         assert!(!next.passwords.contains_key("gone"));
@@ -342,10 +347,10 @@ mod tests {
             "2026-01-01T00:00:00Z",
         );
         let early = plan_passwords(&dbc, Some(&existing), ts("2026-01-30T23:00:00Z"));
-        assert!(!early.changed);
+        assert!(!early.changed && !early.rotated);
         assert_eq!(early.passwords["app"].expose(), "old");
         let due = plan_passwords(&dbc, Some(&existing), ts("2026-01-31T00:00:00Z"));
-        assert!(due.changed);
+        assert!(due.changed && due.rotated);
         assert_ne!(due.passwords["app"].expose(), "old");
         assert_ne!(due.passwords[SUPERUSER].expose(), "old-su");
         assert_eq!(due.generated_at, ts("2026-01-31T00:00:00Z"));

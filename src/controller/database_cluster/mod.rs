@@ -278,6 +278,23 @@ fn build(
     )
 }
 
+/// The passwords the backend issued to the declared users (rotating them
+/// first when `rotate`); empty for a backend that takes bulkhead's.
+async fn issued_passwords(
+    client: &dyn DatabaseClusterClient,
+    desired: &DesiredDatabaseCluster,
+    rotate: bool,
+) -> Result<BTreeMap<String, Secret>, ReconcileError> {
+    let mut issued = BTreeMap::new();
+    for user in &desired.users {
+        match client.issued_password(desired, &user.name, rotate).await? {
+            Some(password) => issued.insert(user.name.clone(), password),
+            None => return Ok(BTreeMap::new()),
+        };
+    }
+    Ok(issued)
+}
+
 /// What the generated-passwords Secret is, in conflict messages.
 const PASSWORDS_ROLE: &str = "generated passwords";
 /// What the connection Secret is, in conflict messages.
@@ -348,19 +365,30 @@ async fn apply(
         );
         // Step 6, publish the connection Secret once there is an endpoint.
         // A backend whose server issues the passwords (Fly Managed
-        // Postgres) hands back the one that works; it is read on every
-        // reconcile, so a Secret write lost after a rotation is repaired on
-        // the next one. Rotated when the reconciler's schedule rotated the
-        // generated ones (already stored in step 4).
+        // Postgres) hands back the ones that work, read on every reconcile
+        // so a Secret write lost after a rotation is repaired on the next
+        // one; they replace the generated ones in both Secrets. Rotated at
+        // the backend only when the rotation schedule came due (the
+        // generated ones were rotated in step 4), never because a user was
+        // added.
         let mut published = desired.clone();
-        if converged.readiness.ready
-            && let Some(user) = desired.users.first()
-            && let Some(issued) = placement
-                .client
-                .issued_password(&desired, &user.name, passwords.changed)
-                .await?
-        {
-            published.passwords.insert(user.name.clone(), issued);
+        if converged.readiness.ready {
+            let issued =
+                issued_passwords(placement.client.as_ref(), &desired, passwords.rotated).await?;
+            let stale = issued
+                .iter()
+                .any(|(user, password)| passwords.passwords.get(user) != Some(password));
+            published.passwords.extend(issued);
+            if stale {
+                let stored = Passwords {
+                    passwords: published.passwords.clone(),
+                    generated_at: passwords.generated_at,
+                    changed: true,
+                    rotated: passwords.rotated,
+                };
+                let child = credentials_secret_child(&dbc, &stored);
+                apply_secret(&dbc, ctx, &child, PASSWORDS_ROLE).await?;
+            }
         }
         if let Some(endpoint) = &observed.endpoint
             && let Some(child) =

@@ -109,6 +109,10 @@ pub struct FlyManagedPostgres {
     token: Secret,
     /// Where the token came from, for messages.
     credentials: String,
+    /// The cluster's Fly ID once found or created. A client serves one
+    /// reconcile, so observe, update and the password lookup share one
+    /// `Postgres_list` instead of one each.
+    found: std::sync::Mutex<Option<String>>,
 }
 
 #[derive(Deserialize)]
@@ -207,6 +211,7 @@ impl FlyManagedPostgres {
             api,
             token,
             credentials,
+            found: std::sync::Mutex::new(None),
         }
     }
 
@@ -246,8 +251,17 @@ impl FlyManagedPostgres {
         })
     }
 
+    fn remember(&self, id: Option<String>) {
+        if let Ok(mut found) = self.found.lock() {
+            *found = id;
+        }
+    }
+
     /// The live cluster named `external_name` in the org, if any.
     async fn find(&self, d: &DesiredDatabaseCluster) -> Result<Option<String>, ProviderError> {
+        if let Some(id) = self.found.lock().ok().and_then(|f| f.clone()) {
+            return Ok(Some(id));
+        }
         let slug = Self::org_slug(d)?;
         let data = self
             .call(
@@ -261,11 +275,13 @@ impl FlyManagedPostgres {
             .await?;
         let list: ListAnswer =
             serde_json::from_value(data).map_err(|e| unexpected("Postgres_list", e))?;
-        Ok(list
+        let id = list
             .data
             .into_iter()
             .find(|c| c.name == d.external_name && c.status != "deleted")
-            .map(|c| c.id))
+            .map(|c| c.id);
+        self.remember(id.clone());
+        Ok(id)
     }
 
     async fn show(&self, id: &str) -> Result<Option<ClusterDetail>, ProviderError> {
@@ -409,6 +425,8 @@ impl ExternalClient for FlyManagedPostgres {
             return Ok(Observation::Missing);
         };
         let Some(cluster) = self.show(&id).await? else {
+            // Deleted since the list: forget it, so create looks again.
+            self.remember(None);
             return Ok(Observation::Missing);
         };
         let endpoint = cluster
@@ -491,15 +509,24 @@ impl ExternalClient for FlyManagedPostgres {
         // Not idempotent (a retried create could make a second cluster):
         // only a 429 is retried here; otherwise the next reconcile looks
         // the cluster up by name first.
-        self.call(
-            Method::POST,
-            "/v1/postgres",
-            &[],
-            Some(&body),
-            "Postgres_create",
-            false,
-        )
-        .await?;
+        let created = self
+            .call(
+                Method::POST,
+                "/v1/postgres",
+                &[],
+                Some(&body),
+                "Postgres_create",
+                false,
+            )
+            .await?;
+        // The answer is the cluster (`data.id`); without one the next
+        // lookup by name finds it.
+        self.remember(
+            created
+                .pointer("/data/id")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        );
         info!(cluster = %d.external_name, org = slug, "created Fly Managed Postgres cluster");
         Ok(())
     }
@@ -604,6 +631,7 @@ impl ExternalClient for FlyManagedPostgres {
         let Some(id) = self.find(d).await? else {
             return Ok(());
         };
+        self.remember(None);
         tolerate(
             self.call(
                 Method::DELETE,
