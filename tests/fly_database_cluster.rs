@@ -19,7 +19,7 @@ use support::fly::{
     fly_org, http, inject_faults, poll, provider, put_credentials, state, wait_until,
 };
 use support::objects::{
-    WAIT, database_cluster, environment, is_ready, message_of, reason_of, wait_reason,
+    Build, WAIT, database_cluster, environment, is_ready, message_of, reason_of, wait_reason,
 };
 
 /// The emulator's live (not deleted) Managed Postgres clusters named
@@ -122,7 +122,7 @@ fn secret_value(secret: &Secret, key: &str) -> String {
 async fn fly_staging(
     client: &Client,
     name: &str,
-    database_provider: Option<Value>,
+    env_spec: impl FnOnce(Build<Environment>) -> Build<Environment>,
 ) -> (String, String) {
     let orgs: Api<Organization> = Api::all(client.clone());
     let envs: Api<Environment> = Api::all(client.clone());
@@ -131,11 +131,9 @@ async fn fly_staging(
         .create(&orgs)
         .await;
     let env_name = format!("{name}-staging");
-    let mut env = environment(&env_name, name, "staging");
-    if let Some(p) = database_provider {
-        env = env.spec("databaseProvider", p);
-    }
-    env.create(&envs).await;
+    env_spec(environment(&env_name, name, "staging"))
+        .create(&envs)
+        .await;
     wait_for(&envs, &env_name, WAIT, "Environment Ready", is_ready).await;
     let slug = orgs
         .get(name)
@@ -163,7 +161,7 @@ async fn a_managed_cluster_is_created_for_the_stage_converged_and_deleted() {
     let (_cp, client) = support::fly::setup(&[]).await;
     let _faults = FAULTS.read().await;
     let name = format!("mpg-{}", unique());
-    let (ns, slug) = fly_staging(&client, &name, None).await;
+    let (ns, slug) = fly_staging(&client, &name, |e| e).await;
     let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
     database_cluster("orders", &ns)
         .with_reader()
@@ -329,7 +327,7 @@ async fn orphan_leaves_the_cluster_and_bad_input_is_reported_with_nothing_create
     let (_cp, client) = support::fly::setup(&[]).await;
     let _faults = FAULTS.read().await;
     let name = format!("mpg-bad-{}", unique());
-    let (ns, slug) = fly_staging(&client, &name, None).await;
+    let (ns, slug) = fly_staging(&client, &name, |e| e).await;
     let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
 
     // A major Fly does not offer: terminal, says which it offers.
@@ -373,7 +371,10 @@ async fn wrong_database_credentials_and_the_flex_form_are_reported_by_name() {
     let bad = format!("bad-{name}");
     let bad_token = format!("not-a-valid-token-{name}");
     put_credentials(&client, &bad, &bad_token).await;
-    let (ns, slug) = fly_staging(&client, &name, Some(provider(&bad))).await;
+    let (ns, slug) = fly_staging(&client, &name, |e| {
+        e.spec("databaseProvider", provider(&bad))
+    })
+    .await;
     let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
     database_cluster("orders", &ns).create(&dbcs).await;
     let dbc = wait_reason(&dbcs, "orders", "Synced", "False", "CredentialsRejected").await;
@@ -421,7 +422,7 @@ async fn wrong_database_credentials_and_the_flex_form_are_reported_by_name() {
 async fn converges_under_injected_5xx_and_429_with_exactly_one_cluster() {
     let (_cp, client) = support::fly::setup(&[]).await;
     let name = format!("mpg-faulty-{}", unique());
-    let (ns, slug) = fly_staging(&client, &name, None).await;
+    let (ns, slug) = fly_staging(&client, &name, |e| e).await;
     let _faults = FAULTS.write().await;
     let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
     inject_faults("/v1/postgres", 0.2, 0.1).await;
@@ -465,5 +466,246 @@ async fn converges_under_injected_5xx_and_429_with_exactly_one_cluster() {
         .await
         .expect("delete");
     wait_gone(&dbcs, "orders", WAIT).await;
+    tear_down(&client, &name).await;
+}
+
+/// `passwordRotation` on a backend that issues passwords: when it comes
+/// due, Fly is asked for a new password (`Postgres_users_rotate_password`)
+/// and the connection Secret follows; the old password no longer is Fly's.
+#[tokio::test]
+async fn rotation_has_fly_issue_a_new_password_and_the_secret_follows() {
+    let (_cp, client) = support::fly::setup(&[]).await;
+    let _faults = FAULTS.read().await;
+    let name = format!("mpg-rot-{}", unique());
+    let (ns, slug) = fly_staging(&client, &name, |e| e).await;
+    let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
+    database_cluster("orders", &ns)
+        .connection_secret()
+        .spec("passwordRotation", json!({ "interval": "1m" }))
+        .create(&dbcs)
+        .await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let published = |wanted: String| {
+        let secrets = secrets.clone();
+        async move {
+            secrets
+                .get_opt("orders-conn")
+                .await
+                .ok()
+                .flatten()
+                .filter(|s| secret_value(s, "password") == wanted)
+        }
+    };
+    let cluster = poll("the cluster at Fly", || async {
+        clusters_named(&slug, "orders-stage").await.pop()
+    })
+    .await;
+    let first = poll("app_rw issued", || issued_password(&cluster, "app_rw")).await;
+    poll("the first password published", || published(first.clone())).await;
+    // Due a minute after the first; `poll` waits up to WAIT (90 s).
+    let rotated = poll("a new password at Fly", || async {
+        issued_password(&cluster, "app_rw")
+            .await
+            .filter(|p| *p != first)
+    })
+    .await;
+    poll("the new password published", || published(rotated.clone())).await;
+    assert_eq!(
+        counters().await["requests_by_operation"]["Postgres_users_rotate_password"]
+            .as_u64()
+            .map(|n| n >= 1),
+        Some(true),
+        "rotated through Fly's API"
+    );
+    dbcs.delete("orders", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_gone(&dbcs, "orders", WAIT).await;
+    tear_down(&client, &name).await;
+}
+
+/// `fly.postgres: Flex`: the cluster `fly postgres create` builds, from an
+/// app on the Environment's Fly network, a Flycast address, the secrets
+/// postgres-flex boots with, and one volume and machine per node. A node
+/// destroyed behind bulkhead's back is made again on its volume; a network
+/// changed later is `NetworkFixed`, never a second app.
+#[tokio::test]
+async fn a_flex_cluster_is_built_from_machines_on_the_environments_network() {
+    let (_cp, client) = support::fly::setup(&[]).await;
+    let _faults = FAULTS.read().await;
+    let name = format!("flex-{}", unique());
+    let network = format!("{name}-net");
+    let mut flex = provider(CREDENTIALS);
+    flex["fly"] = json!({ "postgres": "Flex" });
+    let (ns, slug) = fly_staging(&client, &name, |e| {
+        e.spec("databaseProvider", flex)
+            .spec("network", json!({ "name": network }))
+    })
+    .await;
+    let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
+    database_cluster("ledger", &ns)
+        .without_users()
+        .spec("databases", json!([]))
+        .connection_secret()
+        .spec(
+            "size",
+            json!({ "custom": { "cpus": 1, "memoryMiB": 1024, "storageGiB": 10, "replicas": 2 } }),
+        )
+        .create(&dbcs)
+        .await;
+    let dbc = wait_for(&dbcs, "ledger", WAIT, "Ready", is_ready).await;
+    let app_name = "ledger-stage";
+    let app = |state: &Value| state["apps"][app_name].clone();
+    let at_fly = app(&state().await);
+    let org_id = state().await["organizations"]
+        .as_object()
+        .and_then(|m| m.values().find(|o| o["slug"] == slug.as_str()))
+        .map(|o| o["id"].clone());
+    assert_eq!(
+        Some(at_fly["org_id"].clone()),
+        org_id,
+        "in the Environment's org"
+    );
+    assert_eq!(
+        at_fly["network"],
+        network.as_str(),
+        "on the Environment's network"
+    );
+    let ips = at_fly["ips"].as_array().cloned().unwrap_or_default();
+    assert!(
+        ips.iter().any(|ip| ip["ip_type"] == "private_v6"),
+        "a Flycast address: {ips:?}"
+    );
+    let secrets: Vec<&String> = at_fly["secrets"]
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    assert_eq!(
+        secrets,
+        [
+            "FLY_CONSUL_URL",
+            "OPERATOR_PASSWORD",
+            "REPL_PASSWORD",
+            "SU_PASSWORD"
+        ]
+    );
+    let machines: Vec<Value> = at_fly["machines"]
+        .as_object()
+        .map(|m| m.values().cloned().collect())
+        .unwrap_or_default();
+    assert_eq!(machines.len(), 2, "one machine per node");
+    for m in &machines {
+        let config = &m["config"];
+        assert_eq!(config["image"], "flyio/postgres-flex:v0.0.66");
+        assert_eq!(config["mounts"][0]["path"], "/data");
+        assert_eq!(config["guest"]["memory_mb"], 1024);
+        assert_eq!(m["state"], "started");
+    }
+    let volumes = at_fly["volumes"].as_object().cloned().unwrap_or_default();
+    assert_eq!(volumes.len(), 2, "one volume per node");
+    assert!(
+        volumes
+            .values()
+            .all(|v| v["name"] == "pg_data" && v["encrypted"] == true)
+    );
+    assert_eq!(
+        dbc.status
+            .as_ref()
+            .and_then(|s| s.replicas.as_ref())
+            .map(|r| (r.desired, r.ready)),
+        Some((2, 2))
+    );
+
+    // The connection Secret: the superuser bulkhead set as SU_PASSWORD, at
+    // the Flycast name.
+    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let conn = poll("the connection Secret", || async {
+        secrets_api.get_opt("ledger-conn").await.ok().flatten()
+    })
+    .await;
+    let su: Value = http()
+        .get(format!(
+            "{}/v1/apps/{app_name}/secrets/SU_PASSWORD?show_secrets=true",
+            emulator()
+        ))
+        .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .expect("Secret_get")
+        .json()
+        .await
+        .expect("JSON");
+    let password = secret_value(&conn, "password");
+    assert!(!password.is_empty());
+    assert_eq!(
+        su["value"],
+        password.as_str(),
+        "SU_PASSWORD is the published one"
+    );
+    assert_eq!(
+        (
+            secret_value(&conn, "host"),
+            secret_value(&conn, "port"),
+            secret_value(&conn, "username")
+        ),
+        (
+            format!("{app_name}.flycast"),
+            "5432".into(),
+            "postgres".into()
+        )
+    );
+    assert_no_secret_leaked(&client, &[password]).await;
+
+    // A node destroyed at Fly: made again, on the volume it left.
+    let victim = machines[0]["id"].as_str().expect("machine id").to_string();
+    support::fly::control(
+        reqwest::Method::POST,
+        "/_emulator/drift/destroy-machine",
+        Some(json!({ "app": app_name, "machine_id": victim })),
+    )
+    .await;
+    wait_until("the node made again", || async {
+        let a = app(&state().await);
+        a["machines"]
+            .as_object()
+            .is_some_and(|m| m.len() == 2 && !m.contains_key(&victim))
+    })
+    .await;
+    let a = app(&state().await);
+    assert_eq!(
+        a["volumes"].as_object().map(|v| v.len()),
+        Some(2),
+        "the left volume was mounted again, none made"
+    );
+
+    // The Environment's network changed: the app cannot move.
+    Api::<Environment>::all(client.clone())
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "network": { "name": "another-net" } } })),
+        )
+        .await
+        .expect("change the network");
+    let dbc = wait_reason(&dbcs, "ledger", "Synced", "False", "NetworkFixed").await;
+    let message = message_of(&dbc, "Synced");
+    assert!(
+        message.contains(&network) && message.contains("another-net"),
+        "{message}"
+    );
+    assert_eq!(
+        state().await["apps"]
+            .as_object()
+            .map(|m| m.keys().filter(|k| k.starts_with("ledger")).count()),
+        Some(1),
+        "no second app"
+    );
+
+    // Delete: the app goes, with its machines and volumes.
+    dbcs.delete("ledger", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_gone(&dbcs, "ledger", WAIT).await;
+    assert!(app(&state().await).is_null(), "the app is deleted at Fly");
     tear_down(&client, &name).await;
 }

@@ -265,6 +265,17 @@ pub struct AccessGrant {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkSpec {
+    /// The provider network the environment's apps and databases join.
+    /// Fly: a custom network of the organization (isolating these apps
+    /// from the org's others); an app's network is fixed when it is
+    /// created, so a change reaches only apps created after it, and a
+    /// DatabaseCluster already on another network reports
+    /// `NetworkFixed`. Unset: the organization's default network. Other
+    /// providers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$')").message("must be a network name: lowercase letters, digits, '-' and '_', starting and ending with a letter or digit (e.g. staging-net)"))]
+    pub name: Option<String>,
     /// CIDRs that may reach the environment's namespaces besides the
     /// organization's own namespaces. Empty: only the organization.
     #[serde(

@@ -116,6 +116,13 @@ pub struct Context {
     /// at peers never LIST.
     pub environments: OnceLock<reflector::Store<Environment>>,
     pub organizations: OnceLock<reflector::Store<Organization>>,
+    /// The newest generation of each Environment that a DatabaseCluster
+    /// trigger has seen. That trigger and the Environment cache are two
+    /// watches, so a reconcile woken by a spec change can find the cache
+    /// one event behind; a cached copy older than this is read from the
+    /// apiserver instead (else a stale copy could leave a terminal
+    /// condition standing for its whole requeue interval).
+    environment_generations: std::sync::Mutex<std::collections::HashMap<String, i64>>,
     /// The one Fly API client (one rate limiter for every reconcile), or
     /// why it could not be built.
     fly: Result<Arc<crate::provider::fly::FlyApi>, String>,
@@ -151,6 +158,7 @@ impl Context {
             metrics,
             environments: OnceLock::new(),
             organizations: OnceLock::new(),
+            environment_generations: Default::default(),
             synced: tokio::sync::watch::channel(0).0,
         })
     }
@@ -211,7 +219,38 @@ impl Context {
         &self,
         name: &str,
     ) -> Result<Option<Arc<Environment>>, ReconcileError> {
-        cached_or_read(self.environments.get(), &self.client, name).await
+        let seen = self
+            .environment_generations
+            .lock()
+            .ok()
+            .and_then(|m| m.get(name).copied());
+        let store = self.environments.get();
+        let cached = store.and_then(|s| s.get(&reflector::ObjectRef::new(name)));
+        match (cached, seen) {
+            (Some(env), Some(seen)) if env.metadata.generation.unwrap_or(0) < seen => {
+                Ok(Api::<Environment>::all(self.client.clone())
+                    .get_opt(name)
+                    .await?
+                    .map(Arc::new))
+            }
+            _ => cached_or_read(store, &self.client, name).await,
+        }
+    }
+
+    /// Records the generation of an Environment a trigger saw (see
+    /// `environment_generations`); forgotten when it is deleted.
+    pub fn saw_environment(&self, env: &Environment) {
+        if let (Ok(mut seen), Some(generation)) =
+            (self.environment_generations.lock(), env.metadata.generation)
+        {
+            let name = env.name_any();
+            if env.metadata.deletion_timestamp.is_some() {
+                seen.remove(&name);
+            } else {
+                let at = seen.entry(name).or_insert(generation);
+                *at = (*at).max(generation);
+            }
+        }
     }
 
     /// One Organization, the same way as [`Context::environment`].
@@ -347,10 +386,17 @@ impl Context {
                         self.describe_credentials(spec),
                     )))
                 }
-                FlyPostgres::Flex => Err(ReconcileError::invalid(
-                    reasons::UNSUPPORTED,
-                    "fly.postgres: Flex (the `fly postgres create` machines cluster) is not implemented yet; use Managed",
-                )),
+                FlyPostgres::Flex => {
+                    let api = self.fly.clone().map_err(|e| {
+                        ReconcileError::Provider(crate::provider::ProviderError::unavailable(e))
+                    })?;
+                    let token = self.read_credentials(spec).await?;
+                    Ok(Arc::new(crate::provider::fly::FlyFlexPostgres::new(
+                        api,
+                        token,
+                        self.describe_credentials(spec),
+                    )))
+                }
             },
         }
     }

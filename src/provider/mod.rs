@@ -269,6 +269,12 @@ pub struct DesiredDatabaseCluster {
     /// resolved it (`None` until it has): where a backend that lives in a
     /// provider organization (Fly) puts the cluster.
     pub organization_slug: Option<String>,
+    /// The Environment's provider network (`spec.network.name`), where the
+    /// provider places clusters on one (Fly's flex clusters).
+    pub network: Option<String>,
+    /// Whether `spec.passwordRotation` is set (backends that cannot rotate
+    /// refuse it).
+    pub rotates_passwords: bool,
     pub version: String,
     pub regions: Vec<String>,
     pub size: ResolvedSize,
@@ -431,6 +437,8 @@ pub(crate) fn test_desired(external: &str) -> DesiredDatabaseCluster {
         tier: Tier::Staging,
         organization: "org".into(),
         organization_slug: Some("org".into()),
+        network: None,
+        rotates_passwords: false,
         version: "16".into(),
         regions: vec![],
         size: ResolvedSize {

@@ -34,6 +34,8 @@ pub fn desired_cluster(external: &str) -> Desired {
         tier: Tier::Testing,
         organization: "org".into(),
         organization_slug: Some("org".into()),
+        network: None,
+        rotates_passwords: false,
         version: "15".into(),
         regions: vec![],
         size: ResolvedSize {

@@ -52,6 +52,7 @@ pub fn controller(
     let (reader, stream) = trigger_stream(Api::<DatabaseCluster>::all(client.clone()));
     ctx.track_sync(reader.clone());
     let by_env = reader.clone();
+    let env_ctx = ctx.clone();
     // CloudNativePG's Clusters and Databases: a status change (Ready) or a
     // change by someone else (drift) wakes the owning DatabaseCluster,
     // through the child cache (whose watch backs off while CloudNativePG is
@@ -71,6 +72,7 @@ pub fn controller(
                 related_trigger(e, is_ready(e.status.as_ref().map(|s| &s.conditions)))
             }),
             move |env| {
+                env_ctx.saw_environment(&env);
                 let namespaces = env.namespaces();
                 by_env
                     .state()
@@ -201,6 +203,8 @@ fn desired_for(
             .status
             .as_ref()
             .and_then(|s| s.organization_slug.clone()),
+        network: env.spec.network.as_ref().and_then(|n| n.name.clone()),
+        rotates_passwords: dbc.spec.password_rotation.is_some(),
         version: dbc.spec.version.clone(),
         regions: dbc.spec.regions.clone(),
         size: dbc.resolved_size(tier == crate::api::Tier::Production),

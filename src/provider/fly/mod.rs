@@ -18,10 +18,12 @@ use tracing::debug;
 use super::{ProviderError, Secret};
 
 pub mod database_cluster;
+pub mod flex;
 pub mod operations;
 pub mod organization;
 
 pub use database_cluster::FlyManagedPostgres;
+pub use flex::FlyFlexPostgres;
 pub use operations::Operation;
 pub use organization::FlyOrganizations;
 

@@ -128,7 +128,30 @@ pub const DELETE_TOKEN: Operation = Operation {
     idempotent: true,
 };
 
-pub const ALL: [Operation; 9] = [
+/// The newest tag of an image repository (flex clusters run
+/// `flyio/postgres-flex:<tag>`).
+pub const LATEST_IMAGE_TAG: Operation = Operation {
+    name: "BulkheadLatestImageTag",
+    document: r#"query BulkheadLatestImageTag($repository: String!) {
+  latestImageTag(repository: $repository)
+}"#,
+    idempotent: true,
+};
+
+/// Gives a flex cluster's app its Consul (the `FLY_CONSUL_URL` secret).
+/// Idempotent in effect: the provider calls it only while the app lacks
+/// that secret, and a second URL replaces the first before any node boots.
+pub const ENABLE_POSTGRES_CONSUL: Operation = Operation {
+    name: "BulkheadEnablePostgresConsul",
+    document: r#"mutation BulkheadEnablePostgresConsul($appId: ID!, $region: String) {
+  enablePostgresConsul(input: { appId: $appId, region: $region }) {
+    consulUrl
+  }
+}"#,
+    idempotent: true,
+};
+
+pub const ALL: [Operation; 11] = [
     ORGANIZATION,
     CREATE_ORGANIZATION,
     DELETE_ORGANIZATION,
@@ -138,6 +161,8 @@ pub const ALL: [Operation; 9] = [
     DELETE_MEMBERSHIP,
     CREATE_TOKEN,
     DELETE_TOKEN,
+    LATEST_IMAGE_TAG,
+    ENABLE_POSTGRES_CONSUL,
 ];
 
 #[cfg(test)]
@@ -166,7 +191,7 @@ mod tests {
                 op.name,
                 doc.err().map(|e| e.errors.to_string())
             );
-            let kind = if op.idempotent && op.name == ORGANIZATION.name {
+            let kind = if [ORGANIZATION.name, LATEST_IMAGE_TAG.name].contains(&op.name) {
                 "query"
             } else {
                 "mutation"
