@@ -425,6 +425,7 @@ async fn converges_under_injected_5xx_and_429_with_exactly_one_cluster() {
     let (ns, slug) = fly_staging(&client, &name, |e| e).await;
     let _faults = FAULTS.write().await;
     let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
+    let before = counters().await;
     inject_faults("/v1/postgres", 0.2, 0.1).await;
     database_cluster("orders", &ns)
         .connection_secret()
@@ -456,6 +457,10 @@ async fn converges_under_injected_5xx_and_429_with_exactly_one_cluster() {
     assert!(
         counters["faults_injected"]["error"].as_u64().unwrap_or(0) > 0,
         "no 5xx was injected: {counters}"
+    );
+    assert_eq!(
+        counters["rate_limited_total"], before["rate_limited_total"],
+        "Fly's rate limits never refused bulkhead: {counters}"
     );
     assert_eq!(
         clusters_named(&slug, "orders-stage").await.len(),
@@ -707,5 +712,64 @@ async fn a_flex_cluster_is_built_from_machines_on_the_environments_network() {
         .expect("delete");
     wait_gone(&dbcs, "ledger", WAIT).await;
     assert!(app(&state().await).is_null(), "the app is deleted at Fly");
+    tear_down(&client, &name).await;
+}
+
+/// The flex form under 20% 503s, 10% 429s and added latency on the
+/// Machines API (`/v1/apps`): one app, one volume and one machine per
+/// node, and Fly's own per-app rate limits never refused bulkhead.
+#[tokio::test]
+async fn a_flex_cluster_converges_under_faults_with_nothing_made_twice() {
+    let (_cp, client) = support::fly::setup(&[]).await;
+    let name = format!("flex-faulty-{}", unique());
+    let mut flex = provider(CREDENTIALS);
+    flex["fly"] = json!({ "postgres": "Flex" });
+    let (ns, _slug) = fly_staging(&client, &name, |e| e.spec("databaseProvider", flex)).await;
+    let _faults = FAULTS.write().await;
+    let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
+    let before = counters().await;
+    inject_faults("/v1/apps", 0.2, 0.1).await;
+    database_cluster("ledger", &ns)
+        .without_users()
+        .spec("databases", json!([]))
+        .spec(
+            "size",
+            json!({ "custom": { "cpus": 1, "memoryMiB": 256, "storageGiB": 1, "replicas": 2 } }),
+        )
+        .create(&dbcs)
+        .await;
+    let converged = tokio::time::timeout(
+        Duration::from_secs(120),
+        poll("Ready", || async {
+            let dbc = dbcs.get_opt("ledger").await.ok()??;
+            is_ready(&dbc).then_some(())
+        }),
+    )
+    .await;
+    let counters = counters().await;
+    clear_faults().await;
+    assert!(
+        converged.is_ok(),
+        "did not converge under faults; counters: {counters}"
+    );
+    assert!(
+        counters["faults_injected"]["error"].as_u64() > before["faults_injected"]["error"].as_u64(),
+        "no 5xx was injected: {counters}"
+    );
+    assert_eq!(
+        counters["rate_limited_total"], before["rate_limited_total"],
+        "Fly's rate limits never refused bulkhead: {counters}"
+    );
+    let app = state().await["apps"]["ledger-stage"].clone();
+    let count = |field: &str| app[field].as_object().map(|m| m.len());
+    assert_eq!(
+        (count("machines"), count("volumes")),
+        (Some(2), Some(2)),
+        "one machine and one volume per node, none twice"
+    );
+    dbcs.delete("ledger", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_gone(&dbcs, "ledger", WAIT).await;
     tear_down(&client, &name).await;
 }

@@ -653,9 +653,13 @@ impl ExternalClient for FlyFlexPostgres {
         })
     }
 
+    /// Called when observe found no app. The create carries an
+    /// idempotency key, so it is safe even if the app appeared meanwhile:
+    /// Fly returns the one this key made, or refuses a name someone else
+    /// holds.
     async fn create(&self, d: &DesiredDatabaseCluster) -> Result<(), ProviderError> {
         check_supported(d)?;
-        if self.app(d).await?.is_none() {
+        {
             let body = json!({
                 "name": d.external_name,
                 "org_slug": Self::org_slug(d)?,
@@ -682,6 +686,8 @@ impl ExternalClient for FlyFlexPostgres {
                 })?;
             info!(app = %d.external_name, "created flex Postgres app");
         }
+        // An app made by this key earlier may be on another network.
+        self.app(d).await?;
         let cluster = self.cluster(d).await?;
         self.converge(d, cluster).await
     }

@@ -230,6 +230,38 @@ pub struct FlyApi {
     http: reqwest::Client,
     settings: FlySettings,
     limiter: DefaultDirectRateLimiter,
+    /// Fly's published Machines API limits, per action and per app (or
+    /// machine, cluster, organization): 1 request/s with a burst of 3, and
+    /// 5/s with a burst of 10 for getting one machine. Waiting here is
+    /// cheaper than a 429 and its `Retry-After`.
+    per_target: governor::DefaultKeyedRateLimiter<String>,
+    get_machine: governor::DefaultKeyedRateLimiter<String>,
+}
+
+/// What Fly counts a Machines API call against: the first of the machine,
+/// the app, the Managed Postgres cluster or the organization the call
+/// names (as `/v1/apps/{app}/machines/{id}/…`, `/v1/postgres/{id}/…`, or
+/// the `org_slug` query).
+fn rate_limit_target(path: &str, query: &[(&str, &str)]) -> String {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let after = |name: &str| {
+        segments
+            .iter()
+            .position(|s| *s == name)
+            .and_then(|i| segments.get(i + 1))
+            .copied()
+    };
+    after("machines")
+        .map(|m| format!("machine={m}"))
+        .or_else(|| after("apps").map(|a| format!("app={a}")))
+        .or_else(|| after("postgres").map(|c| format!("cluster={c}")))
+        .or_else(|| {
+            query
+                .iter()
+                .find(|(k, _)| *k == "org_slug")
+                .map(|(_, v)| format!("org={v}"))
+        })
+        .unwrap_or_default()
 }
 
 impl std::fmt::Debug for FlyApi {
@@ -261,10 +293,13 @@ impl FlyApi {
         let rate = NonZeroU32::new(settings.requests_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
         let burst = rate.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
         let limiter = RateLimiter::direct(Quota::per_second(rate).allow_burst(burst));
+        let n = |v: u32| NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN);
         Ok(Arc::new(FlyApi {
             http,
             settings,
             limiter,
+            per_target: RateLimiter::keyed(Quota::per_second(n(1)).allow_burst(n(3))),
+            get_machine: RateLimiter::keyed(Quota::per_second(n(5)).allow_burst(n(10))),
         }))
     }
 
@@ -452,8 +487,20 @@ impl FlyApi {
             url.push('=');
             url.push_str(&percent_encode(value));
         }
+        let bucket = format!("{operation} {}", rate_limit_target(path, query));
+        // Full buckets of targets not called lately are forgotten.
+        if self.per_target.len() > 10_000 {
+            self.per_target.retain_recent();
+            self.get_machine.retain_recent();
+        }
+        let per_target = if operation == "Machines_show" {
+            &self.get_machine
+        } else {
+            &self.per_target
+        };
         let mut attempt = 0;
         loop {
+            per_target.until_key_ready(&bucket).await;
             self.limiter.until_ready().await;
             let mut request = self
                 .http
@@ -595,6 +642,27 @@ fn credentials_rejected(operation: &str, credentials: &str) -> CallError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calls_are_limited_per_machine_app_cluster_or_organization_as_fly_counts_them() {
+        assert_eq!(
+            rate_limit_target("/v1/apps/db-stage/machines/m1/start", &[]),
+            "machine=m1"
+        );
+        assert_eq!(
+            rate_limit_target("/v1/apps/db-stage/volumes", &[]),
+            "app=db-stage"
+        );
+        assert_eq!(
+            rate_limit_target("/v1/postgres/c9/users", &[]),
+            "cluster=c9"
+        );
+        assert_eq!(
+            rate_limit_target("/v1/postgres", &[("org_slug", "acme")]),
+            "org=acme"
+        );
+        assert_eq!(rate_limit_target("/v1/apps", &[]), "");
+    }
 
     #[test]
     fn macaroons_go_as_flyv1_and_user_tokens_as_bearer() {
