@@ -337,15 +337,11 @@ impl Context {
                 self.children.clone(),
             ))),
             ProviderType::Fly => {
-                let api = self.fly.clone().map_err(|e| {
-                    ReconcileError::Provider(crate::provider::ProviderError::unavailable(e))
-                })?;
-                // Only from the operator's credentials namespace (Trust model).
-                let token = self.read_credentials(spec).await?;
+                let (api, token, credentials) = self.fly_connection(spec).await?;
                 Ok(Arc::new(crate::provider::fly::FlyOrganizations::new(
                     api,
                     token,
-                    self.describe_credentials(spec),
+                    credentials,
                     self.children.clone(),
                 )))
             }
@@ -354,6 +350,27 @@ impl Context {
                 "provider type postgres holds DatabaseClusters only; an Organization needs kubernetes or fly",
             )),
         }
+    }
+
+    /// The process's Fly API client, the token a provider spec names (only
+    /// from the operator's credentials namespace: Trust model) and where
+    /// it came from, for messages.
+    async fn fly_connection(
+        &self,
+        spec: &ProviderSpec,
+    ) -> Result<
+        (
+            Arc<crate::provider::fly::FlyApi>,
+            crate::provider::Secret,
+            String,
+        ),
+        ReconcileError,
+    > {
+        let api = self.fly.clone().map_err(|e| {
+            ReconcileError::Provider(crate::provider::ProviderError::unavailable(e))
+        })?;
+        let token = self.read_credentials(spec).await?;
+        Ok((api, token, self.describe_credentials(spec)))
     }
 
     /// The Environment backend: Environments are always realised in the
@@ -373,31 +390,21 @@ impl Context {
                 self.settings.postgres_image.clone(),
             ))),
             ProviderType::Postgres => Ok(Arc::new(self.postgres_client(spec).await?)),
-            ProviderType::Fly => match spec.fly.as_ref().map(|f| f.postgres).unwrap_or_default() {
-                FlyPostgres::Managed => {
-                    let api = self.fly.clone().map_err(|e| {
-                        ReconcileError::Provider(crate::provider::ProviderError::unavailable(e))
-                    })?;
-                    // Only from the operator's credentials namespace (Trust model).
-                    let token = self.read_credentials(spec).await?;
-                    Ok(Arc::new(crate::provider::fly::FlyManagedPostgres::new(
-                        api,
-                        token,
-                        self.describe_credentials(spec),
-                    )))
-                }
-                FlyPostgres::Flex => {
-                    let api = self.fly.clone().map_err(|e| {
-                        ReconcileError::Provider(crate::provider::ProviderError::unavailable(e))
-                    })?;
-                    let token = self.read_credentials(spec).await?;
-                    Ok(Arc::new(crate::provider::fly::FlyFlexPostgres::new(
-                        api,
-                        token,
-                        self.describe_credentials(spec),
-                    )))
-                }
-            },
+            ProviderType::Fly => {
+                let (api, token, credentials) = self.fly_connection(spec).await?;
+                Ok(
+                    match spec.fly.as_ref().map(|f| f.postgres).unwrap_or_default() {
+                        FlyPostgres::Managed => Arc::new(
+                            crate::provider::fly::FlyManagedPostgres::new(api, token, credentials),
+                        ),
+                        FlyPostgres::Flex => Arc::new(crate::provider::fly::FlyFlexPostgres::new(
+                            api,
+                            token,
+                            credentials,
+                        )),
+                    },
+                )
+            }
         }
     }
 }

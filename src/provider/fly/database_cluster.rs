@@ -239,18 +239,6 @@ impl FlyManagedPostgres {
             .await
     }
 
-    fn org_slug(d: &DesiredDatabaseCluster) -> Result<&str, ProviderError> {
-        d.organization_slug.as_deref().ok_or_else(|| {
-            ProviderError::transient(
-                mpg_reasons::ORGANIZATION_NOT_READY,
-                format!(
-                    "Environment {} has no Fly organization slug yet; waiting for Organization {}",
-                    d.environment, d.organization
-                ),
-            )
-        })
-    }
-
     fn remember(&self, id: Option<String>) {
         if let Ok(mut found) = self.found.lock() {
             *found = id;
@@ -262,7 +250,7 @@ impl FlyManagedPostgres {
         if let Some(id) = self.found.lock().ok().and_then(|f| f.clone()) {
             return Ok(Some(id));
         }
-        let slug = Self::org_slug(d)?;
+        let slug = org_slug(d)?;
         let data = self
             .call(
                 Method::GET,
@@ -391,6 +379,20 @@ impl FlyManagedPostgres {
     }
 }
 
+/// The Fly organization of the cluster: the slug its Environment's
+/// Organization reported.
+pub(super) fn org_slug(d: &DesiredDatabaseCluster) -> Result<&str, ProviderError> {
+    d.organization_slug.as_deref().ok_or_else(|| {
+        ProviderError::transient(
+            mpg_reasons::ORGANIZATION_NOT_READY,
+            format!(
+                "Environment {} has no Fly organization slug yet; waiting for Organization {}",
+                d.environment, d.organization
+            ),
+        )
+    })
+}
+
 /// A sub-resource call whose target is already as wanted: create of what
 /// exists, delete of what is gone.
 fn tolerate(result: Result<Value, CallError>, exists_ok: bool) -> Result<(), ProviderError> {
@@ -492,7 +494,7 @@ impl ExternalClient for FlyManagedPostgres {
         if self.find(d).await?.is_some() {
             return Ok(());
         }
-        let slug = Self::org_slug(d)?;
+        let slug = org_slug(d)?;
         let region = d
             .regions
             .first()

@@ -311,18 +311,6 @@ impl FlyFlexPostgres {
         format!("/v1/apps/{}{rest}", super::percent_encode(&d.external_name))
     }
 
-    fn org_slug(d: &DesiredDatabaseCluster) -> Result<&str, ProviderError> {
-        d.organization_slug.as_deref().ok_or_else(|| {
-            ProviderError::transient(
-                super::database_cluster::mpg_reasons::ORGANIZATION_NOT_READY,
-                format!(
-                    "Environment {} has no Fly organization slug yet; waiting for Organization {}",
-                    d.environment, d.organization
-                ),
-            )
-        })
-    }
-
     /// The app, if it exists, checked to be this organization's and on the
     /// Environment's network.
     async fn app(&self, d: &DesiredDatabaseCluster) -> Result<Option<AppAnswer>, ProviderError> {
@@ -334,7 +322,7 @@ impl FlyFlexPostgres {
             Err(CallError::NotFound(_)) => return Ok(None),
             Err(CallError::Provider(e)) => return Err(e),
         };
-        let slug = Self::org_slug(d)?;
+        let slug = super::database_cluster::org_slug(d)?;
         let owner = app.organization.as_ref().map(|o| o.slug.as_str());
         if owner.is_some_and(|o| o != slug) {
             return Err(ProviderError::terminal(
@@ -414,7 +402,8 @@ impl FlyFlexPostgres {
     /// Adds what is missing of the cluster, in flyctl's order.
     async fn converge(&self, d: &DesiredDatabaseCluster, c: Cluster) -> Result<(), ProviderError> {
         if !c.private_ip {
-            let mut body = json!({ "type": "private_v6", "org_slug": Self::org_slug(d)? });
+            let mut body =
+                json!({ "type": "private_v6", "org_slug": super::database_cluster::org_slug(d)? });
             if let Some(network) = &d.network {
                 body["network"] = json!(network);
             }
@@ -662,7 +651,7 @@ impl ExternalClient for FlyFlexPostgres {
         {
             let body = json!({
                 "name": d.external_name,
-                "org_slug": Self::org_slug(d)?,
+                "org_slug": super::database_cluster::org_slug(d)?,
                 "network": d.network.clone().unwrap_or_default(),
                 // A retry of this create (after a lost answer) returns the
                 // app the first one made.
