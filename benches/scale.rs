@@ -468,8 +468,8 @@ fn owned_fields(live: &Value, fields: &Value) -> Value {
     }
 }
 
-/// What the operator applied to a child, as a body to apply again.
-fn child_template(ar: &ApiResource, live: &Value) -> Template {
+/// A live object's `metadata.name` and `metadata.namespace`.
+fn name_and_namespace(live: &Value) -> (String, Option<String>) {
     let name = live
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -479,6 +479,12 @@ fn child_template(ar: &ApiResource, live: &Value) -> Template {
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)
         .map(str::to_string);
+    (name, namespace)
+}
+
+/// What the operator applied to a child, as a body to apply again.
+fn child_template(ar: &ApiResource, live: &Value) -> Template {
+    let (name, namespace) = name_and_namespace(live);
     let entries = live
         .pointer("/metadata/managedFields")
         .and_then(Value::as_array)
@@ -537,15 +543,7 @@ fn child_template(ar: &ApiResource, live: &Value) -> Template {
 }
 
 fn status_template(ar: &ApiResource, live: &Value) -> Template {
-    let name = live
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let namespace = live
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let (name, namespace) = name_and_namespace(live);
     Template {
         ar: ar.clone(),
         namespace,

@@ -270,12 +270,15 @@ EOF
   audit="$(python3 - "$AUDIT_LOG" "$leader" "$other" <<'EOF'
 import json, sys
 path, first, second = sys.argv[1], sys.argv[2], sys.argv[3]
+def entries(path):
+    """The audit log's entries, one JSON object a line (a torn line skipped)."""
+    for line in open(path):
+        try:
+            yield json.loads(line)
+        except ValueError:
+            pass
 writes = {}
-for line in open(path):
-    try:
-        e = json.loads(line)
-    except ValueError:
-        continue
+for e in entries(path):
     ua = e.get("userAgent", "")
     if not ua.startswith("bulkhead/") or e.get("verb") not in ("create", "update", "patch", "delete"):
         continue

@@ -22,8 +22,8 @@ use support::controlplane::{
     ControlPlane, Operator, condition, create_yaml, unique, wait_for, wait_gone,
 };
 use support::objects::{
-    Build, Conditions, WAIT, database_cluster, environment, has_reason, is_true, message_of,
-    organization, wait_reason,
+    Build, Conditions, WAIT, database_cluster, environment, exists, has_reason, is_true,
+    message_of, organization, wait_exists, wait_reason,
 };
 
 static OPERATOR: OnceLock<Operator> = OnceLock::new();
@@ -382,12 +382,11 @@ async fn drift_on_cloudnativepg_objects_is_repaired() {
     create_orders_cluster(&client, &ns, "drifty").await;
     let clusters = cnpg::clusters(&client, &ns);
     let databases = cnpg::databases(&client, &ns);
-    wait_for(
+    wait_exists(
         &databases,
         "drifty-stage-db-orders",
         WAIT,
         "Database written",
-        |_| true,
     )
     .await;
 
@@ -420,12 +419,11 @@ async fn drift_on_cloudnativepg_objects_is_repaired() {
         },
     )
     .await;
-    wait_for(
+    wait_exists(
         &databases,
         "drifty-stage-db-orders",
         WAIT,
         "Database recreated",
-        |_| true,
     )
     .await;
 }
@@ -451,14 +449,7 @@ async fn deletion_policy_delete_removes_the_cluster_and_orphan_leaves_it_running
         })
         .await;
         // CloudNativePG made its Services, owned by its Cluster.
-        wait_for(
-            &services,
-            &format!("{name}-stage-rw"),
-            WAIT,
-            "-rw Service",
-            |_| true,
-        )
-        .await;
+        wait_exists(&services, &format!("{name}-stage-rw"), WAIT, "-rw Service").await;
     }
     let role_secret = |name: &str| format!("{name}-stage-role-app");
 
@@ -500,11 +491,7 @@ async fn deletion_policy_delete_removes_the_cluster_and_orphan_leaves_it_running
         .expect("role Secret stays");
     assert!(s.owner_references().is_empty());
     assert!(
-        services
-            .get_opt("kept-stage-rw")
-            .await
-            .expect("get")
-            .is_some(),
+        exists(&services, "kept-stage-rw").await,
         "CloudNativePG's Service stays with its Cluster"
     );
     let conn = secrets
@@ -527,17 +514,11 @@ async fn paused_and_observe_only_clusters_are_never_written() {
         .create(&dbcs)
         .await;
     wait_reason(&dbcs, "watched", "Synced", "False", "ExternalObjectMissing").await;
-    assert!(
-        clusters
-            .get_opt("watched-stage")
-            .await
-            .expect("get")
-            .is_none()
-    );
+    assert!(!exists(&clusters, "watched-stage").await);
 
     // Paused: a spec change is not carried to the Cluster.
     create_orders_cluster(&client, &ns, "frozen").await;
-    wait_for(&clusters, "frozen-stage", WAIT, "Cluster written", |_| true).await;
+    wait_exists(&clusters, "frozen-stage", WAIT, "Cluster written").await;
     dbcs.patch(
         "frozen",
         &PatchParams::default(),
@@ -597,11 +578,7 @@ async fn cloudnativepg_not_installed_is_reported_until_its_crds_are_installed() 
     );
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     assert!(
-        secrets
-            .get_opt("early-stage-role-app")
-            .await
-            .expect("get")
-            .is_none(),
+        !exists(&secrets, "early-stage-role-app").await,
         "nothing is written for CloudNativePG before it is installed"
     );
 
@@ -652,11 +629,7 @@ async fn a_secret_the_team_made_is_never_overwritten_by_a_role_secret() {
         .expect("the team's Secret");
     assert_eq!(secret_text(&s, "password"), "the-teams-own", "untouched");
     assert!(
-        cnpg::clusters(&client, &ns)
-            .get_opt("taken-stage")
-            .await
-            .expect("get")
-            .is_none(),
+        !exists(&cnpg::clusters(&client, &ns), "taken-stage").await,
         "nothing is created while the conflict stands"
     );
 }

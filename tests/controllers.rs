@@ -13,11 +13,14 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
-use support::cnpg::{self, json_of, write_healthy_status_as_cloudnativepg_would};
+use support::cnpg::{self, json_of};
 use support::controlplane::{
     ControlPlane, Operator, create_yaml, repo, unique, wait_for, wait_gone,
 };
-use support::objects::{WAIT, environment, has_reason, is_ready, organization, wait_ready};
+use support::objects::{
+    WAIT, all_events, cnpg_cluster_healthy, environment, exists, has_reason, is_ready,
+    organization, wait_exists, wait_ready, wait_reason,
+};
 
 static OPERATOR: OnceLock<Operator> = OnceLock::new();
 
@@ -55,33 +58,14 @@ async fn org_and_env(client: &Client, tier: &str) -> (String, String) {
 async fn examples_become_ready_and_kubectl_wait_works() {
     let (cp, client) = setup().await;
     for set in ["production", "staging"] {
-        cp.kubectl_ok(&[
-            "apply",
-            "-f",
-            &repo()
-                .join("examples")
-                .join(set)
-                .join("organization.yaml")
-                .to_string_lossy(),
-        ]);
-        cp.kubectl_ok(&[
-            "apply",
-            "-f",
-            &repo()
-                .join("examples")
-                .join(set)
-                .join("environment.yaml")
-                .to_string_lossy(),
-        ]);
-        cp.kubectl_ok(&[
-            "apply",
-            "-f",
-            &repo()
-                .join("examples")
-                .join(set)
-                .join("databasecluster.yaml")
-                .to_string_lossy(),
-        ]);
+        for file in [
+            "organization.yaml",
+            "environment.yaml",
+            "databasecluster.yaml",
+        ] {
+            let path = repo().join("examples").join(set).join(file);
+            cp.kubectl_ok(&["apply", "-f", &path.to_string_lossy()]);
+        }
     }
     let orgs: Api<Organization> = Api::all(client.clone());
     let envs: Api<Environment> = Api::all(client.clone());
@@ -94,15 +78,7 @@ async fn examples_become_ready_and_kubectl_wait_works() {
     // CloudNativePG runs the clusters; under kwok it never hears from a
     // PostgreSQL, so its healthy status is written in its place.
     for (ns, cluster) in [("staging", "my-app-db-stage"), ("production", "my-app-db")] {
-        wait_for(
-            &cnpg::clusters(&client, ns),
-            cluster,
-            WAIT,
-            "Cluster",
-            |_| true,
-        )
-        .await;
-        write_healthy_status_as_cloudnativepg_would(&client, ns, cluster).await;
+        cnpg_cluster_healthy(&client, ns, cluster, WAIT).await;
     }
     let staging_db = wait_for(
         &Api::<DatabaseCluster>::namespaced(client.clone(), "staging"),
@@ -244,11 +220,11 @@ async fn examples_become_ready_and_kubectl_wait_works() {
             .any(|s| s.name == "bob@acme.example")
     );
     assert!(
-        Api::<RoleBinding>::namespaced(client.clone(), "production")
-            .get_opt("bulkhead-members-developer")
-            .await
-            .expect("get")
-            .is_none()
+        !exists(
+            &Api::<RoleBinding>::namespaced(client.clone(), "production"),
+            "bulkhead-members-developer"
+        )
+        .await
     );
     let role = Api::<ClusterRole>::all(client.clone())
         .get("bulkhead:organization:acme-staging")
@@ -298,22 +274,14 @@ async fn drift_is_repaired_and_spec_changes_converge() {
         |rb| rb.uid() != old_rb,
     )
     .await;
-    wait_for(
+    wait_exists(
         &nps,
         "bulkhead-private-network",
         WAIT,
         "NetworkPolicy restored",
-        |_| true,
     )
     .await;
-    wait_for(
-        &cms,
-        "bulkhead-environment",
-        WAIT,
-        "ConfigMap restored",
-        |_| true,
-    )
-    .await;
+    wait_exists(&cms, "bulkhead-environment", WAIT, "ConfigMap restored").await;
 
     // A hand edit is reverted.
     cms.patch(
@@ -378,27 +346,18 @@ async fn environment_waits_for_a_missing_organization() {
         "{conds:?}"
     );
     assert!(
-        Api::<Namespace>::all(client.clone())
-            .get_opt(&name)
-            .await
-            .expect("get ns")
-            .is_none(),
+        !exists(&Api::<Namespace>::all(client.clone()), &name).await,
         "nothing created"
     );
     // The failure is also an Event on the Environment.
-    let events = Api::<k8s_openapi::api::events::v1::Event>::all(client.clone())
-        .list(&Default::default())
-        .await
-        .expect("events");
     assert!(
-        events
-            .items
-            .iter()
-            .any(
-                |e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str())
-                    && e.reason.as_deref() == Some("OrganizationNotFound")
-                    && e.type_.as_deref() == Some("Warning")
-            ),
+        all_events(&client).await.iter().any(|e| e
+            .regarding
+            .as_ref()
+            .and_then(|r| r.name.as_deref())
+            == Some(name.as_str())
+            && e.reason.as_deref() == Some("OrganizationNotFound")
+            && e.type_.as_deref() == Some("Warning")),
         "a Warning Event says why"
     );
 
@@ -414,13 +373,7 @@ async fn environment_waits_for_a_missing_organization() {
         is_ready,
     )
     .await;
-    assert!(
-        Api::<Namespace>::all(client.clone())
-            .get_opt(&name)
-            .await
-            .expect("get ns")
-            .is_some()
-    );
+    assert!(exists(&Api::<Namespace>::all(client.clone()), &name).await);
 }
 
 #[tokio::test]
@@ -438,25 +391,12 @@ async fn sharing_an_organization_is_reported_on_both_and_stops_only_the_lower_ti
         .create(&envs)
         .await;
     // Production reports the violation and keeps converging.
-    wait_for(
-        &envs,
-        &prod,
-        WAIT,
-        "Ready with Isolated=False SharedOrganization",
-        |e| {
-            is_ready(e)
-                && e.status.as_ref().is_some_and(|s| {
-                    has_reason(&s.conditions, "Isolated", "False", "SharedOrganization")
-                })
-        },
-    )
-    .await;
+    let ready_but_shared =
+        |e: &Environment| is_ready(e) && has_reason(e, "Isolated", "False", "SharedOrganization");
+    let what = "Ready with Isolated=False SharedOrganization";
+    wait_for(&envs, &prod, WAIT, what, ready_but_shared).await;
     assert!(
-        Api::<Namespace>::all(client.clone())
-            .get_opt(&prod)
-            .await
-            .expect("get")
-            .is_some(),
+        exists(&Api::<Namespace>::all(client.clone()), &prod).await,
         "production provisions its namespace"
     );
     // The staging side reports it too and, under Enforce (its default),
@@ -478,19 +418,8 @@ async fn sharing_an_organization_is_reported_on_both_and_stops_only_the_lower_ti
     )
     .await
     .expect("switch to Warn");
-    wait_for(
-        &envs,
-        &stage,
-        WAIT,
-        "Ready with Isolated=False under Warn",
-        |e| {
-            is_ready(e)
-                && e.status.as_ref().is_some_and(|s| {
-                    has_reason(&s.conditions, "Isolated", "False", "SharedOrganization")
-                })
-        },
-    )
-    .await;
+    let what = "Ready with Isolated=False under Warn";
+    wait_for(&envs, &stage, WAIT, what, ready_but_shared).await;
 }
 
 #[tokio::test]
@@ -506,12 +435,7 @@ async fn database_cluster_in_a_namespace_no_environment_owns_waits() {
         .expect("create namespace");
     let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
     create_yaml(&dbcs, "apiVersion: bulkhead.dev/v1alpha1\nkind: DatabaseCluster\nmetadata: {name: orphan-db}\nspec: {}\n").await;
-    let d = wait_for(&dbcs, "orphan-db", WAIT, "NoEnvironment", |d| {
-        d.status
-            .as_ref()
-            .is_some_and(|s| has_reason(&s.conditions, "Ready", "False", "NoEnvironment"))
-    })
-    .await;
+    let d = wait_reason(&dbcs, "orphan-db", "Ready", "False", "NoEnvironment").await;
     let conds = d.status.unwrap_or_default().conditions;
     assert!(
         has_reason(&conds, "Synced", "False", "NoEnvironment"),
@@ -538,18 +462,7 @@ async fn paused_objects_are_left_alone() {
     envs.patch(&env_name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"bulkhead.dev/paused": "true"}}, "spec": {"config": {"data": {"PAUSED": "yes"}}}})))
         .await
         .expect("pause");
-    wait_for(
-        &envs,
-        &env_name,
-        WAIT,
-        "Synced=False ReconcilePaused",
-        |e| {
-            e.status
-                .as_ref()
-                .is_some_and(|s| has_reason(&s.conditions, "Synced", "False", "ReconcilePaused"))
-        },
-    )
-    .await;
+    wait_reason(&envs, &env_name, "Synced", "False", "ReconcilePaused").await;
     let cm = Api::<ConfigMap>::namespaced(client.clone(), &env_name)
         .get("bulkhead-environment")
         .await
@@ -584,18 +497,13 @@ async fn observe_only_organization_reports_what_is_missing() {
         .spec("managementPolicy", json!("ObserveOnly"))
         .create(&orgs)
         .await;
-    wait_for(&orgs, &name, WAIT, "ExternalObjectMissing", |o| {
-        o.status
-            .as_ref()
-            .is_some_and(|s| has_reason(&s.conditions, "Synced", "False", "ExternalObjectMissing"))
-    })
-    .await;
+    wait_reason(&orgs, &name, "Synced", "False", "ExternalObjectMissing").await;
     assert!(
-        Api::<ClusterRole>::all(client.clone())
-            .get_opt(&format!("bulkhead:organization:{name}"))
-            .await
-            .expect("get")
-            .is_none(),
+        !exists(
+            &Api::<ClusterRole>::all(client.clone()),
+            &format!("bulkhead:organization:{name}")
+        )
+        .await,
         "ObserveOnly never writes"
     );
 }
@@ -619,12 +527,11 @@ async fn expired_access_is_removed_and_reported() {
     .await
     .expect("grant temporary access");
     let rbs: Api<RoleBinding> = Api::namespaced(client.clone(), &env_name);
-    wait_for(
+    wait_exists(
         &rbs,
         "bulkhead-access-tester",
         WAIT,
         "temporary grant applied",
-        |_| true,
     )
     .await;
     wait_gone(&rbs, "bulkhead-access-tester", WAIT).await;
@@ -638,10 +545,7 @@ async fn expired_access_is_removed_and_reported() {
     .await;
     assert!(is_ready(&env));
     assert!(
-        rbs.get_opt("bulkhead-access-developer")
-            .await
-            .expect("get")
-            .is_some(),
+        exists(&rbs, "bulkhead-access-developer").await,
         "permanent grants stay"
     );
 }

@@ -6,11 +6,22 @@
 mod support;
 
 use bulkhead::api::{DatabaseCluster, Environment, Organization};
-use kube::api::ListParams;
+use kube::api::{DynamicObject, ListParams};
 use kube::{Api, ResourceExt};
 use support::cnpg;
 use support::controlplane::{ControlPlane, unique, wait_for};
 use support::objects::{WAIT, database_cluster, environment, is_true, organization, wait_ready};
+
+/// The names of the CloudNativePG objects `api` lists.
+async fn names(api: &Api<DynamicObject>) -> Vec<String> {
+    api.list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect()
+}
 
 /// Runs the whole crash/restart cycle at one fail point and checks that
 /// exactly one CloudNativePG Cluster (and one of each of its Databases)
@@ -75,12 +86,7 @@ async fn crash_at(fail_point: &str, expected_exit: i32) {
         "no create-pending where bulkhead picks the name"
     );
     let clusters = cnpg::clusters(&client, &name);
-    let before = clusters
-        .list(&ListParams::default())
-        .await
-        .expect("list")
-        .items
-        .len();
+    let before = names(&clusters).await.len();
     match fail_point {
         "exit-after-create-pending" => assert_eq!(before, 0, "crashed before the create"),
         _ => assert_eq!(before, 1, "crashed after the create"),
@@ -103,23 +109,9 @@ async fn crash_at(fail_point: &str, expected_exit: i32) {
             .map(String::as_str),
         Some("db-stage")
     );
-    let found = clusters
-        .list(&ListParams::default())
-        .await
-        .expect("list")
-        .items;
+    assert_eq!(names(&clusters).await, ["db-stage"], "exactly one Cluster");
     assert_eq!(
-        found.iter().map(|s| s.name_any()).collect::<Vec<_>>(),
-        ["db-stage"],
-        "exactly one Cluster"
-    );
-    let databases = cnpg::databases(&client, &name)
-        .list(&ListParams::default())
-        .await
-        .expect("list")
-        .items;
-    assert_eq!(
-        databases.iter().map(|s| s.name_any()).collect::<Vec<_>>(),
+        names(&cnpg::databases(&client, &name)).await,
         ["db-stage-db-app"],
         "exactly one Database"
     );

@@ -470,13 +470,12 @@ fn minimal_and_boundary_valid_objects_are_accepted() {
     assert_eq!(slug.len(), 63);
     apply_ok(
         cp,
-        &format!(
-            r#"apiVersion: bulkhead.dev/v1alpha1
-kind: Organization
-metadata:
-  name: valid-max-{u}
-spec:
-  provider:
+        &manifest(
+            "Organization",
+            &format!("valid-max-{u}"),
+            None,
+            &format!(
+                r#"  provider:
     type: fly
     credentialsSecretRef: {{name: fly-api, key: token}}
   slug: {slug}
@@ -492,17 +491,17 @@ spec:
   deletionPolicy: Delete
   managementPolicy: ObserveOnly
 "#
+            ),
         ),
     );
     apply_ok(
         cp,
-        &format!(
-            r#"apiVersion: bulkhead.dev/v1alpha1
-kind: Environment
-metadata:
-  name: valid-max-{u}
-spec:
-  organizationRef: {{name: valid-max-{u}}}
+        &manifest(
+            "Environment",
+            &format!("valid-max-{u}"),
+            None,
+            &format!(
+                r#"  organizationRef: {{name: valid-max-{u}}}
   tier: production
   namespaces: [valid-max-{u}, valid-max-{u}-2]
   access:
@@ -517,6 +516,7 @@ spec:
   isolation: {{mode: Warn}}
   databaseProvider: {{type: postgres, credentialsSecretRef: {{name: pg-admin, key: dsn}}}}
 "#
+            ),
         ),
     );
     let long_name = format!("v{u}-{}", "x".repeat(40));
@@ -533,14 +533,12 @@ spec:
     ] {
         apply_ok(
             cp,
-            &format!(
-                r#"apiVersion: bulkhead.dev/v1alpha1
-kind: DatabaseCluster
-metadata:
-  name: {name}
-  namespace: {INVALID_NS}
-spec:
-  environmentRef: {{name: valid-max-{u}}}
+            &manifest(
+                "DatabaseCluster",
+                &name,
+                Some(INVALID_NS),
+                &format!(
+                    r#"  environmentRef: {{name: valid-max-{u}}}
   engine: postgres
   version: "16.4"
   size:
@@ -566,20 +564,26 @@ spec:
     allowUnmasked: false
   deletionPolicy: Orphan
 "#
+                ),
             ),
         );
     }
+}
+
+/// A bulkhead.dev/v1alpha1 object of `kind` named `name` (in `namespace`,
+/// when namespaced) whose spec is the YAML lines `spec`.
+fn manifest(kind: &str, name: &str, namespace: Option<&str>, spec: &str) -> String {
+    let namespace = namespace.map_or(String::new(), |ns| format!("  namespace: {ns}\n"));
+    format!(
+        "apiVersion: bulkhead.dev/v1alpha1\nkind: {kind}\nmetadata:\n  name: {name}\n{namespace}spec:\n{spec}"
+    )
 }
 
 #[test]
 fn organization_slug_and_provider_type_are_immutable() {
     let cp = cp();
     let name = format!("imm-org-{}", unique());
-    let org = |spec: &str| {
-        format!(
-            "apiVersion: bulkhead.dev/v1alpha1\nkind: Organization\nmetadata:\n  name: {name}\nspec:\n{spec}"
-        )
-    };
+    let org = |spec: &str| manifest("Organization", &name, None, spec);
     apply_ok(
         cp,
         &org(&format!("  slug: {name}\n  displayName: Before\n")),
@@ -613,9 +617,8 @@ fn environment_tier_is_immutable() {
     let cp = cp();
     let name = format!("imm-env-{}", unique());
     let env = |tier: &str| {
-        format!(
-            "apiVersion: bulkhead.dev/v1alpha1\nkind: Environment\nmetadata:\n  name: {name}\nspec:\n  organizationRef:\n    name: acme\n  tier: {tier}\n"
-        )
+        let spec = format!("  organizationRef:\n    name: acme\n  tier: {tier}\n");
+        manifest("Environment", &name, None, &spec)
     };
     apply_ok(cp, &env("staging"));
     apply_rejected(
@@ -633,9 +636,8 @@ fn database_cluster_engine_and_environment_ref_are_immutable() {
     invalid_namespace(cp);
     let name = format!("imm-dbc-{}", unique());
     let dbc = |spec: &str| {
-        format!(
-            "apiVersion: bulkhead.dev/v1alpha1\nkind: DatabaseCluster\nmetadata:\n  name: {name}\n  namespace: {INVALID_NS}\nspec:\n  engine: postgres\n{spec}"
-        )
+        let spec = format!("  engine: postgres\n{spec}");
+        manifest("DatabaseCluster", &name, Some(INVALID_NS), &spec)
     };
     apply_ok(cp, &dbc("  environmentRef:\n    name: staging\n"));
     // Other fields stay editable.

@@ -14,17 +14,18 @@ use std::time::Duration;
 use bulkhead::api::{DatabaseCluster, Environment, Organization};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::Api;
-use kube::api::{DeleteParams, ListParams};
+use kube::{Api, Resource};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
-use support::cnpg;
-use support::controlplane::{ControlPlane, condition, repo, unique, wait_for, wait_gone};
+use support::controlplane::{
+    ControlPlane, condition, delete_and_wait, repo, unique, wait_for, wait_gone,
+};
 
 use support::helm::{NAMESPACE, RELEASE};
+use support::objects::{Conditions, all_events, cnpg_cluster_healthy, exists};
 const WAIT: Duration = Duration::from_secs(120);
 
 fn chart() -> PathBuf {
@@ -277,6 +278,16 @@ fn container(deployment: &Value) -> &Value {
     &deployment["spec"]["template"]["spec"]["containers"][0]
 }
 
+/// A rendered container's arguments.
+fn container_args(container: &Value) -> Vec<&str> {
+    container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 #[test]
 fn rendered_deployment_is_hardened_and_wired() {
     let docs = documents(&template(&[]));
@@ -330,12 +341,7 @@ fn rendered_deployment_is_hardened_and_wired() {
             .unwrap_or_else(|| panic!("env {name}"));
         assert_eq!(var["valueFrom"]["fieldRef"]["fieldPath"], field);
     }
-    let args: Vec<&str> = c["args"]
-        .as_array()
-        .expect("args")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let args = container_args(c);
     for want in [
         "--log-format=json",
         "--log-level=info",
@@ -355,12 +361,7 @@ fn rendered_deployment_is_hardened_and_wired() {
         "httpPort=9090",
     ]));
     let c = container(find(&docs, "Deployment", RELEASE).expect("Deployment"));
-    let args: Vec<&str> = c["args"]
-        .as_array()
-        .expect("args")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let args = container_args(c);
     assert!(args.contains(&"--log-format=text"), "{args:?}");
     assert!(
         args.contains(&"--log-level=bulkhead=debug,kube=warn"),
@@ -503,6 +504,16 @@ fn installed() -> &'static ControlPlane {
     cp
 }
 
+/// `name` through `api`; the test fails, naming `what`, if it is not there.
+async fn must_get<K>(api: &Api<K>, name: &str, what: &str) -> K
+where
+    K: Clone + DeserializeOwned + std::fmt::Debug,
+{
+    api.get(name)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
 #[tokio::test]
 async fn helm_install_creates_every_object() {
     let cp = installed();
@@ -535,14 +546,10 @@ async fn helm_install_creates_every_object() {
             .and_then(|s| s.service_account_name.as_deref()),
         Some(RELEASE)
     );
-    Api::<ServiceAccount>::namespaced(client.clone(), NAMESPACE)
-        .get(RELEASE)
-        .await
-        .expect("ServiceAccount");
-    let service = Api::<Service>::namespaced(client.clone(), NAMESPACE)
-        .get("bulkhead-metrics")
-        .await
-        .expect("metrics Service");
+    let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), NAMESPACE);
+    must_get(&sa, RELEASE, "ServiceAccount").await;
+    let services: Api<Service> = Api::namespaced(client.clone(), NAMESPACE);
+    let service = must_get(&services, "bulkhead-metrics", "metrics Service").await;
     assert_eq!(
         service
             .spec
@@ -551,14 +558,9 @@ async fn helm_install_creates_every_object() {
         Some(8080)
     );
     let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
-    cluster_roles
-        .get(RELEASE)
-        .await
-        .expect("operator ClusterRole");
-    let binding = Api::<ClusterRoleBinding>::all(client.clone())
-        .get(RELEASE)
-        .await
-        .expect("ClusterRoleBinding");
+    must_get(&cluster_roles, RELEASE, "operator ClusterRole").await;
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let binding = must_get(&bindings, RELEASE, "ClusterRoleBinding").await;
     let subject = &binding.subjects.unwrap_or_default()[0];
     assert_eq!(
         (
@@ -568,28 +570,23 @@ async fn helm_install_creates_every_object() {
         ),
         ("ServiceAccount", RELEASE, Some(NAMESPACE))
     );
-    Api::<Role>::namespaced(client.clone(), NAMESPACE)
-        .get("bulkhead-leader-election")
-        .await
-        .expect("leader election Role");
-    Api::<RoleBinding>::namespaced(client.clone(), NAMESPACE)
-        .get("bulkhead-leader-election")
-        .await
-        .expect("leader election RoleBinding");
+    let roles: Api<Role> = Api::namespaced(client.clone(), NAMESPACE);
+    let role_bindings: Api<RoleBinding> = Api::namespaced(client.clone(), NAMESPACE);
+    let election = "bulkhead-leader-election";
+    must_get(&roles, election, "leader election Role").await;
+    must_get(&role_bindings, election, "leader election RoleBinding").await;
     for role in ["admin", "developer", "tester", "viewer"] {
-        cluster_roles
-            .get(&format!("bulkhead-environment-{role}"))
-            .await
-            .unwrap_or_else(|e| panic!("ClusterRole bulkhead-environment-{role}: {e}"));
+        let name = format!("bulkhead-environment-{role}");
+        must_get(&cluster_roles, &name, &format!("ClusterRole {name}")).await;
     }
-    cluster_roles
-        .get("bulkhead-operator-namespace")
-        .await
-        .expect("the operator's in-namespace ClusterRole");
-    Api::<Role>::namespaced(client.clone(), NAMESPACE)
-        .get("bulkhead-credentials")
-        .await
-        .expect("credentials Role");
+    let namespace_role = "bulkhead-operator-namespace";
+    must_get(
+        &cluster_roles,
+        namespace_role,
+        "the operator's in-namespace ClusterRole",
+    )
+    .await;
+    must_get(&roles, "bulkhead-credentials", "credentials Role").await;
     for policy in ["bulkhead-environment-namespaces", "bulkhead-operator-scope"] {
         cp.kubectl_ok(&["get", "validatingadmissionpolicy", policy]);
         cp.kubectl_ok(&["get", "validatingadmissionpolicybinding", policy]);
@@ -608,6 +605,19 @@ fn ready_and_synced(conditions: &[Condition]) -> bool {
     ["Ready", "Synced"]
         .iter()
         .all(|t| condition(conditions, t).is_some_and(|c| c.status == "True"))
+}
+
+/// Waits until `name` is Ready and Synced, then checks that none of its
+/// conditions speaks of a forbidden call (`what` names it in a failure).
+async fn ready_synced_and_allowed<K>(api: &Api<K>, name: &str, timeout: Duration, what: &str)
+where
+    K: Conditions + Resource + Clone + DeserializeOwned + std::fmt::Debug + serde::Serialize,
+{
+    let obj = wait_for(api, name, timeout, "Ready and Synced", |o| {
+        ready_and_synced(o.conditions())
+    })
+    .await;
+    no_forbidden_reason(what, obj.conditions());
 }
 
 fn no_forbidden_reason(what: &str, conditions: &[Condition]) {
@@ -656,20 +666,7 @@ async fn chart_rbac_is_enough_for_the_examples_and_no_more() {
         "2h",
     ]);
     let kubeconfig = cp.token_kubeconfig(&token, "bulkhead-sa");
-    let mut operator = cp.start_operator_as(
-        &kubeconfig,
-        &[
-            "--http-addr",
-            "127.0.0.1:0",
-            "--leader-election=true",
-            "--lease-namespace",
-            NAMESPACE,
-            "--identity",
-            "rbac-check",
-            "--resync-seconds",
-            "20",
-        ],
-    );
+    let mut operator = cp.start_leader_operator(&kubeconfig, NAMESPACE, "rbac-check", "20", &[]);
 
     for set in ["production", "staging"] {
         for file in [
@@ -693,55 +690,25 @@ async fn chart_rbac_is_enough_for_the_examples_and_no_more() {
     let orgs: Api<Organization> = Api::all(admin.clone());
     let envs: Api<Environment> = Api::all(admin.clone());
     for org in ["acme-production", "acme-staging"] {
-        let o = wait_for(&orgs, org, WAIT, "Ready and Synced", |o| {
-            o.status
-                .as_ref()
-                .is_some_and(|s| ready_and_synced(&s.conditions))
-        })
-        .await;
-        no_forbidden_reason(org, &o.status.unwrap_or_default().conditions);
+        ready_synced_and_allowed(&orgs, org, WAIT, org).await;
     }
     for env in environments {
-        let e = wait_for(&envs, env, WAIT, "Ready and Synced", |e| {
-            e.status
-                .as_ref()
-                .is_some_and(|s| ready_and_synced(&s.conditions))
-        })
-        .await;
-        no_forbidden_reason(env, &e.status.unwrap_or_default().conditions);
+        ready_synced_and_allowed(&envs, env, WAIT, env).await;
     }
     // CloudNativePG runs the in-cluster clusters; under kwok it never hears
     // from a PostgreSQL, so its healthy status is written in its place.
     for (ns, cluster) in [("production", "my-app-db"), ("staging", "my-app-db-stage")] {
-        wait_for(
-            &cnpg::clusters(&admin, ns),
-            cluster,
-            WAIT,
-            "Cluster",
-            |_| true,
-        )
-        .await;
-        cnpg::write_healthy_status_as_cloudnativepg_would(&admin, ns, cluster).await;
+        cnpg_cluster_healthy(&admin, ns, cluster, WAIT).await;
     }
     for ns in ["production", "staging"] {
         let dbcs: Api<DatabaseCluster> = Api::namespaced(admin.clone(), ns);
-        let d = wait_for(&dbcs, "my-app-db", WAIT * 2, "Ready and Synced", |d| {
-            d.status
-                .as_ref()
-                .is_some_and(|s| ready_and_synced(&s.conditions))
-        })
-        .await;
-        no_forbidden_reason(ns, &d.status.unwrap_or_default().conditions);
+        ready_synced_and_allowed(&dbcs, "my-app-db", WAIT * 2, ns).await;
     }
 
     // Events were recorded under the ServiceAccount.
-    let events = Api::<Event>::all(admin.clone())
-        .list(&ListParams::default())
-        .await
-        .expect("list events");
     assert!(
-        events
-            .items
+        all_events(&admin)
+            .await
             .iter()
             .any(|e| e.reporting_controller.as_deref() == Some("bulkhead")),
         "no Event from bulkhead"
@@ -751,35 +718,22 @@ async fn chart_rbac_is_enough_for_the_examples_and_no_more() {
     // of children, unlabelling adopted namespaces.
     for ns in ["production", "staging"] {
         let dbcs: Api<DatabaseCluster> = Api::namespaced(admin.clone(), ns);
-        dbcs.delete("my-app-db", &DeleteParams::default())
-            .await
-            .expect("delete DatabaseCluster");
-        wait_gone(&dbcs, "my-app-db", WAIT).await;
+        delete_and_wait(&dbcs, "my-app-db", WAIT).await;
     }
     for env in environments {
-        envs.delete(env, &DeleteParams::default())
-            .await
-            .expect("delete Environment");
-        wait_gone(&envs, env, WAIT).await;
+        delete_and_wait(&envs, env, WAIT).await;
     }
     // The namespace bulkhead made goes; the adopted ones stay.
     let namespaces: Api<Namespace> = Api::all(admin.clone());
     wait_gone(&namespaces, &owned, WAIT).await;
     for adopted in ["production", "staging"] {
         assert!(
-            namespaces
-                .get_opt(adopted)
-                .await
-                .expect("get namespace")
-                .is_some(),
+            exists(&namespaces, adopted).await,
             "adopted namespace {adopted} was deleted"
         );
     }
     for org in ["acme-production", "acme-staging"] {
-        orgs.delete(org, &DeleteParams::default())
-            .await
-            .expect("delete Organization");
-        wait_gone(&orgs, org, WAIT).await;
+        delete_and_wait(&orgs, org, WAIT).await;
     }
 
     let status = operator.stop().expect("operator exits after SIGTERM");

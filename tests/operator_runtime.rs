@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 use bulkhead::api::{Environment, Organization};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use kube::api::DeleteParams;
-use support::controlplane::{ControlPlane, unique, wait_for, wait_gone};
+use support::controlplane::{
+    ControlPlane, delete_and_wait, delete_and_wait_recreated, unique, wait_for,
+};
 use support::objects::{WAIT, environment, organization, wait_ready, wait_reason};
 
 const LEASE_DURATION: u64 = 6;
@@ -183,6 +184,19 @@ impl OperatorProcess {
         self.op.log()
     }
 
+    /// Waits until the log says `needle` (`what` names it if it never does).
+    async fn wait_for_log(&self, needle: &str, what: &str) {
+        eventually(WAIT, what, || async {
+            let log = self.log();
+            if log.contains(needle) {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        })
+        .await
+    }
+
     fn get(&self, path: &str) -> Option<(u16, String)> {
         http_get(self.port, path)
     }
@@ -207,14 +221,56 @@ async fn create_org(cp: &ControlPlane, name: &str) -> Api<Organization> {
     orgs
 }
 
-async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
-    leases
-        .get_opt(name)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|l| l.spec)
-        .and_then(|s| s.holder_identity)
+/// One Lease that replicas contend for, in a namespace of its own.
+struct Election {
+    ns: String,
+    lease_name: String,
+    duration: String,
+    leases: Api<Lease>,
+}
+
+impl Election {
+    /// A fresh namespace named after `prefix`, and a Lease name in it.
+    async fn new(cp: &ControlPlane, prefix: &str) -> Election {
+        let ns = format!("{prefix}-{}", unique());
+        cp.kubectl_ok(&["create", "namespace", &ns]);
+        Election {
+            leases: Api::namespaced(cp.client().await, &ns),
+            ns,
+            lease_name: format!("bulkhead-leader-{}", unique()),
+            duration: LEASE_DURATION.to_string(),
+        }
+    }
+
+    /// Starts a replica under `kubeconfig` that contends as `identity`.
+    fn start(&self, cp: &ControlPlane, kubeconfig: &Path, identity: &str) -> OperatorProcess {
+        OperatorProcess::start(
+            cp,
+            kubeconfig,
+            &[
+                "--leader-election=true",
+                "--lease-namespace",
+                &self.ns,
+                "--lease-name",
+                &self.lease_name,
+                "--lease-duration",
+                &self.duration,
+                "--identity",
+                identity,
+            ],
+        )
+    }
+
+    /// Who holds the Lease now, if anyone.
+    async fn holder(&self) -> Option<String> {
+        self.leases
+            .get_opt(&self.lease_name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+    }
 }
 
 fn total_reconciles(metrics: &str) -> f64 {
@@ -225,37 +281,17 @@ fn total_reconciles(metrics: &str) -> f64 {
 async fn one_leader_reconciles_and_a_standby_takes_over_on_sigterm() {
     let _turn = exclusive().await;
     let cp = ControlPlane::full();
-    let client = cp.client().await;
-    let ns = format!("lease-{}", unique());
-    cp.kubectl_ok(&["create", "namespace", &ns]);
-    let lease_name = format!("bulkhead-leader-{}", unique());
-    let duration = LEASE_DURATION.to_string();
-    let start = |identity: &str| {
-        OperatorProcess::start(
-            cp,
-            cp.kubeconfig(),
-            &[
-                "--leader-election=true",
-                "--lease-namespace",
-                &ns,
-                "--lease-name",
-                &lease_name,
-                "--lease-duration",
-                &duration,
-                "--identity",
-                identity,
-            ],
-        )
-    };
+    let election = Election::new(cp, "lease").await;
+    let start = |identity: &str| election.start(cp, cp.kubeconfig(), identity);
     let id_a = format!("alpha-{}", unique());
     let id_b = format!("bravo-{}", unique());
     let a = start(&id_a);
     let b = start(&id_b);
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
 
     // Exactly one holds the Lease, and its gauge says so; the other waits.
     let leader_id = eventually(WAIT, "a Lease holder", || async {
-        holder(&leases, &lease_name)
+        election
+            .holder()
             .await
             .ok_or_else(|| "no holder yet".to_string())
     })
@@ -277,15 +313,12 @@ async fn one_leader_reconciles_and_a_standby_takes_over_on_sigterm() {
         }
     })
     .await;
-    eventually(WAIT, "the standby waiting for leadership", || async {
-        let log = standby.log();
-        if log.contains("waiting for leadership") {
-            Ok(())
-        } else {
-            Err(log)
-        }
-    })
-    .await;
+    standby
+        .wait_for_log(
+            "waiting for leadership",
+            "the standby waiting for leadership",
+        )
+        .await;
     assert_eq!(
         metric(&standby.metrics().await, "bulkhead_leader", &[]),
         0.0,
@@ -300,10 +333,7 @@ async fn one_leader_reconciles_and_a_standby_takes_over_on_sigterm() {
         }
     })
     .await;
-    assert_eq!(
-        holder(&leases, &lease_name).await.as_deref(),
-        Some(leader_id.as_str())
-    );
+    assert_eq!(election.holder().await.as_deref(), Some(leader_id.as_str()));
 
     // Only the leader reconciles.
     let leader_before = metric(
@@ -347,7 +377,7 @@ async fn one_leader_reconciles_and_a_standby_takes_over_on_sigterm() {
         Duration::from_secs(LEASE_DURATION * 5),
         "the standby to hold the Lease",
         || async {
-            match holder(&leases, &lease_name).await {
+            match election.holder().await {
                 Some(h) if h == standby_id => Ok(()),
                 other => Err(format!("holder {other:?}")),
             }
@@ -380,10 +410,7 @@ async fn one_leader_reconciles_and_a_standby_takes_over_on_sigterm() {
     );
 
     for name in [&org1, &org2] {
-        orgs.delete(name, &DeleteParams::default())
-            .await
-            .expect("delete Organization");
-        wait_gone(&orgs, name, WAIT).await;
+        delete_and_wait(&orgs, name, WAIT).await;
     }
     let status = standby.stop().expect("the new leader exits after SIGTERM");
     assert!(status.success(), "{}", standby.log());
@@ -527,15 +554,8 @@ subjects: [{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}]
         }
     })
     .await;
-    eventually(WAIT, "the controllers to start", || async {
-        let log = op.log();
-        if log.contains("starting controllers") {
-            Ok(())
-        } else {
-            Err(log)
-        }
-    })
-    .await;
+    op.wait_for_log("starting controllers", "the controllers to start")
+        .await;
     let (code, body) = op.get("/readyz").expect("/readyz answers");
     assert_eq!(
         code,
@@ -597,14 +617,8 @@ async fn delete_then_stop(
     org: &str,
     op: &mut OperatorProcess,
 ) {
-    envs.delete(env, &DeleteParams::default())
-        .await
-        .expect("delete Environment");
-    wait_gone(envs, env, WAIT).await;
-    orgs.delete(org, &DeleteParams::default())
-        .await
-        .expect("delete Organization");
-    wait_gone(orgs, org, WAIT).await;
+    delete_and_wait(envs, env, WAIT).await;
+    delete_and_wait(orgs, org, WAIT).await;
     let status = op.stop().expect("exits after SIGTERM");
     assert!(status.success(), "{}", op.log());
 }
@@ -960,21 +974,11 @@ async fn an_unchanged_world_costs_no_requests_and_a_childs_change_wakes_its_owne
     );
     let rbs: Api<RoleBinding> = Api::namespaced(client.clone(), &name);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &name);
-    let old = rbs
-        .get("bulkhead-access-developer")
-        .await
-        .expect("access RoleBinding")
-        .metadata
-        .uid;
-    rbs.delete("bulkhead-access-developer", &DeleteParams::default())
-        .await
-        .expect("delete RoleBinding");
-    wait_for(
+    delete_and_wait_recreated(
         &rbs,
         "bulkhead-access-developer",
         WAIT,
         "RoleBinding restored without a resync",
-        |rb| rb.metadata.uid != old,
     )
     .await;
     cms.patch(
@@ -1153,57 +1157,21 @@ fn logged_at(log: &str, what: &str) -> Option<String> {
 async fn a_leader_cut_off_from_the_apiserver_stops_before_a_standby_takes_over() {
     let _turn = exclusive().await;
     let cp = ControlPlane::full();
-    let client = cp.client().await;
-    let ns = format!("partition-{}", unique());
-    cp.kubectl_ok(&["create", "namespace", &ns]);
-    let lease_name = format!("bulkhead-leader-{}", unique());
-    let duration = LEASE_DURATION.to_string();
-    let args = |identity: &'static str| {
-        [
-            "--leader-election=true",
-            "--lease-namespace",
-            ns.as_str(),
-            "--lease-name",
-            lease_name.as_str(),
-            "--lease-duration",
-            duration.as_str(),
-            "--identity",
-            identity,
-        ]
-        .map(str::to_string)
-    };
+    let election = Election::new(cp, "partition").await;
     // The leader reaches the apiserver only through the proxy.
     let proxy = Partition::start(admin_kubeconfig(cp).1).await;
     let through_proxy = kubeconfig_through(cp, proxy.addr);
-    let a_args = args("cut-off");
-    let mut a = OperatorProcess::start(
-        cp,
-        &through_proxy,
-        &a_args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let mut a = election.start(cp, &through_proxy, "cut-off");
     eventually(WAIT, "the proxied replica to lead", || async {
-        match holder(&leases, &lease_name).await {
+        match election.holder().await {
             Some(h) if h == "cut-off" => Ok(()),
             other => Err(format!("holder {other:?}")),
         }
     })
     .await;
-    let b_args = args("standby");
-    let mut b = OperatorProcess::start(
-        cp,
-        cp.kubeconfig(),
-        &b_args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    eventually(WAIT, "the standby waiting", || async {
-        let log = b.log();
-        if log.contains("waiting for leadership") {
-            Ok(())
-        } else {
-            Err(log)
-        }
-    })
-    .await;
+    let mut b = election.start(cp, cp.kubeconfig(), "standby");
+    b.wait_for_log("waiting for leadership", "the standby waiting")
+        .await;
     // The leader works through the proxy until the cut.
     let org = format!("partition-{}", unique());
     let orgs = create_org(cp, &org).await;
@@ -1215,7 +1183,7 @@ async fn a_leader_cut_off_from_the_apiserver_stops_before_a_standby_takes_over()
         Duration::from_secs(LEASE_DURATION * 5),
         "the standby to take the Lease",
         || async {
-            match holder(&leases, &lease_name).await {
+            match election.holder().await {
                 Some(h) if h == "standby" => Ok(()),
                 other => Err(format!("holder {other:?}")),
             }
@@ -1251,10 +1219,7 @@ async fn a_leader_cut_off_from_the_apiserver_stops_before_a_standby_takes_over()
     create_org(cp, &next).await;
     wait_ready(&orgs, &next).await;
     for name in [&org, &next] {
-        orgs.delete(name, &DeleteParams::default())
-            .await
-            .expect("delete Organization");
-        wait_gone(&orgs, name, WAIT).await;
+        delete_and_wait(&orgs, name, WAIT).await;
     }
     assert!(b.stop().expect("exits").success(), "{}", b.log());
 }

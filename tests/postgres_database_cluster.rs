@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use bulkhead::api::{DatabaseCluster, Environment, Organization};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::DeleteParams;
 use kube::{Api, Client};
 use serde_json::json;
-use support::controlplane::{ControlPlane, Operator, unique, wait_for, wait_gone};
+use support::controlplane::{ControlPlane, Operator, delete_and_wait, unique, wait_for};
 use support::objects::{
     WAIT, database_cluster, environment, is_ready, message_of, organization, reason_of, wait_ready,
     wait_reason,
 };
+use support::postgres::{count, no_rows};
 
 static OPERATOR: OnceLock<Operator> = OnceLock::new();
 
@@ -134,12 +134,11 @@ async fn connection_secret_logs_in_with_least_privilege() {
     c.batch_execute("SET ROLE NONE").await.expect("reset");
     let owner = pg.admin(&db).await;
     owner.batch_execute("SET ROLE orders_stage_owner; CREATE TABLE items (id int); INSERT INTO items VALUES (1)").await.expect("owner creates a table");
-    let n: i64 = ro
-        .query_one("SELECT count(*) FROM items", &[])
-        .await
-        .expect("readOnly reads new tables")
-        .get(0);
-    assert_eq!(n, 1);
+    assert_eq!(
+        count(&ro, "SELECT count(*) FROM items").await,
+        1,
+        "readOnly reads new tables"
+    );
     assert!(
         ro.batch_execute("INSERT INTO items VALUES (2)")
             .await
@@ -155,16 +154,9 @@ async fn connection_secret_logs_in_with_least_privilege() {
     assert!(!yaml.contains(&password), "password leaked into the object");
 
     // Delete (the default policy) drops the database and roles.
-    dbcs.delete("orders", &DeleteParams::default())
-        .await
-        .expect("delete");
-    wait_gone(&dbcs, "orders", WAIT).await;
+    delete_and_wait(&dbcs, "orders", WAIT).await;
     let admin = pg.admin("postgres").await;
-    let left = admin
-        .query("SELECT 1 FROM pg_database WHERE datname = 'orders_stage_app' UNION ALL SELECT 1 FROM pg_roles WHERE rolname LIKE 'orders\\_stage\\_%'", &[])
-        .await
-        .expect("catalog query");
-    assert!(left.is_empty(), "database and roles dropped");
+    assert!(no_rows(&admin, "SELECT 1 FROM pg_database WHERE datname = 'orders_stage_app' UNION ALL SELECT 1 FROM pg_roles WHERE rolname LIKE 'orders\\_stage\\_%'").await, "database and roles dropped");
 }
 
 #[tokio::test]
@@ -241,11 +233,14 @@ async fn production_is_copied_into_staging_without_sensitive_data() {
         );
         assert!(name.is_none(), "name nulled");
     }
-    let excluded = copied
-        .query("SELECT 1 FROM pg_tables WHERE tablename = 'audit_log'", &[])
-        .await
-        .expect("catalog");
-    assert!(excluded.is_empty(), "excluded table absent");
+    assert!(
+        no_rows(
+            &copied,
+            "SELECT 1 FROM pg_tables WHERE tablename = 'audit_log'"
+        )
+        .await,
+        "excluded table absent"
+    );
 
     // The staging app user reads the copy with the connection Secret.
     let conn = Api::<Secret>::namespaced(client.clone(), &stage)
@@ -260,12 +255,7 @@ async fn production_is_copied_into_staging_without_sensitive_data() {
         )
         .await
         .expect("login");
-    let n: i64 = app
-        .query_one("SELECT count(*) FROM customers", &[])
-        .await
-        .expect("select")
-        .get(0);
-    assert_eq!(n, 50);
+    assert_eq!(count(&app, "SELECT count(*) FROM customers").await, 50);
 
     // Copies never flow upward: production from staging is refused.
     app_cluster("upward", &prod)

@@ -19,13 +19,13 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
-use support::controlplane::{ControlPlane, Operator, condition, repo, wait_for, wait_gone};
+use support::controlplane::{ControlPlane, Operator, condition, delete_and_wait, repo, wait_for};
 use support::helm::{NAMESPACE, install_chart, operator_user};
 use support::objects::{
-    Conditions, database_cluster, environment, is_true, message_of, organization,
-    wait_ready_within, wait_reason_within,
+    Conditions, database_cluster, environment, exists, is_true, message_of, organization,
+    wait_exists, wait_ready_within, wait_reason_within,
 };
-use support::postgres::TestPostgres;
+use support::postgres::{TestPostgres, no_rows};
 
 const WAIT: Duration = Duration::from_secs(120);
 const PROD: &str = "t-prod";
@@ -48,6 +48,12 @@ static WORLD: tokio::sync::OnceCell<World> = tokio::sync::OnceCell::const_new();
 
 async fn world() -> &'static World {
     WORLD.get_or_init(build_world).await
+}
+
+/// The shared world, and a client of the control plane's admin.
+async fn world_and_client() -> (&'static World, Client) {
+    let w = world().await;
+    (w, w.cp.client().await)
 }
 
 fn text(out: &Output) -> String {
@@ -115,21 +121,12 @@ async fn build_world() -> World {
     apply_admin(cp, &credentials_secret("pg-staging", &stage_pg.admin_dsn()));
 
     let operator_token = cp.service_account_kubeconfig(NAMESPACE, support::helm::RELEASE);
-    let operator = cp.start_operator_as(
+    let operator = cp.start_leader_operator(
         &operator_token,
-        &[
-            "--http-addr",
-            "127.0.0.1:0",
-            "--leader-election=true",
-            "--lease-namespace",
-            NAMESPACE,
-            "--identity",
-            "tenant-suite",
-            "--resync-seconds",
-            "10",
-            "--log-format",
-            "json",
-        ],
+        NAMESPACE,
+        "tenant-suite",
+        "10",
+        &["--log-format", "json"],
     );
 
     for org in ["acme-prod-t", "acme-stage-t"] {
@@ -272,8 +269,7 @@ async fn a_tenant_holds_rights_in_its_own_namespace_only() {
 
 #[tokio::test]
 async fn a_database_cluster_cannot_choose_its_server_credentials_or_environment() {
-    let w = world().await;
-    let client = w.cp.client().await;
+    let (w, client) = world_and_client().await;
     // The field that once let a tenant name any Secret in the cluster is gone.
     let out = w.cp.apply_as(
         &w.tenant,
@@ -308,23 +304,18 @@ async fn a_database_cluster_cannot_choose_its_server_credentials_or_environment(
         "{message}"
     );
     for pg in [&w.prod_pg, support::postgres::shared().await] {
-        let rows = pg
-            .admin("postgres")
-            .await
-            .query(
-                "SELECT datname FROM pg_database WHERE datname LIKE 'claims%'",
-                &[],
-            )
-            .await
-            .expect("catalog");
-        assert!(rows.is_empty(), "a database was created for claims-prod");
+        let admin = pg.admin("postgres").await;
+        let sql = "SELECT datname FROM pg_database WHERE datname LIKE 'claims%'";
+        assert!(
+            no_rows(&admin, sql).await,
+            "a database was created for claims-prod"
+        );
     }
 }
 
 #[tokio::test]
 async fn copies_need_the_sources_consent_and_keep_its_rules() {
-    let w = world().await;
-    let client = w.cp.client().await;
+    let (w, client) = world_and_client().await;
     // A copy of production's `cluster`, masking `columns` (when given).
     let apply_copy = |name: &str, cluster: &str, columns: Option<Value>| {
         let mut source =
@@ -377,11 +368,14 @@ async fn copies_need_the_sources_consent_and_keep_its_rules() {
     );
     let stage_pg = support::postgres::shared().await;
     let target = stage_pg.admin("copy_stage_app").await;
-    let tables = target
-        .query("SELECT 1 FROM pg_tables WHERE tablename = 'customers'", &[])
-        .await
-        .expect("catalog");
-    assert!(tables.is_empty(), "a refused copy wrote to the target");
+    assert!(
+        no_rows(
+            &target,
+            "SELECT 1 FROM pg_tables WHERE tablename = 'customers'"
+        )
+        .await,
+        "a refused copy wrote to the target"
+    );
 
     // Masked: it copies, and the source's rules hold whatever the consumer
     // asked: email is hashed (not redacted), the audit log stays behind.
@@ -422,17 +416,19 @@ async fn copies_need_the_sources_consent_and_keep_its_rules() {
             "declared safe, copied as is"
         );
     }
-    let audit = target
-        .query("SELECT 1 FROM pg_tables WHERE tablename = 'audit_log'", &[])
-        .await
-        .expect("catalog");
-    assert!(audit.is_empty(), "the source's excluded table was copied");
+    assert!(
+        no_rows(
+            &target,
+            "SELECT 1 FROM pg_tables WHERE tablename = 'audit_log'"
+        )
+        .await,
+        "the source's excluded table was copied"
+    );
 }
 
 #[tokio::test]
 async fn environments_cannot_take_system_or_foreign_namespaces() {
-    let w = world().await;
-    let client = w.cp.client().await;
+    let (w, client) = world_and_client().await;
     // Stated at admission by the chart's ValidatingAdmissionPolicy.
     let out = w.cp.apply_stdin(
         &environment("takes-operator", "acme-stage-t", "development")
@@ -514,10 +510,7 @@ async fn environments_cannot_take_system_or_foreign_namespaces() {
         "bulkhead.dev/adoptable-by=payments",
     ]);
     env_ready(&client, "payments").await;
-    envs.delete("payments", &DeleteParams::default())
-        .await
-        .expect("delete");
-    wait_gone(&envs, "payments", WAIT).await;
+    delete_and_wait(&envs, "payments", WAIT).await;
     let cm = Api::<ConfigMap>::namespaced(client.clone(), "payments-prod")
         .get("settings")
         .await;
@@ -606,8 +599,7 @@ async fn the_operator_holds_exactly_the_rights_on_the_allow_list() {
 
 #[tokio::test]
 async fn a_stolen_operator_token_cannot_cross_the_boundary() {
-    let w = world().await;
-    let client = w.cp.client().await;
+    let (w, client) = world_and_client().await;
     w.cp.kubectl_ok(&["create", "namespace", "other-team"]);
     let attempts: Vec<(Vec<&str>, &str)> = vec![
         (
@@ -731,11 +723,11 @@ async fn a_stolen_operator_token_cannot_cross_the_boundary() {
     }
     // Nothing happened.
     assert!(
-        Api::<RoleBinding>::namespaced(client.clone(), "kube-system")
-            .get_opt("mallory")
-            .await
-            .expect("get")
-            .is_none()
+        !exists(
+            &Api::<RoleBinding>::namespaced(client.clone(), "kube-system"),
+            "mallory"
+        )
+        .await
     );
     let ns = Api::<Namespace>::all(client)
         .get("other-team")
@@ -746,8 +738,7 @@ async fn a_stolen_operator_token_cannot_cross_the_boundary() {
 
 #[tokio::test]
 async fn isolation_never_stops_production() {
-    let w = world().await;
-    let client = w.cp.client().await;
+    let (w, client) = world_and_client().await;
     let envs: Api<Environment> = Api::all(client.clone());
     // A staging Environment in production's Organization and namespace.
     apply_admin(
@@ -784,14 +775,7 @@ async fn isolation_never_stops_production() {
         .delete("bulkhead-private-network", &DeleteParams::default())
         .await
         .expect("delete the NetworkPolicy");
-    wait_for(
-        &policies,
-        "bulkhead-private-network",
-        WAIT,
-        "restored",
-        |_| true,
-    )
-    .await;
+    wait_exists(&policies, "bulkhead-private-network", WAIT, "restored").await;
     dbc_ready(&client, PROD, "orders").await;
     // The intruder wrote nothing into production's namespace.
     let uid = envs
@@ -831,10 +815,7 @@ async fn isolation_never_stops_production() {
         "no Warning Event about the violation"
     );
     for name in ["intruder", "twin"] {
-        envs.delete(name, &DeleteParams::default())
-            .await
-            .expect("delete");
-        wait_gone(&envs, name, WAIT).await;
+        delete_and_wait(&envs, name, WAIT).await;
     }
     wait_for(&envs, PROD, WAIT, "Isolated again", |e| {
         is_true(e, "Isolated")
@@ -844,8 +825,7 @@ async fn isolation_never_stops_production() {
 
 #[tokio::test]
 async fn secrets_bulkhead_did_not_make_are_never_touched() {
-    let w = world().await;
-    let client = w.cp.client().await;
+    let (w, client) = world_and_client().await;
     let out = w.cp.kubectl_as(
         &w.tenant,
         &[
@@ -883,17 +863,13 @@ async fn secrets_bulkhead_did_not_make_are_never_touched() {
     };
     check(&secrets.get("payments-keys").await.expect("get"));
     let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), STAGE);
-    dbcs.delete("conflicted", &DeleteParams::default())
-        .await
-        .expect("delete");
-    wait_gone(&dbcs, "conflicted", WAIT).await;
+    delete_and_wait(&dbcs, "conflicted", WAIT).await;
     check(&secrets.get("payments-keys").await.expect("still there"));
 }
 
 #[tokio::test]
 async fn two_organizations_cannot_claim_one_slug() {
-    let w = world().await;
-    let client = w.cp.client().await;
+    let (w, client) = world_and_client().await;
     let orgs: Api<Organization> = Api::all(client.clone());
     apply_admin(
         w.cp,
@@ -937,24 +913,20 @@ async fn two_organizations_cannot_claim_one_slug() {
         !binding.contains("eve@evil.example"),
         "the second claimer wrote its members"
     );
-    orgs.delete("slug-second", &DeleteParams::default())
-        .await
-        .expect("delete");
-    wait_gone(&orgs, "slug-second", WAIT).await;
+    delete_and_wait(&orgs, "slug-second", WAIT).await;
     assert!(
-        Api::<ClusterRole>::all(client.clone())
-            .get_opt("bulkhead:organization:shared-slug")
-            .await
-            .expect("get")
-            .is_some(),
+        exists(
+            &Api::<ClusterRole>::all(client.clone()),
+            "bulkhead:organization:shared-slug"
+        )
+        .await,
         "deleting the second claimer removed the first's tenancy"
     );
 }
 
 #[tokio::test]
 async fn no_credential_appears_in_logs_events_or_status() {
-    let w = world().await;
-    let client = w.cp.client().await;
+    let (w, client) = world_and_client().await;
     let stage_pg = support::postgres::shared().await;
     let port = stage_pg.port();
     let secret = || bulkhead::provider::generate_password().expose().to_string();

@@ -5,11 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{Path, State as AxumState};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -17,10 +18,12 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::StatusCode;
 use rand::RngExt;
 use rand::rngs::StdRng;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::Emulator;
+use crate::state::State;
 
 /// One fault rule; the first rule whose prefix matches a path applies.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -172,6 +175,35 @@ fn control_error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
+/// A control request refused: the status and message of its
+/// `{"error": …}` answer.
+struct Refusal(StatusCode, String);
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Refusal(status, message.into())
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        control_error(self.0, self.1)
+    }
+}
+
+/// A control request's JSON body, or the 400 that names `what`.
+fn parse<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Refusal> {
+    serde_json::from_slice(body)
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
+}
+
+/// The emulator's state, or the 500 for a poisoned lock.
+fn lock_state(emu: &Emulator) -> Result<MutexGuard<'_, State>, Refusal> {
+    emu.state
+        .lock()
+        .map_err(|_| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "state lock poisoned"))
+}
+
 type Shared = AxumState<Arc<Emulator>>;
 
 pub fn router() -> Router<Arc<Emulator>> {
@@ -211,10 +243,10 @@ async fn faults_get(AxumState(emu): Shared) -> Response {
     }
 }
 
-async fn faults_put(AxumState(emu): Shared, body: axum::body::Bytes) -> Response {
-    let config: FaultConfig = match serde_json::from_slice(&body) {
+async fn faults_put(AxumState(emu): Shared, body: Bytes) -> Response {
+    let config: FaultConfig = match parse(&body, "fault config") {
         Ok(c) => c,
-        Err(e) => return control_error(StatusCode::BAD_REQUEST, format!("fault config: {e}")),
+        Err(refusal) => return refusal.into_response(),
     };
     let fractions_ok = config.rules.iter().all(|r| {
         [r.error_fraction, r.rate_limit_fraction, r.drop_fraction]
@@ -264,10 +296,10 @@ struct RateLimitChange {
     scale: Option<f64>,
 }
 
-async fn rate_limits_put(AxumState(emu): Shared, body: axum::body::Bytes) -> Response {
-    let change: RateLimitChange = match serde_json::from_slice(&body) {
+async fn rate_limits_put(AxumState(emu): Shared, body: Bytes) -> Response {
+    let change: RateLimitChange = match parse(&body, "rate limits") {
         Ok(c) => c,
-        Err(e) => return control_error(StatusCode::BAD_REQUEST, format!("rate limits: {e}")),
+        Err(refusal) => return refusal.into_response(),
     };
     if change.scale.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
         return control_error(StatusCode::BAD_REQUEST, "scale must be a positive number");
@@ -310,22 +342,25 @@ struct RemoveMember {
     email: Option<String>,
 }
 
-async fn remove_member(AxumState(emu): Shared, body: axum::body::Bytes) -> Response {
-    let change: RemoveMember = match serde_json::from_slice(&body) {
-        Ok(c) => c,
-        Err(e) => return control_error(StatusCode::BAD_REQUEST, format!("remove-member: {e}")),
-    };
-    let Ok(mut state) = emu.state.lock() else {
-        return control_error(StatusCode::INTERNAL_SERVER_ERROR, "state lock poisoned");
-    };
+async fn remove_member(AxumState(emu): Shared, body: Bytes) -> Result<Response, Refusal> {
+    let change: RemoveMember = parse(&body, "remove-member")?;
+    let mut state = lock_state(&emu)?;
     let user_id = match (&change.user_id, &change.email) {
         (Some(id), _) => id.clone(),
         (None, Some(email)) => match state.user_by_email(email) {
             Some(u) => u.id.clone(),
-            None => return control_error(StatusCode::NOT_FOUND, format!("no user {email:?}")),
+            None => {
+                return Err(Refusal::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no user {email:?}"),
+                ));
+            }
         },
         (None, None) => {
-            return control_error(StatusCode::BAD_REQUEST, "user_id or email is required");
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "user_id or email is required",
+            ));
         }
     };
     let org = if state.organizations.contains_key(&change.organization) {
@@ -334,17 +369,17 @@ async fn remove_member(AxumState(emu): Shared, body: axum::body::Bytes) -> Respo
         state.org_by_slug_mut(&change.organization)
     };
     let Some(org) = org else {
-        return control_error(
+        return Err(Refusal::new(
             StatusCode::NOT_FOUND,
             format!("no organization {:?}", change.organization),
-        );
+        ));
     };
     let before = org.members.len();
     org.members.retain(|m| m.user_id != user_id);
     if org.members.len() == before {
-        return control_error(StatusCode::NOT_FOUND, "not a member");
+        return Err(Refusal::new(StatusCode::NOT_FOUND, "not a member"));
     }
-    Json(json!({"removed": user_id})).into_response()
+    Ok(Json(json!({"removed": user_id})).into_response())
 }
 
 #[derive(Deserialize)]
@@ -353,26 +388,19 @@ struct RevokeToken {
     token_id: String,
 }
 
-async fn revoke_token(AxumState(emu): Shared, body: axum::body::Bytes) -> Response {
-    let change: RevokeToken = match serde_json::from_slice(&body) {
-        Ok(c) => c,
-        Err(e) => return control_error(StatusCode::BAD_REQUEST, format!("revoke-token: {e}")),
-    };
+async fn revoke_token(AxumState(emu): Shared, body: Bytes) -> Result<Response, Refusal> {
+    let change: RevokeToken = parse(&body, "revoke-token")?;
     let now = emu.now();
-    let Ok(mut state) = emu.state.lock() else {
-        return control_error(StatusCode::INTERNAL_SERVER_ERROR, "state lock poisoned");
-    };
-    match state.tokens.iter_mut().find(|t| t.id == change.token_id) {
-        Some(token) => {
-            token.revoked_at.get_or_insert(now);
-            token.revoked_by = Some("emulator drift".into());
-            Json(json!({"revoked": token.id})).into_response()
-        }
-        None => control_error(
+    let mut state = lock_state(&emu)?;
+    let Some(token) = state.tokens.iter_mut().find(|t| t.id == change.token_id) else {
+        return Err(Refusal::new(
             StatusCode::NOT_FOUND,
             format!("no token {:?}", change.token_id),
-        ),
-    }
+        ));
+    };
+    token.revoked_at.get_or_insert(now);
+    token.revoked_by = Some("emulator drift".into());
+    Ok(Json(json!({"revoked": token.id})).into_response())
 }
 
 #[derive(Deserialize)]
@@ -382,29 +410,27 @@ struct DestroyMachine {
     machine_id: String,
 }
 
-async fn destroy_machine(AxumState(emu): Shared, body: axum::body::Bytes) -> Response {
-    let change: DestroyMachine = match serde_json::from_slice(&body) {
-        Ok(c) => c,
-        Err(e) => return control_error(StatusCode::BAD_REQUEST, format!("destroy-machine: {e}")),
-    };
-    let Ok(mut state) = emu.state.lock() else {
-        return control_error(StatusCode::INTERNAL_SERVER_ERROR, "state lock poisoned");
-    };
+async fn destroy_machine(AxumState(emu): Shared, body: Bytes) -> Result<Response, Refusal> {
+    let change: DestroyMachine = parse(&body, "destroy-machine")?;
+    let mut state = lock_state(&emu)?;
     let Some(app) = state.apps.get_mut(&change.app) else {
-        return control_error(StatusCode::NOT_FOUND, format!("no app {:?}", change.app));
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            format!("no app {:?}", change.app),
+        ));
     };
     if app.machines.remove(&change.machine_id).is_none() {
-        return control_error(
+        return Err(Refusal::new(
             StatusCode::NOT_FOUND,
             format!("no machine {:?}", change.machine_id),
-        );
+        ));
     }
     for volume in app.volumes.values_mut() {
         if volume.attached_machine_id.as_deref() == Some(change.machine_id.as_str()) {
             volume.attached_machine_id = None;
         }
     }
-    Json(json!({"destroyed": change.machine_id})).into_response()
+    Ok(Json(json!({"destroyed": change.machine_id})).into_response())
 }
 
 async fn postgres_ready(AxumState(emu): Shared, Path(id): Path<String>) -> Response {

@@ -202,31 +202,47 @@ impl Execution<'_> {
         resolver: &mut dyn RootResolver,
     ) -> Out {
         let type_name = selection_set.ty.to_string();
-        let mut data = Vec::new();
-        for (key, fields) in self.collect_fields(selection_set, &type_name) {
+        self.fields(selection_set, &type_name, &[], |this, field| {
+            let args = this.arguments(field);
+            resolver.resolve(operation, field.name.as_str(), &args)
+        })
+    }
+
+    /// The fields `selection_set` asks of an object of `type_name` at
+    /// `path`: `__typename` answers itself, `value_of` gives every other
+    /// field's value (projected in turn) or its error (then null).
+    fn fields(
+        &mut self,
+        selection_set: &SelectionSet,
+        type_name: &str,
+        path: &[Value],
+        mut value_of: impl FnMut(&mut Self, &Node<Field>) -> Result<Value, FieldError>,
+    ) -> Out {
+        let mut out = Vec::new();
+        for (key, fields) in self.collect_fields(selection_set, type_name) {
             let Some(first) = fields.first() else {
                 continue;
             };
             if first.name == "__typename" {
-                data.push((key, Out::Leaf(Value::String(type_name.clone()))));
+                out.push((key, Out::Leaf(Value::String(type_name.to_string()))));
                 continue;
             }
-            let args = self.arguments(first);
-            let path = vec![Value::String(key.clone())];
-            match resolver.resolve(operation, first.name.as_str(), &args) {
+            let mut field_path = path.to_vec();
+            field_path.push(Value::String(key.clone()));
+            match value_of(self, first) {
                 Ok(value) => {
                     let merged = merged_selection_set(&fields);
-                    let projected = self.project(&value, &merged, &path);
-                    data.push((key, projected));
+                    let projected = self.project(&value, &merged, &field_path);
+                    out.push((key, projected));
                 }
                 Err(error) => {
                     self.errors
-                        .push(error_entry(&error.message, error.code, Some(&path)));
-                    data.push((key, Out::Leaf(Value::Null)));
+                        .push(error_entry(&error.message, error.code, Some(&field_path)));
+                    out.push((key, Out::Leaf(Value::Null)));
                 }
             }
         }
-        Out::Object(data)
+        Out::Object(out)
     }
 
     /// The JSON a resolver gave, cut down to what the selection set asks
@@ -253,37 +269,17 @@ impl Execution<'_> {
                     .and_then(Value::as_str)
                     .map(str::to_string)
                     .unwrap_or_else(|| selection_set.ty.to_string());
-                let mut out = Vec::new();
-                for (key, fields) in self.collect_fields(selection_set, &type_name) {
-                    let Some(first) = fields.first() else {
-                        continue;
-                    };
-                    if first.name == "__typename" {
-                        out.push((key, Out::Leaf(Value::String(type_name.clone()))));
-                        continue;
-                    }
-                    let mut field_path = path.to_vec();
-                    field_path.push(Value::String(key.clone()));
-                    match object.get(first.name.as_str()) {
-                        Some(field_value) => {
-                            let merged = merged_selection_set(&fields);
-                            let projected = self.project(field_value, &merged, &field_path);
-                            out.push((key, projected));
-                        }
-                        None => {
-                            self.errors.push(error_entry(
-                                &format!(
-                                    "not implemented in the emulator: {type_name}.{}",
-                                    first.name
-                                ),
-                                "NOT_IMPLEMENTED",
-                                Some(&field_path),
-                            ));
-                            out.push((key, Out::Leaf(Value::Null)));
-                        }
-                    }
-                }
-                Out::Object(out)
+                self.fields(selection_set, &type_name, path, |_, field| {
+                    object.get(field.name.as_str()).cloned().ok_or_else(|| {
+                        FieldError::new(
+                            "NOT_IMPLEMENTED",
+                            format!(
+                                "not implemented in the emulator: {type_name}.{}",
+                                field.name
+                            ),
+                        )
+                    })
+                })
             }
             _ => Out::Leaf(Value::Null),
         }

@@ -89,19 +89,9 @@ fn org_for_slug(ctx: &Ctx<'_>, req: &Request<'_>, slug: &str) -> Result<String, 
             .then(|| ctx.state.personal_org_of(&req.principal.user_id(ctx.state)))
             .flatten()
     });
-    let org = org.ok_or_else(|| {
-        error(
-            P,
-            StatusCode::NOT_FOUND,
-            format!("organization {slug:?} not found"),
-        )
-    })?;
+    let org = org.ok_or_else(|| P.not_found(format!("organization {slug:?} not found")))?;
     if !req.principal.can_use_org(ctx.state, &org.id) {
-        return Err(error(
-            P,
-            StatusCode::UNAUTHORIZED,
-            format!("token has no access to organization {slug:?}"),
-        ));
+        return Err(P.unauthorized(format!("token has no access to organization {slug:?}")));
     }
     Ok(org.id.clone())
 }
@@ -148,40 +138,28 @@ pub fn create(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
         .values()
         .any(|c| c.org_id == org_id && c.name == name && c.deleted_at.is_none());
     if taken {
-        return error(
-            P,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("a cluster named {name:?} already exists in this organization"),
-        );
+        return P.unprocessable(format!(
+            "a cluster named {name:?} already exists in this organization"
+        ));
     }
+    let text = |key: &str, default: &str| {
+        body.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or(default)
+            .to_string()
+    };
     let cluster = PostgresCluster {
         id: ids::lower_id(ctx.rng, 16),
         name,
         org_id,
-        plan: body
-            .get("plan")
-            .and_then(Value::as_str)
-            .unwrap_or("basic")
-            .to_string(),
-        region: body
-            .get("region")
-            .and_then(Value::as_str)
-            .unwrap_or("iad")
-            .to_string(),
-        pg_major_version: body
-            .get("pg_major_version")
-            .and_then(Value::as_str)
-            .unwrap_or("17")
-            .to_string(),
+        plan: text("plan", "basic"),
+        region: text("region", "iad"),
+        pg_major_version: text("pg_major_version", "17"),
         disk_size_gb: body
             .get("disk_size_gb")
             .and_then(Value::as_i64)
             .unwrap_or(10),
-        pool_mode: body
-            .get("pool_mode")
-            .and_then(Value::as_str)
-            .unwrap_or("transaction")
-            .to_string(),
+        pool_mode: text("pool_mode", "transaction"),
         postgis_enabled: body
             .get("postgis_enabled")
             .and_then(Value::as_bool)
@@ -206,19 +184,13 @@ fn cluster_id(ctx: &Ctx<'_>, req: &Request<'_>) -> Result<String, Reply> {
         .get("postgres_cluster_id")
         .cloned()
         .unwrap_or_default();
-    let cluster = ctx.state.postgres_clusters.get(&id).ok_or_else(|| {
-        error(
-            P,
-            StatusCode::NOT_FOUND,
-            format!("cluster {id:?} not found"),
-        )
-    })?;
+    let cluster = ctx
+        .state
+        .postgres_clusters
+        .get(&id)
+        .ok_or_else(|| P.not_found(format!("cluster {id:?} not found")))?;
     if !req.principal.can_use_org(ctx.state, &cluster.org_id) {
-        return Err(error(
-            P,
-            StatusCode::UNAUTHORIZED,
-            "token has no access to this cluster",
-        ));
+        return Err(P.unauthorized("token has no access to this cluster"));
     }
     Ok(id)
 }
@@ -230,7 +202,7 @@ pub fn show(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
                 StatusCode::OK,
                 json!({"data": cluster_json(ctx.state, c, ctx.now)}),
             ),
-            None => error(P, StatusCode::NOT_FOUND, "cluster not found"),
+            None => P.not_found("cluster not found"),
         },
         Err(reply) => reply,
     }
@@ -248,7 +220,7 @@ pub fn delete(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
             c.deleted_at = Some(now);
             Reply::empty(StatusCode::ACCEPTED)
         }
-        None => error(P, StatusCode::NOT_FOUND, "cluster not found"),
+        None => P.not_found("cluster not found"),
     }
 }
 
@@ -277,11 +249,11 @@ pub fn sub_resource(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
     let now = ctx.now;
     let password = ids::password(ctx.rng);
     let Some(cluster) = ctx.state.postgres_clusters.get_mut(&id) else {
-        return error(P, StatusCode::NOT_FOUND, "cluster not found");
+        return P.not_found("cluster not found");
     };
     match cluster.status(now) {
         "ready" => {}
-        "deleted" => return error(P, StatusCode::NOT_FOUND, "cluster was deleted"),
+        "deleted" => return P.not_found("cluster was deleted"),
         _ => {
             let wait = (cluster.ready_at - now).num_seconds().max(1) as u64;
             let mut reply = error(
@@ -308,18 +280,10 @@ pub fn sub_resource(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
         "Postgres_databases_create" => {
             let name = body_str("name").unwrap_or_default();
             if !valid_name(&name, false) {
-                return error(
-                    P,
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("invalid database name {name:?}"),
-                );
+                return P.unprocessable(format!("invalid database name {name:?}"));
             }
             if cluster.databases.contains(&name) {
-                return error(
-                    P,
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("database {name:?} already exists"),
-                );
+                return P.unprocessable(format!("database {name:?} already exists"));
             }
             cluster.databases.push(name.clone());
             Reply::json(StatusCode::CREATED, json!({"data": {"name": name}}))
@@ -327,11 +291,7 @@ pub fn sub_resource(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
         "Postgres_databases_delete" => {
             let name = param("database_name");
             if !cluster.databases.contains(&name) {
-                return error(
-                    P,
-                    StatusCode::NOT_FOUND,
-                    format!("database {name:?} not found"),
-                );
+                return P.not_found(format!("database {name:?} not found"));
             }
             cluster.databases.retain(|d| *d != name);
             Reply::json(StatusCode::OK, json!({"data": {"name": name}}))
@@ -344,11 +304,7 @@ pub fn sub_resource(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
             let username = body_str("username").unwrap_or_default();
             let role = body_str("role").unwrap_or_default();
             if !valid_name(&username, true) {
-                return error(
-                    P,
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("invalid username {username:?}"),
-                );
+                return P.unprocessable(format!("invalid username {username:?}"));
             }
             if cluster.users.contains_key(&username) {
                 return error(
@@ -373,11 +329,7 @@ pub fn sub_resource(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
             let username = param("username");
             match cluster.users.remove(&username) {
                 Some(_) => Reply::empty(StatusCode::NO_CONTENT),
-                None => error(
-                    P,
-                    StatusCode::NOT_FOUND,
-                    format!("user {username:?} not found"),
-                ),
+                None => P.not_found(format!("user {username:?} not found")),
             }
         }
         "Postgres_users_update_role" => {
@@ -388,11 +340,7 @@ pub fn sub_resource(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
                     user.role = role;
                     Reply::empty(StatusCode::NO_CONTENT)
                 }
-                None => error(
-                    P,
-                    StatusCode::NOT_FOUND,
-                    format!("user {username:?} not found"),
-                ),
+                None => P.not_found(format!("user {username:?} not found")),
             }
         }
         "Postgres_users_credentials" => {
@@ -402,11 +350,7 @@ pub fn sub_resource(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
                     StatusCode::OK,
                     json!({"data": {"username": username, "password": user.password}}),
                 ),
-                None => error(
-                    P,
-                    StatusCode::NOT_FOUND,
-                    format!("user {username:?} not found"),
-                ),
+                None => P.not_found(format!("user {username:?} not found")),
             }
         }
         "Postgres_users_rotate_password" => {
@@ -419,11 +363,7 @@ pub fn sub_resource(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
                         json!({"data": {"username": username, "password": user.password}}),
                     )
                 }
-                None => error(
-                    P,
-                    StatusCode::NOT_FOUND,
-                    format!("user {username:?} not found"),
-                ),
+                None => P.not_found(format!("user {username:?} not found")),
             }
         }
         other => error(

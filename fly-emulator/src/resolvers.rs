@@ -11,7 +11,7 @@ use crate::auth::{Principal, parse_go_duration};
 use crate::graphql::{FieldError, RootResolver};
 use crate::ids;
 use crate::state::{
-    Invitation, Membership, OrgType, Organization, Role, State, Token, TokenScope, User,
+    App, Invitation, Membership, OrgType, Organization, Role, State, Token, TokenScope, User,
 };
 
 /// Fly's default lifetime of a limited-access token when no `expiry` is
@@ -57,6 +57,15 @@ fn not_found(what: &str, key: &str) -> FieldError {
     )
 }
 
+/// The app whose id or name is `app_ref`.
+fn app_by_ref<'s>(state: &'s State, app_ref: &str) -> Result<&'s App, FieldError> {
+    state
+        .apps
+        .values()
+        .find(|a| a.id == app_ref || a.name == app_ref)
+        .ok_or_else(|| not_found("App", app_ref))
+}
+
 fn unauthorized(what: &str) -> FieldError {
     FieldError::new("UNAUTHORIZED", format!("You are not authorized to {what}"))
 }
@@ -87,6 +96,18 @@ fn connection(type_prefix: &str, edges: Vec<Value>, nodes: Vec<Value>) -> Value 
             "endCursor": if total > 0 { json!((total - 1).to_string()) } else { Value::Null },
         },
     })
+}
+
+/// A connection whose edges carry nothing but the cursor and the node.
+fn node_connection(type_prefix: &str, nodes: Vec<Value>) -> Value {
+    let edges = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            json!({"__typename": format!("{type_prefix}Edge"), "cursor": i.to_string(), "node": node})
+        })
+        .collect();
+    connection(type_prefix, edges, nodes)
 }
 
 fn org_ref_json(org: &Organization) -> Value {
@@ -188,25 +209,11 @@ pub fn org_json(
         .iter()
         .map(|i| invitation_json(state, org, i))
         .collect();
-    let invitation_edges = invitation_nodes
-        .iter()
-        .enumerate()
-        .map(|(i, node)| {
-            json!({"__typename": "OrganizationInvitationEdge", "cursor": i.to_string(), "node": node})
-        })
-        .collect();
     let token_nodes: Vec<Value> = state
         .tokens
         .iter()
         .filter(|t| t.org_id == org.id && t.revoked_at.is_none() && t.expires_at > now)
         .map(|t| token_json(state, t, false))
-        .collect();
-    let token_edges = token_nodes
-        .iter()
-        .enumerate()
-        .map(|(i, node)| {
-            json!({"__typename": "LimitedAccessTokenEdge", "cursor": i.to_string(), "node": node})
-        })
         .collect();
     let viewer_role = match principal {
         Principal::User { user_id } => match org.membership(user_id).map(|m| m.role) {
@@ -225,11 +232,11 @@ pub fn org_json(
         );
         obj.insert(
             "invitations".into(),
-            connection("OrganizationInvitation", invitation_edges, invitation_nodes),
+            node_connection("OrganizationInvitation", invitation_nodes),
         );
         obj.insert(
             "limitedAccessTokens".into(),
-            connection("LimitedAccessToken", token_edges, token_nodes),
+            node_connection("LimitedAccessToken", token_nodes),
         );
     }
     value
@@ -588,18 +595,34 @@ impl Resolver<'_> {
         {
             m.role = role;
         }
+        Ok(self.membership_payload(
+            "UpdateOrganizationMembershipPayload",
+            input,
+            &org_id,
+            &user_id,
+        ))
+    }
+
+    /// What a membership mutation answers: the organization and the user.
+    fn membership_payload(
+        &self,
+        typename: &str,
+        input: &Map<String, Value>,
+        org_id: &str,
+        user_id: &str,
+    ) -> Value {
         let user = self
             .state
             .users
-            .get(&user_id)
+            .get(user_id)
             .map(user_json)
             .unwrap_or(Value::Null);
-        Ok(json!({
-            "__typename": "UpdateOrganizationMembershipPayload",
+        json!({
+            "__typename": typename,
             "clientMutationId": Self::client_mutation_id(input),
-            "organization": self.org_value(&org_id),
+            "organization": self.org_value(org_id),
             "user": user,
-        }))
+        })
     }
 
     fn delete_membership(&mut self, args: &Map<String, Value>) -> Result<Value, FieldError> {
@@ -626,18 +649,12 @@ impl Resolver<'_> {
             }
             org.members.retain(|m| m.user_id != user_id);
         }
-        let user = self
-            .state
-            .users
-            .get(&user_id)
-            .map(user_json)
-            .unwrap_or(Value::Null);
-        Ok(json!({
-            "__typename": "DeleteOrganizationMembershipPayload",
-            "clientMutationId": Self::client_mutation_id(input),
-            "organization": self.org_value(&org_id),
-            "user": user,
-        }))
+        Ok(self.membership_payload(
+            "DeleteOrganizationMembershipPayload",
+            input,
+            &org_id,
+            &user_id,
+        ))
     }
 
     fn mint(
@@ -700,12 +717,7 @@ impl Resolver<'_> {
                             "profile deploy needs profileParams {\"app_id\": …}",
                         )
                     })?;
-                let app = self
-                    .state
-                    .apps
-                    .values()
-                    .find(|a| a.id == app_ref || a.name == app_ref)
-                    .ok_or_else(|| not_found("App", app_ref))?;
+                let app = app_by_ref(self.state, app_ref)?;
                 if app.org_id != org_id {
                     return Err(FieldError::new(
                         "VALIDATION",
@@ -779,13 +791,7 @@ impl Resolver<'_> {
     fn enable_postgres_consul(&mut self, args: &Map<String, Value>) -> Result<Value, FieldError> {
         let input = input(args)?;
         let app_ref = required(input, "appId")?;
-        let app_name = self
-            .state
-            .apps
-            .values()
-            .find(|a| a.id == app_ref || a.name == app_ref)
-            .map(|a| a.name.clone())
-            .ok_or_else(|| not_found("App", app_ref))?;
+        let app_name = app_by_ref(self.state, app_ref)?.name.clone();
         let allowed = self
             .state
             .apps

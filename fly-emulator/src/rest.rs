@@ -47,6 +47,29 @@ pub enum ErrorShape {
     Postgres,
 }
 
+/// The error replies the handlers give most, in this shape.
+impl ErrorShape {
+    pub fn bad_request(self, message: impl Into<String>) -> Reply {
+        error(self, StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn unauthorized(self, message: impl Into<String>) -> Reply {
+        error(self, StatusCode::UNAUTHORIZED, message)
+    }
+
+    pub fn forbidden(self, message: impl Into<String>) -> Reply {
+        error(self, StatusCode::FORBIDDEN, message)
+    }
+
+    pub fn not_found(self, message: impl Into<String>) -> Reply {
+        error(self, StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn unprocessable(self, message: impl Into<String>) -> Reply {
+        error(self, StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+}
+
 pub fn error(shape: ErrorShape, status: StatusCode, message: impl Into<String>) -> Reply {
     error_with_code(shape, status, message, None)
 }
@@ -154,11 +177,7 @@ pub fn handle(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
                     StatusCode::OK,
                     secret_json(name, secret, req.query_flag("show_secrets")),
                 ),
-                None => error(
-                    M,
-                    StatusCode::NOT_FOUND,
-                    format!("secret {name:?} not found"),
-                ),
+                None => M.not_found(format!("secret {name:?} not found")),
             }
         }),
         "Secret_create" => secret_create(ctx, req),
@@ -173,7 +192,7 @@ pub fn handle(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
         "Volumes_get_by_id" => with_app(ctx, req, |_, app| {
             match app.volumes.get(req.param("volume_id")) {
                 Some(v) => Reply::json(StatusCode::OK, volume_json(v)),
-                None => error(M, StatusCode::NOT_FOUND, "volume not found"),
+                None => M.not_found("volume not found"),
             }
         }),
         "Volume_delete" => volume_delete(ctx, req),
@@ -193,7 +212,7 @@ pub fn handle(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
         "Machines_show" => with_app(ctx, req, |_, app| {
             match app.machines.get(req.param("machine_id")) {
                 Some(m) => Reply::json(StatusCode::OK, machine_json(m)),
-                None => error(M, StatusCode::NOT_FOUND, "machine not found"),
+                None => M.not_found("machine not found"),
             }
         }),
         "Machines_update" => machine_update(ctx, req),
@@ -220,7 +239,7 @@ pub fn handle(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
                         )
                     }
                 }
-                None => error(M, StatusCode::NOT_FOUND, "machine not found"),
+                None => M.not_found("machine not found"),
             }
         }),
         "CurrentToken_show" => current_token(ctx, req),
@@ -253,13 +272,9 @@ fn app_access<'s>(state: &'s State, principal: &Principal, name: &str) -> Result
     let app = state
         .apps
         .get(name)
-        .ok_or_else(|| error(M, StatusCode::NOT_FOUND, format!("app {name:?} not found")))?;
+        .ok_or_else(|| M.not_found(format!("app {name:?} not found")))?;
     if !principal.can_use_app(state, app) {
-        return Err(error(
-            M,
-            StatusCode::FORBIDDEN,
-            format!("token has no access to app {name:?}"),
-        ));
+        return Err(M.forbidden(format!("token has no access to app {name:?}")));
     }
     Ok(app)
 }
@@ -289,7 +304,7 @@ fn with_app_mut(
     }
     match ctx.state.apps.get_mut(name) {
         Some(app) => change(app, ctx.rng, ctx.now),
-        None => error(M, StatusCode::NOT_FOUND, format!("app {name:?} not found")),
+        None => M.not_found(format!("app {name:?} not found")),
     }
 }
 
@@ -330,24 +345,29 @@ fn resolve_org_slug<'s>(
     })
 }
 
+/// The organization behind `slug`, if the principal may use it.
+fn usable_org<'s>(
+    state: &'s State,
+    principal: &Principal,
+    slug: &str,
+) -> Result<&'s crate::state::Organization, Reply> {
+    let Some(org) = resolve_org_slug(state, principal, slug) else {
+        return Err(M.not_found(format!("organization {slug:?} not found")));
+    };
+    if !principal.can_use_org(state, &org.id) {
+        return Err(M.forbidden(format!("token has no access to organization {slug:?}")));
+    }
+    Ok(org)
+}
+
 fn apps_list(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
     let Some(slug) = req.query_str("org_slug") else {
-        return error(M, StatusCode::BAD_REQUEST, "org_slug is required");
+        return M.bad_request("org_slug is required");
     };
-    let Some(org) = resolve_org_slug(ctx.state, &req.principal, slug) else {
-        return error(
-            M,
-            StatusCode::NOT_FOUND,
-            format!("organization {slug:?} not found"),
-        );
+    let org = match usable_org(ctx.state, &req.principal, slug) {
+        Ok(org) => org,
+        Err(reply) => return reply,
     };
-    if !req.principal.can_use_org(ctx.state, &org.id) {
-        return error(
-            M,
-            StatusCode::FORBIDDEN,
-            format!("token has no access to organization {slug:?}"),
-        );
-    }
     let role = req.query_str("app_role");
     let apps: Vec<Value> = ctx
         .state
@@ -380,23 +400,12 @@ fn apps_create(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
     // which the API still takes.
     let name = req.body_str("name").or_else(|| req.body_str("app_name"));
     let Some(slug) = req.body_str("org_slug") else {
-        return error(M, StatusCode::BAD_REQUEST, "org_slug is required");
+        return M.bad_request("org_slug is required");
     };
-    let Some(org) = resolve_org_slug(ctx.state, &req.principal, slug) else {
-        return error(
-            M,
-            StatusCode::NOT_FOUND,
-            format!("organization {slug:?} not found"),
-        );
+    let org_id = match usable_org(ctx.state, &req.principal, slug) {
+        Ok(org) => org.id.clone(),
+        Err(reply) => return reply,
     };
-    let org_id = org.id.clone();
-    if !req.principal.can_use_org(ctx.state, &org_id) {
-        return error(
-            M,
-            StatusCode::FORBIDDEN,
-            format!("token has no access to organization {slug:?}"),
-        );
-    }
     if let Some(key) = req.body_str("idempotency_key") {
         let earlier = ctx
             .state
@@ -418,14 +427,12 @@ fn apps_create(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
         }
     }
     let Some(name) = name else {
-        return error(M, StatusCode::BAD_REQUEST, "name is required");
+        return M.bad_request("name is required");
     };
     if !valid_app_name(name) {
-        return error(
-            M,
-            StatusCode::BAD_REQUEST,
-            format!("invalid app name {name:?}: use lower-case letters, digits and dashes"),
-        );
+        return M.bad_request(format!(
+            "invalid app name {name:?}: use lower-case letters, digits and dashes"
+        ));
     }
     if ctx.state.apps.contains_key(name) {
         // App names are global across all organizations.
@@ -490,11 +497,7 @@ fn deploy_token(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
         Some(text) => match parse_go_duration(text) {
             Some(d) if d > chrono::Duration::zero() => d,
             _ => {
-                return error(
-                    M,
-                    StatusCode::BAD_REQUEST,
-                    format!("expiry {text:?} is not a positive Go duration"),
-                );
+                return M.bad_request(format!("expiry {text:?} is not a positive Go duration"));
             }
         },
     };
@@ -540,7 +543,7 @@ fn ip_json(ip: &IpAssignment) -> Value {
 
 fn ip_create(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
     let Some(ip_type) = req.body_str("type").map(str::to_string) else {
-        return error(M, StatusCode::BAD_REQUEST, "type is required");
+        return M.bad_request("type is required");
     };
     let org_numeric = ctx
         .state
@@ -549,11 +552,7 @@ fn ip_create(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
         .and_then(|a| ctx.state.organizations.get(&a.org_id))
         .map(|o| (o.internal_numeric_id, o.slug.clone()));
     let Some((org_numeric_id, app_org_slug)) = org_numeric else {
-        return error(
-            M,
-            StatusCode::NOT_FOUND,
-            format!("app {:?} not found", req.param("app_name")),
-        );
+        return M.not_found(format!("app {:?} not found", req.param("app_name")));
     };
     let org_slug = req
         .body_str("org_slug")
@@ -592,11 +591,7 @@ fn ip_create(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
                 );
             }
             other => {
-                return error(
-                    M,
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown IP type {other:?}"),
-                );
+                return M.bad_request(format!("unknown IP type {other:?}"));
             }
         };
         if shared && app.ips.iter().any(|i| i.ip_type == "shared_v4") {
@@ -634,11 +629,7 @@ fn ip_delete(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
         app.ips
             .retain(|i| i.ip != ip && !i.ip.split(',').any(|part| part == ip));
         if app.ips.len() == before {
-            error(
-                M,
-                StatusCode::NOT_FOUND,
-                format!("IP {ip:?} not assigned to this app"),
-            )
+            M.not_found(format!("IP {ip:?} not assigned to this app"))
         } else {
             Reply::empty(StatusCode::NO_CONTENT)
         }
@@ -685,11 +676,7 @@ fn secrets_update(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
         .cloned()
         .unwrap_or_default();
     if let Some(bad) = values.keys().find(|k| !valid_secret_name(k)) {
-        return error(
-            M,
-            StatusCode::BAD_REQUEST,
-            format!("invalid secret name {bad:?}"),
-        );
+        return M.bad_request(format!("invalid secret name {bad:?}"));
     }
     with_app_mut(ctx, req, |app, _, now| {
         for (name, value) in &values {
@@ -711,14 +698,10 @@ fn secrets_update(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
 fn secret_create(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
     let name = req.param("secret_name").to_string();
     if !valid_secret_name(&name) {
-        return error(
-            M,
-            StatusCode::BAD_REQUEST,
-            format!("invalid secret name {name:?}"),
-        );
+        return M.bad_request(format!("invalid secret name {name:?}"));
     }
     let Some(value) = req.body_str("value").map(str::to_string) else {
-        return error(M, StatusCode::BAD_REQUEST, "value is required");
+        return M.bad_request("value is required");
     };
     with_app_mut(ctx, req, |app, _, now| {
         set_secret(app, &name, &value, now);
@@ -740,11 +723,7 @@ fn secret_delete(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
     let name = req.param("secret_name").to_string();
     with_app_mut(ctx, req, |app, _, _| {
         if app.secrets.remove(&name).is_none() {
-            return error(
-                M,
-                StatusCode::NOT_FOUND,
-                format!("secret {name:?} not found"),
-            );
+            return M.not_found(format!("secret {name:?} not found"));
         }
         app.secrets_version += 1;
         Reply::json(
@@ -795,27 +774,19 @@ fn valid_volume_name(name: &str) -> bool {
 
 fn volume_create(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
     let Some(name) = req.body_str("name").map(str::to_string) else {
-        return error(M, StatusCode::BAD_REQUEST, "name is required");
+        return M.bad_request("name is required");
     };
     if !valid_volume_name(&name) {
-        return error(
-            M,
-            StatusCode::BAD_REQUEST,
-            format!(
-                "invalid volume name {name:?}: lower-case letters, digits and underscores, at most 30"
-            ),
-        );
+        return M.bad_request(format!(
+            "invalid volume name {name:?}: lower-case letters, digits and underscores, at most 30"
+        ));
     }
     let Some(region) = req.body_str("region").map(str::to_string) else {
-        return error(M, StatusCode::BAD_REQUEST, "region is required");
+        return M.bad_request("region is required");
     };
     let size_gb = req.body.get("size_gb").and_then(Value::as_i64).unwrap_or(1);
     if !(1..=500).contains(&size_gb) {
-        return error(
-            M,
-            StatusCode::BAD_REQUEST,
-            "size_gb must be between 1 and 500",
-        );
+        return M.bad_request("size_gb must be between 1 and 500");
     }
     let body = req.body.clone();
     with_app_mut(ctx, req, move |app, rng, now| {
@@ -882,7 +853,7 @@ fn volume_delete(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
                 v.state = "destroyed".into();
                 Reply::json(StatusCode::OK, volume_json(&v))
             }
-            None => error(M, StatusCode::NOT_FOUND, "volume not found"),
+            None => M.not_found("volume not found"),
         }
     })
 }
@@ -930,7 +901,7 @@ fn machine_create(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
         .and_then(Value::as_str)
         .is_none_or(str::is_empty)
     {
-        return error(M, StatusCode::BAD_REQUEST, "config.image is required");
+        return M.bad_request("config.image is required");
     }
     let org_numeric_id = ctx
         .state
@@ -961,32 +932,22 @@ fn machine_create(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
         for volume_id in &mounts {
             match app.volumes.get(volume_id) {
                 None => {
-                    return error(
-                        M,
-                        StatusCode::BAD_REQUEST,
-                        format!("volume {volume_id:?} not found in this app"),
-                    );
+                    return M.bad_request(format!("volume {volume_id:?} not found in this app"));
                 }
                 Some(v)
                     if v.attached_machine_id
                         .as_ref()
                         .is_some_and(|m| app.machines.contains_key(m)) =>
                 {
-                    return error(
-                        M,
-                        StatusCode::BAD_REQUEST,
-                        format!("volume {volume_id:?} is already attached to a machine"),
-                    );
+                    return M.bad_request(format!(
+                        "volume {volume_id:?} is already attached to a machine"
+                    ));
                 }
                 Some(v) if v.region != region => {
-                    return error(
-                        M,
-                        StatusCode::BAD_REQUEST,
-                        format!(
-                            "volume {volume_id:?} is in region {}, not {region}",
-                            v.region
-                        ),
-                    );
+                    return M.bad_request(format!(
+                        "volume {volume_id:?} is in region {}, not {region}",
+                        v.region
+                    ));
                 }
                 Some(_) => {}
             }
@@ -1030,7 +991,7 @@ fn machine_delete(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
     let force = req.query_flag("force");
     with_app_mut(ctx, req, |app, _, _| {
         let Some(machine) = app.machines.get(&id) else {
-            return error(M, StatusCode::NOT_FOUND, "machine not found");
+            return M.not_found("machine not found");
         };
         if machine.state == "started" && !force {
             return error(
@@ -1053,7 +1014,7 @@ fn machine_transition(ctx: &mut Ctx<'_>, req: &Request<'_>, target: &str) -> Rep
     let id = req.param("machine_id").to_string();
     with_app_mut(ctx, req, |app, rng, now| {
         let Some(machine) = app.machines.get_mut(&id) else {
-            return error(M, StatusCode::NOT_FOUND, "machine not found");
+            return M.not_found("machine not found");
         };
         let previous = machine.state.clone();
         machine.state = target.to_string();
@@ -1094,20 +1055,20 @@ fn current_token(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
 fn machine_update(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
     let id = req.param("machine_id").to_string();
     let Some(config) = req.body.get("config").cloned() else {
-        return error(M, StatusCode::BAD_REQUEST, "config is required");
+        return M.bad_request("config is required");
     };
     if config
         .get("image")
         .and_then(Value::as_str)
         .is_none_or(str::is_empty)
     {
-        return error(M, StatusCode::BAD_REQUEST, "config.image is required");
+        return M.bad_request("config.image is required");
     }
     let current_version = req.body_str("current_version").map(str::to_string);
     let region = req.body_str("region").map(str::to_string);
     with_app_mut(ctx, req, |app, rng, now| {
         let Some(machine) = app.machines.get_mut(&id) else {
-            return error(M, StatusCode::NOT_FOUND, "machine not found");
+            return M.not_found("machine not found");
         };
         if current_version.is_some_and(|v| v != machine.version) {
             return error(
@@ -1117,11 +1078,7 @@ fn machine_update(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
             );
         }
         if region.is_some_and(|r| r != machine.region) {
-            return error(
-                M,
-                StatusCode::BAD_REQUEST,
-                "a machine cannot move to another region",
-            );
+            return M.bad_request("a machine cannot move to another region");
         }
         machine.config = config;
         machine.version = ids::lower_id(rng, 26);

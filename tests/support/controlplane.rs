@@ -18,7 +18,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, Resource};
 use serde::de::DeserializeOwned;
@@ -260,6 +260,33 @@ impl ControlPlane {
         self.start_operator_env(kubeconfig, args, &[])
     }
 
+    /// Starts `bulkhead run` as the chart's Deployment runs it, under
+    /// `kubeconfig`: any free HTTP port, leader election with the Lease in
+    /// `lease_namespace` as `identity`, a resync every `resync_seconds`, and
+    /// `extra` args after those.
+    pub fn start_leader_operator(
+        &self,
+        kubeconfig: &Path,
+        lease_namespace: &str,
+        identity: &str,
+        resync_seconds: &str,
+        extra: &[&str],
+    ) -> Operator {
+        let mut args = vec![
+            "--http-addr",
+            "127.0.0.1:0",
+            "--leader-election=true",
+            "--lease-namespace",
+            lease_namespace,
+            "--identity",
+            identity,
+            "--resync-seconds",
+            resync_seconds,
+        ];
+        args.extend_from_slice(extra);
+        self.start_operator_as(kubeconfig, &args)
+    }
+
     /// [`ControlPlane::start_operator_as`] with environment changes on top
     /// (`None` removes a variable, e.g. `NO_COLOR` to see what a log file
     /// gets without it).
@@ -439,6 +466,36 @@ where
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Deletes `name` through `api` and waits until it is gone.
+pub async fn delete_and_wait<K>(api: &Api<K>, name: &str, timeout: Duration)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    api.delete(name, &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete {name}: {e}"));
+    wait_gone(api, name, timeout).await;
+}
+
+/// Deletes `name` through `api` and waits until it is back as a new object
+/// (another uid), as a controller that repairs drift recreates it.
+pub async fn delete_and_wait_recreated<K>(api: &Api<K>, name: &str, timeout: Duration, what: &str)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + serde::Serialize,
+{
+    let old = api
+        .get(name)
+        .await
+        .unwrap_or_else(|e| panic!("get {name}: {e}"))
+        .meta()
+        .uid
+        .clone();
+    api.delete(name, &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete {name}: {e}"));
+    wait_for(api, name, timeout, what, |o| o.meta().uid != old).await;
 }
 
 /// The condition of `type_` in a status condition list.

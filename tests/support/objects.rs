@@ -223,6 +223,53 @@ pub fn message_of<C: Conditions + ?Sized>(c: &C, type_: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Every Event in the cluster now.
+pub async fn all_events(client: &kube::Client) -> Vec<k8s_openapi::api::events::v1::Event> {
+    Api::all(client.clone())
+        .list(&Default::default())
+        .await
+        .expect("list events")
+        .items
+}
+
+/// Whether `name` exists now.
+pub async fn exists<K>(api: &Api<K>, name: &str) -> bool
+where
+    K: Clone + DeserializeOwned + std::fmt::Debug,
+{
+    api.get_opt(name)
+        .await
+        .unwrap_or_else(|e| panic!("get {name}: {e}"))
+        .is_some()
+}
+
+/// Waits until `name` exists (`what` names it if it never does).
+pub async fn wait_exists<K>(api: &Api<K>, name: &str, timeout: Duration, what: &str) -> K
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + serde::Serialize,
+{
+    wait_for(api, name, timeout, what, |_| true).await
+}
+
+/// Waits for CloudNativePG's Cluster `cluster` in `ns`, then writes the
+/// healthy status CloudNativePG would: under kwok it never hears from a
+/// PostgreSQL.
+pub async fn cnpg_cluster_healthy(
+    client: &kube::Client,
+    ns: &str,
+    cluster: &str,
+    timeout: Duration,
+) {
+    wait_exists(
+        &super::cnpg::clusters(client, ns),
+        cluster,
+        timeout,
+        "Cluster",
+    )
+    .await;
+    super::cnpg::write_healthy_status_as_cloudnativepg_would(client, ns, cluster).await;
+}
+
 /// Waits until the object is Ready at its current generation.
 pub async fn wait_ready<K>(api: &Api<K>, name: &str) -> K
 where

@@ -520,6 +520,24 @@ impl TestPostgres {
     }
 }
 
+/// Whether `sql` (a catalog query, say) finds no row.
+pub async fn no_rows(client: &Client, sql: &str) -> bool {
+    client
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .is_empty()
+}
+
+/// The single number a `SELECT count(*) …` query answers.
+pub async fn count(client: &Client, sql: &str) -> i64 {
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
 impl Drop for TestPostgres {
     fn drop(&mut self) {
         if self.private {

@@ -49,6 +49,12 @@ fn user(name: &str, privileges: Privileges, databases: &[&str]) -> UserSpec {
     }
 }
 
+/// The children of a development-sized cluster with `users`, owned.
+fn development_children(users: Vec<UserSpec>) -> Vec<Child> {
+    let d = desired(SizePreset::Development.resolve(), users);
+    desired_children("ghcr.io/cloudnative-pg/postgresql", &d, true)
+}
+
 fn find<'a>(children: &'a [Child], kind: ChildKind, name: &str) -> &'a Value {
     &children
         .iter()
@@ -59,14 +65,10 @@ fn find<'a>(children: &'a [Child], kind: ChildKind, name: &str) -> &'a Value {
 
 #[test]
 fn development_cluster_has_one_instance_roles_with_basic_auth_secrets_and_databases() {
-    let d = desired(
-        SizePreset::Development.resolve(),
-        vec![
-            user("app", Privileges::Owner, &["app"]),
-            user("reader", Privileges::ReadOnly, &["app"]),
-        ],
-    );
-    let children = desired_children("ghcr.io/cloudnative-pg/postgresql", &d, true);
+    let children = development_children(vec![
+        user("app", Privileges::Owner, &["app"]),
+        user("reader", Privileges::ReadOnly, &["app"]),
+    ]);
     let cluster = find(&children, CLUSTER, "my-app-db-stage");
     assert_eq!(cluster["apiVersion"], "postgresql.cnpg.io/v1");
     assert_eq!(cluster["spec"]["instances"], 1);
@@ -275,15 +277,11 @@ fn readiness_follows_cloudnativepg_ready_condition_and_phase() {
 
 #[test]
 fn each_user_may_connect_to_its_own_databases_only() {
-    let d = desired(
-        SizePreset::Development.resolve(),
-        vec![
-            user("reader", Privileges::ReadOnly, &["app"]),
-            user("writer", Privileges::ReadWrite, &["app", "audit_log"]),
-            user("nobody", Privileges::ReadOnly, &[]),
-        ],
-    );
-    let children = desired_children("ghcr.io/cloudnative-pg/postgresql", &d, true);
+    let children = development_children(vec![
+        user("reader", Privileges::ReadOnly, &["app"]),
+        user("writer", Privileges::ReadWrite, &["app", "audit_log"]),
+        user("nobody", Privileges::ReadOnly, &[]),
+    ]);
     let cluster = find(&children, CLUSTER, "my-app-db-stage");
     assert_eq!(
         cluster["spec"]["postgresql"]["pg_hba"],

@@ -591,11 +591,26 @@ mod tests {
         cache.objects.write().expect("lock").apply(obj);
     }
 
-    fn value_of(lookup: Lookup) -> Option<String> {
-        match lookup {
+    /// What a reconcile reads of ConfigMap `name` in "ns": its value.
+    fn value_of(cache: &KindCache, name: &str) -> Option<String> {
+        match cache.lookup(Some("ns"), name) {
             Lookup::Found(v) => v["data"]["k"].as_str().map(str::to_string),
             _ => None,
         }
+    }
+
+    fn not_cached(cache: &KindCache, name: &str) -> bool {
+        matches!(cache.lookup(Some("ns"), name), Lookup::NotCached)
+    }
+
+    /// [`watch_shows`], and the owner index as the watch task keeps it.
+    fn watch_shows_owned(cache: &KindCache, obj: &DynamicObject) {
+        watch_shows(cache, obj);
+        cache
+            .index
+            .write()
+            .expect("lock")
+            .insert(key_of(obj), owner_uid(obj));
     }
 
     #[test]
@@ -611,24 +626,15 @@ mod tests {
                 body: serde_json::to_value(config_map("cm", "7", "u1", "new")).expect("json"),
             },
         );
-        assert_eq!(
-            value_of(cache.lookup(Some("ns"), "cm")).as_deref(),
-            Some("new")
-        );
+        assert_eq!(value_of(&cache, "cm").as_deref(), Some("new"));
         // The watch shows 7: its copy wins and the written one goes.
         watch_shows(&cache, &config_map("cm", "7", "u1", "new"));
         cache.seen(&key, Some(7));
         assert!(cache.written.lock().expect("lock").is_empty());
         // Someone else's later edit (9) is what a reconcile then sees.
         watch_shows(&cache, &config_map("cm", "9", "u1", "edited"));
-        assert_eq!(
-            value_of(cache.lookup(Some("ns"), "cm")).as_deref(),
-            Some("edited")
-        );
-        assert!(matches!(
-            cache.lookup(Some("ns"), "other"),
-            Lookup::NotCached
-        ));
+        assert_eq!(value_of(&cache, "cm").as_deref(), Some("edited"));
+        assert!(not_cached(&cache, "other"));
         cache.synced.store(false, Ordering::Release);
         assert!(
             matches!(cache.lookup(Some("ns"), "cm"), Lookup::Unknown),
@@ -640,12 +646,7 @@ mod tests {
     fn an_owners_children_include_those_just_written() {
         let cache = kind_cache();
         let seen = config_map("seen", "3", "u1", "v");
-        watch_shows(&cache, &seen.clone());
-        cache
-            .index
-            .write()
-            .expect("lock")
-            .insert(key_of(&seen), owner_uid(&seen));
+        watch_shows_owned(&cache, &seen);
         cache.written.lock().expect("lock").insert(
             (Some("ns".into()), "fresh".into()),
             Written {
@@ -654,12 +655,7 @@ mod tests {
             },
         );
         let other = config_map("other", "5", "u2", "v");
-        watch_shows(&cache, &other.clone());
-        cache
-            .index
-            .write()
-            .expect("lock")
-            .insert(key_of(&other), owner_uid(&other));
+        watch_shows_owned(&cache, &other);
         let mut names: Vec<String> = cache
             .owned("u1")
             .expect("synced")
@@ -687,14 +683,8 @@ mod tests {
             );
             objects.finish_relist();
         }
-        assert_eq!(
-            value_of(cache.lookup(Some("ns"), "kept")).as_deref(),
-            Some("v2")
-        );
-        assert!(matches!(
-            cache.lookup(Some("ns"), "gone"),
-            Lookup::NotCached
-        ));
+        assert_eq!(value_of(&cache, "kept").as_deref(), Some("v2"));
+        assert!(not_cached(&cache, "gone"));
     }
 
     #[test]

@@ -4,6 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use tokio_postgres::Row;
+use tokio_postgres::types::FromSql;
+
 use super::conn::classify;
 use super::names::{MARKER_PREFIX, Marker, NAME_CONFLICT, Plan};
 use super::passwords::StoredVerifier;
@@ -254,14 +257,8 @@ impl Inventory {
             {
                 continue;
             }
-            let grantees: Vec<Option<String>> = row
-                .try_get::<_, Option<Vec<Option<String>>>>(7)
-                .map_err(err)?
-                .unwrap_or_default();
-            let privileges: Vec<String> = row
-                .try_get::<_, Option<Vec<String>>>(8)
-                .map_err(err)?
-                .unwrap_or_default();
+            let grantees: Vec<Option<String>> = array_or_empty(row, 7).map_err(err)?;
+            let privileges: Vec<String> = array_or_empty(row, 8).map_err(err)?;
             let acl = db_acl.entry(name.clone()).or_default();
             for (grantee, privilege) in grantees.into_iter().zip(privileges) {
                 acl.entry(grantee).or_default().insert(privilege);
@@ -304,14 +301,8 @@ impl Inventory {
             if !role_members.is_empty() {
                 members.insert(name.clone(), role_members.into_iter().collect());
             }
-            let setting_dbs: Vec<String> = row
-                .try_get::<_, Option<Vec<String>>>(12)
-                .map_err(err)?
-                .unwrap_or_default();
-            let setting_values: Vec<String> = row
-                .try_get::<_, Option<Vec<String>>>(13)
-                .map_err(err)?
-                .unwrap_or_default();
+            let setting_dbs: Vec<String> = array_or_empty(&row, 12).map_err(err)?;
+            let setting_values: Vec<String> = array_or_empty(&row, 13).map_err(err)?;
             for (db, value) in setting_dbs.into_iter().zip(setting_values) {
                 role_settings
                     .entry(name.clone())
@@ -416,25 +407,40 @@ impl Inventory {
 
     /// This cluster's marked roles that the spec no longer lists.
     pub fn extra_roles(&self, plan: &Plan) -> Vec<String> {
-        let wanted = plan.role_names();
-        self.roles
-            .keys()
-            .filter(|n| !wanted.contains(n) && plan.has_prefix(n))
-            .filter(|n| matches!(self.role_claim(plan, n), Claim::Ours | Claim::Stale))
-            .cloned()
-            .collect()
+        extras(self.roles.keys(), &plan.role_names(), plan, |n| {
+            self.role_claim(plan, n)
+        })
     }
 
     /// This cluster's marked databases that the spec no longer lists.
     pub fn extra_dbs(&self, plan: &Plan) -> Vec<String> {
-        let wanted = plan.database_names();
-        self.dbs
-            .keys()
-            .filter(|n| !wanted.contains(n) && plan.has_prefix(n))
-            .filter(|n| matches!(self.db_claim(plan, n), Claim::Ours | Claim::Stale))
-            .cloned()
-            .collect()
+        extras(self.dbs.keys(), &plan.database_names(), plan, |n| {
+            self.db_claim(plan, n)
+        })
     }
+}
+
+/// The names among `present` that are not `wanted` but carry the cluster's
+/// prefix and its marker (`claim` of the name is ours or stale).
+fn extras<'a>(
+    present: impl Iterator<Item = &'a String>,
+    wanted: &[String],
+    plan: &Plan,
+    claim: impl Fn(&str) -> Claim,
+) -> Vec<String> {
+    present
+        .filter(|n| !wanted.contains(n) && plan.has_prefix(n))
+        .filter(|n| matches!(claim(n), Claim::Ours | Claim::Stale))
+        .cloned()
+        .collect()
+}
+
+/// Column `idx` of `row`, an array that may be NULL (read as empty).
+fn array_or_empty<'a, T: FromSql<'a>>(
+    row: &'a Row,
+    idx: usize,
+) -> Result<Vec<T>, tokio_postgres::Error> {
+    Ok(row.try_get::<_, Option<Vec<T>>>(idx)?.unwrap_or_default())
 }
 
 /// An object inside one database whose privileges bulkhead manages.

@@ -536,8 +536,9 @@ fn tls_config(
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
         // libpq does not verify the server certificate below verify-ca.
         TlsMode::Disable | TlsMode::Allow | TlsMode::Prefer | TlsMode::Require => {
-            Arc::new(EncryptOnly {
+            Arc::new(PartialVerifier {
                 provider: provider.clone(),
+                chain: None,
             })
         }
         TlsMode::VerifyCa | TlsMode::VerifyFull => {
@@ -549,7 +550,10 @@ fn tls_config(
             if mode == TlsMode::VerifyFull {
                 webpki
             } else {
-                Arc::new(ChainOnly { inner: webpki })
+                Arc::new(PartialVerifier {
+                    provider: provider.clone(),
+                    chain: Some(webpki),
+                })
             }
         }
     };
@@ -592,23 +596,37 @@ fn root_store(root_cert: Option<&str>) -> Result<RootCertStore, ProviderError> {
     Ok(roots)
 }
 
-/// `sslmode` prefer/require: encrypted, signatures checked, certificate not
-/// verified (libpq's behaviour).
+/// Below `sslmode=verify-full`: prefer/require encrypt and check the
+/// handshake signatures but do not verify the certificate (libpq's
+/// behaviour); verify-ca also wants the chain to lead to a trusted root, but
+/// does not check the host name.
 #[derive(Debug)]
-struct EncryptOnly {
+struct PartialVerifier {
     provider: Arc<CryptoProvider>,
+    /// verify-ca's chain check; `None` below verify-ca.
+    chain: Option<Arc<WebPkiServerVerifier>>,
 }
 
-impl ServerCertVerifier for EncryptOnly {
+impl ServerCertVerifier for PartialVerifier {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        // webpki checks the chain before the name, so a name error means the
+        // chain was good.
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
     }
 
     fn verify_tls12_signature(
@@ -643,61 +661,6 @@ impl ServerCertVerifier for EncryptOnly {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
-    }
-}
-
-/// `sslmode=verify-ca`: the chain must lead to a trusted root, the host name
-/// is not checked.
-#[derive(Debug)]
-struct ChainOnly {
-    inner: Arc<WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        // webpki checks the chain before the name, so a name error means the
-        // chain was good.
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
     }
 }
 

@@ -500,33 +500,29 @@ pub async fn drop_databases(
     for db in dbs {
         conn.forget_sessions(db);
         let doing = format!("dropping database {db}");
+        let err = |e: tokio_postgres::Error| classify(&e, &doing);
+        let name = ident(db);
         if version_num >= 130000 {
             client
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    ident(db)
-                ))
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                 .await
-                .map_err(|e| classify(&e, &doing))?;
+                .map_err(err)?;
         } else {
             client
-                .batch_execute(&format!(
-                    "ALTER DATABASE {} ALLOW_CONNECTIONS false",
-                    ident(db)
-                ))
+                .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
                 .await
-                .map_err(|e| classify(&e, &doing))?;
+                .map_err(err)?;
             client
                 .execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname::text = $1::text AND pid <> pg_backend_pid()",
                     &[db],
                 )
                 .await
-                .map_err(|e| classify(&e, &doing))?;
+                .map_err(err)?;
             client
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {}", ident(db)))
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
                 .await
-                .map_err(|e| classify(&e, &doing))?;
+                .map_err(err)?;
         }
     }
     Ok(())

@@ -32,6 +32,22 @@ pub struct Marker {
 }
 
 impl Marker {
+    /// The marker of the DatabaseCluster behind `desired` (its owner's
+    /// namespace, else the desired state's).
+    fn of(desired: &DesiredDatabaseCluster) -> Marker {
+        let namespace = desired
+            .owner
+            .namespace
+            .clone()
+            .unwrap_or_else(|| desired.namespace.clone());
+        Marker {
+            identity: format!("{namespace}/{}", desired.owner.name),
+            uid: desired.owner.uid.clone(),
+        }
+    }
+}
+
+impl Marker {
     /// The comment text bulkhead writes.
     pub fn comment(&self) -> String {
         format!("{MARKER_PREFIX}{} uid={}", self.identity, self.uid)
@@ -153,32 +169,35 @@ fn physical(prefix: &str, kind: &str, name: &str) -> Result<String, ProviderErro
     Ok(physical)
 }
 
+/// Checks a declared name, and that it is not listed twice: `seen` holds
+/// the names of its kind before it.
+fn check_unique<'a>(
+    seen: &mut BTreeSet<&'a str>,
+    what: &str,
+    name: &'a str,
+) -> Result<(), ProviderError> {
+    check_name(what, name)?;
+    if !seen.insert(name) {
+        return Err(ProviderError::terminal(
+            reasons::INVALID_SPEC,
+            format!("{what} {name:?} is listed twice"),
+        ));
+    }
+    Ok(())
+}
+
 impl Plan {
     /// Validates `desired` and derives its physical layout.
     pub fn new(desired: &DesiredDatabaseCluster) -> Result<Plan, ProviderError> {
         check_name("cluster external", &desired.external_name)?;
         let prefix = desired.external_name.replace('-', "_");
-        let namespace = desired
-            .owner
-            .namespace
-            .clone()
-            .unwrap_or_else(|| desired.namespace.clone());
-        let marker = Marker {
-            identity: format!("{namespace}/{}", desired.owner.name),
-            uid: desired.owner.uid.clone(),
-        };
+        let marker = Marker::of(desired);
         let owner_role = physical(&prefix, "owner role", OWNER_ROLE_SUFFIX)?;
 
         let mut seen = BTreeSet::new();
         let mut databases = Vec::new();
         for db in &desired.databases {
-            check_name("database", &db.name)?;
-            if !seen.insert(db.name.as_str()) {
-                return Err(ProviderError::terminal(
-                    reasons::INVALID_SPEC,
-                    format!("database {:?} is listed twice", db.name),
-                ));
-            }
+            check_unique(&mut seen, "database", &db.name)?;
             let physical = physical(&prefix, "database", &db.name)?;
             let owner = match &db.owner {
                 None => owner_role.clone(),
@@ -205,13 +224,7 @@ impl Plan {
         let mut seen = BTreeSet::new();
         let mut users = Vec::new();
         for user in &desired.users {
-            check_name("user", &user.name)?;
-            if !seen.insert(user.name.as_str()) {
-                return Err(ProviderError::terminal(
-                    reasons::INVALID_SPEC,
-                    format!("user {:?} is listed twice", user.name),
-                ));
-            }
+            check_unique(&mut seen, "user", &user.name)?;
             let physical = physical_user(&prefix, &user.name)?;
             let connection_limit = user.connection_limit.unwrap_or(-1);
             if connection_limit < -1 {
@@ -263,18 +276,10 @@ impl Plan {
     /// longer validates (so a delete is never blocked by a bad spec).
     pub fn for_cleanup(desired: &DesiredDatabaseCluster) -> Plan {
         let prefix = desired.external_name.replace('-', "_");
-        let namespace = desired
-            .owner
-            .namespace
-            .clone()
-            .unwrap_or_else(|| desired.namespace.clone());
         Plan {
             owner_role: format!("{prefix}_{OWNER_ROLE_SUFFIX}"),
             prefix,
-            marker: Marker {
-                identity: format!("{namespace}/{}", desired.owner.name),
-                uid: desired.owner.uid.clone(),
-            },
+            marker: Marker::of(desired),
             databases: Vec::new(),
             users: Vec::new(),
         }

@@ -48,7 +48,7 @@ use rand::RngExt;
 pub use self::plan::{TableRef, parse_column, parse_table};
 use self::plan::{plan_masks, refuse_unmasked};
 use self::schema::{SourceSchema, read_schema};
-use self::transfer::copy_database;
+use self::transfer::{copy_database, in_transaction};
 use super::catalog::{Claim, Inventory};
 use super::conn::{ConnInfo, classify};
 use super::names::{NAME_CONFLICT, Plan};
@@ -129,6 +129,26 @@ fn source_conn<'a>(
     }
 }
 
+/// Refuses a copy where database `physical` of the `side` ("target" or
+/// "source") cluster `plan` does not exist (the error `absent` makes) or is
+/// managed by another DatabaseCluster.
+fn require_managed(
+    inv: &Inventory,
+    plan: &Plan,
+    physical: &str,
+    side: &str,
+    absent: impl FnOnce() -> ProviderError,
+) -> Result<(), ProviderError> {
+    match inv.db_claim(plan, physical) {
+        Claim::Absent => Err(absent()),
+        Claim::Foreign { .. } => Err(ProviderError::terminal(
+            NAME_CONFLICT,
+            format!("database {physical} is not managed by the {side} DatabaseCluster"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Copies `source` into `target`. The target lives on the server behind
 /// `conn`; the source there too, or on the server of
 /// `request.source_connection`, which then serves everything on the source
@@ -173,47 +193,23 @@ pub async fn copy(
         let Some(src) = source.databases.iter().find(|s| s.logical == db.logical) else {
             continue;
         };
-        match target_inv.db_claim(target, &db.physical) {
-            Claim::Absent => {
-                return Err(ProviderError::transient(
-                    TARGET_NOT_READY,
-                    format!("database {} of the target does not exist yet", db.physical),
-                ));
-            }
-            Claim::Foreign { .. } => {
-                return Err(ProviderError::terminal(
-                    NAME_CONFLICT,
-                    format!(
-                        "database {} is not managed by the target DatabaseCluster",
-                        db.physical
-                    ),
-                ));
-            }
-            _ => {}
-        }
-        match source_inv.db_claim(source, &src.physical) {
-            Claim::Absent => {
-                return Err(ProviderError::transient(
-                    SOURCE_NOT_READY,
-                    format!(
-                        "database {} of the source does not exist (yet) on {}:{}",
-                        src.physical, source_conn.host, source_conn.port
-                    ),
-                ));
-            }
-            // The source must carry the source cluster's marker: a copy
-            // never reads a database its source cluster does not own.
-            Claim::Foreign { .. } => {
-                return Err(ProviderError::terminal(
-                    NAME_CONFLICT,
-                    format!(
-                        "database {} is not managed by the source DatabaseCluster",
-                        src.physical
-                    ),
-                ));
-            }
-            _ => {}
-        }
+        require_managed(&target_inv, target, &db.physical, "target", || {
+            ProviderError::transient(
+                TARGET_NOT_READY,
+                format!("database {} of the target does not exist yet", db.physical),
+            )
+        })?;
+        // The source must carry the source cluster's marker: a copy
+        // never reads a database its source cluster does not own.
+        require_managed(&source_inv, source, &src.physical, "source", || {
+            ProviderError::transient(
+                SOURCE_NOT_READY,
+                format!(
+                    "database {} of the source does not exist (yet) on {}:{}",
+                    src.physical, source_conn.host, source_conn.port
+                ),
+            )
+        })?;
         pairs.push((db.clone(), src.clone()));
     }
     if pairs.is_empty() {
@@ -273,13 +269,16 @@ pub async fn copy(
     let mut report = CopyReport::default();
     for (((db, _), (source_client, schema)), plan) in pairs.iter().zip(&sources).zip(&plans) {
         let target_client = conn.connect_admin(&db.physical).await?;
-        let (tables, rows) = copy_database(
+        let (tables, rows) = in_transaction(
             &target_client,
-            source_client,
-            &db.owner,
-            schema,
-            plan,
-            request.mode,
+            copy_database(
+                &target_client,
+                source_client,
+                &db.owner,
+                schema,
+                plan,
+                request.mode,
+            ),
         )
         .await?;
         report.tables += tables;

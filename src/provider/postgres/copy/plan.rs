@@ -388,30 +388,29 @@ pub(super) mod tests {
     /// A source database with `users (id, email, ssn, username, created_at)`
     /// and `sessions (id, token)`.
     fn schema() -> SourceSchema {
+        let users = [
+            ("id", "integer", 'N'),
+            ("email", "text", 'S'),
+            ("ssn", "character varying(11)", 'S'),
+            ("username", "text", 'S'),
+            ("created_at", "timestamp with time zone", 'D'),
+        ];
+        let sessions = [("id", "integer", 'N'), ("token", "text", 'S')];
         SourceSchema {
             tables: vec![
-                table(
-                    10,
-                    "users",
-                    vec![
-                        column(1, "id", "integer", 'N'),
-                        column(2, "email", "text", 'S'),
-                        column(3, "ssn", "character varying(11)", 'S'),
-                        column(4, "username", "text", 'S'),
-                        column(5, "created_at", "timestamp with time zone", 'D'),
-                    ],
-                ),
-                table(
-                    11,
-                    "sessions",
-                    vec![
-                        column(1, "id", "integer", 'N'),
-                        column(2, "token", "text", 'S'),
-                    ],
-                ),
+                table(10, "users", numbered(&users)),
+                table(11, "sessions", numbered(&sessions)),
             ],
             ..SourceSchema::default()
         }
+    }
+
+    /// Columns (name, type, type category) with attnums 1, 2, … in order.
+    fn numbered(columns: &[(&str, &str, char)]) -> Vec<Column> {
+        (1..)
+            .zip(columns)
+            .map(|(attnum, &(name, ty, category))| column(attnum, name, ty, category))
+            .collect()
     }
 
     /// The refusal for `request` against one database `app` of [`schema`].

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::{SinkExt, TryStreamExt};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Row};
 
 use super::plan::{CopyPlan, column_sql, projection};
 use super::schema::{Column, Sequence, SourceSchema, Table, View};
@@ -16,91 +16,84 @@ use crate::provider::postgres::catalog::USER_SCHEMA_FILTER;
 use crate::provider::postgres::sql::{ident, lit, qualified};
 
 async fn drop_target_contents(target: &Client) -> Result<(), ProviderError> {
-    let err = |e: tokio_postgres::Error| target_error(&e, "clearing the target database");
     let not_extension = |class: &str, col: &str| {
         format!(
             "NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = '{class}'::regclass AND e.objid = {col} AND e.deptype = 'e')"
         )
     };
-    let schemas = target
-        .query(
-            &format!(
-                "SELECT n.nspname::text FROM pg_namespace n WHERE {USER_SCHEMA_FILTER} AND n.nspname <> 'public' AND {}",
-                not_extension("pg_namespace", "n.oid")
-            ),
-            &[],
-        )
-        .await
-        .map_err(err)?;
-    for row in schemas {
-        let name: String = row.get(0);
-        target
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", ident(&name)))
-            .await
-            .map_err(err)?;
-    }
+    drop_each(
+        target,
+        &format!(
+            "SELECT n.nspname::text FROM pg_namespace n WHERE {USER_SCHEMA_FILTER} AND n.nspname <> 'public' AND {}",
+            not_extension("pg_namespace", "n.oid")
+        ),
+        |row| {
+            let name: String = row.get(0);
+            format!("DROP SCHEMA IF EXISTS {} CASCADE", ident(&name))
+        },
+    )
+    .await?;
     // In public: relations (not those owned by a column: they go with their
     // table) and standalone types.
-    let relations = target
-        .query(
-            &format!(
-                "SELECT c.relname::text, c.relkind::text
-                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
-                    AND NOT (c.relkind = 'r' AND c.relispartition)
-                    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-                                       AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i'))
-                    AND {}",
-                not_extension("pg_class", "c.oid")
-            ),
-            &[],
-        )
-        .await
-        .map_err(err)?;
-    for row in relations {
-        let name: String = row.get(0);
-        let kind: String = row.get(1);
-        let keyword = match kind.as_str() {
-            "v" => "VIEW",
-            "m" => "MATERIALIZED VIEW",
-            "f" => "FOREIGN TABLE",
-            "S" => "SEQUENCE",
-            _ => "TABLE",
-        };
-        target
-            .batch_execute(&format!(
+    drop_each(
+        target,
+        &format!(
+            "SELECT c.relname::text, c.relkind::text
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+                AND NOT (c.relkind = 'r' AND c.relispartition)
+                AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                                   AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i'))
+                AND {}",
+            not_extension("pg_class", "c.oid")
+        ),
+        |row| {
+            let name: String = row.get(0);
+            let kind: String = row.get(1);
+            let keyword = match kind.as_str() {
+                "v" => "VIEW",
+                "m" => "MATERIALIZED VIEW",
+                "f" => "FOREIGN TABLE",
+                "S" => "SEQUENCE",
+                _ => "TABLE",
+            };
+            format!(
                 "DROP {keyword} IF EXISTS {} CASCADE",
                 qualified("public", &name)
-            ))
-            .await
-            .map_err(err)?;
-    }
-    let types = target
-        .query(
-            &format!(
-                "SELECT t.typname::text FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-                  WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd', 'r')
-                    AND {}",
-                not_extension("pg_type", "t.oid")
-            ),
-            &[],
-        )
-        .await
-        .map_err(err)?;
-    for row in types {
-        let name: String = row.get(0);
-        target
-            .batch_execute(&format!(
-                "DROP TYPE IF EXISTS {} CASCADE",
-                qualified("public", &name)
-            ))
-            .await
-            .map_err(err)?;
+            )
+        },
+    )
+    .await?;
+    drop_each(
+        target,
+        &format!(
+            "SELECT t.typname::text FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+              WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd', 'r')
+                AND {}",
+            not_extension("pg_type", "t.oid")
+        ),
+        |row| {
+            let name: String = row.get(0);
+            format!("DROP TYPE IF EXISTS {} CASCADE", qualified("public", &name))
+        },
+    )
+    .await
+}
+
+/// Runs `select` on the target and executes, one by one, the DROP statement
+/// `drop` makes of each row it returns.
+async fn drop_each(
+    target: &Client,
+    select: &str,
+    drop: impl Fn(&Row) -> String,
+) -> Result<(), ProviderError> {
+    let err = |e: tokio_postgres::Error| target_error(&e, "clearing the target database");
+    for row in target.query(select, &[]).await.map_err(err)? {
+        target.batch_execute(&drop(&row)).await.map_err(err)?;
     }
     Ok(())
 }
 
-/// Runs `sql` on the target; `doing` says what for, in the error.
 async fn run(target: &Client, sql: String, doing: String) -> Result<(), ProviderError> {
     target
         .batch_execute(&sql)
@@ -108,31 +101,27 @@ async fn run(target: &Client, sql: String, doing: String) -> Result<(), Provider
         .map_err(|e| target_error(&e, &doing))
 }
 
-/// Copies one database inside one target transaction. Returns (tables, rows).
-pub(super) async fn copy_database(
+/// Runs `work` (writes to `target`) inside one target transaction:
+/// committed when it succeeds, rolled back when it fails.
+pub(super) async fn in_transaction<T>(
     target: &Client,
-    source: &Client,
-    owner: &str,
-    schema: &SourceSchema,
-    plan: &CopyPlan,
-    mode: CopyMode,
-) -> Result<(i64, i64), ProviderError> {
+    work: impl Future<Output = Result<T, ProviderError>>,
+) -> Result<T, ProviderError> {
     run(
         target,
         "BEGIN; SET LOCAL search_path = pg_catalog".to_string(),
         "starting the copy".to_string(),
     )
     .await?;
-    let result = copy_database_in_transaction(target, source, owner, schema, plan, mode).await;
-    match result {
-        Ok(counts) => {
+    match work.await {
+        Ok(done) => {
             run(
                 target,
                 "COMMIT".to_string(),
                 "committing the copy".to_string(),
             )
             .await?;
-            Ok(counts)
+            Ok(done)
         }
         Err(e) => {
             // Best effort: the connection is dropped right after anyway,
@@ -143,7 +132,9 @@ pub(super) async fn copy_database(
     }
 }
 
-async fn copy_database_in_transaction(
+/// Copies one database; runs inside [`in_transaction`], so a failed copy
+/// leaves the previous contents. Returns (tables, rows).
+pub(super) async fn copy_database(
     target: &Client,
     source: &Client,
     owner: &str,
