@@ -120,6 +120,9 @@ pub enum Observation<O> {
     },
 }
 
+/// What [`ExternalClient::observe`] returns for a client `C`.
+pub type Observed<C> = Result<Observation<<C as ExternalClient>::Observed>, ProviderError>;
+
 /// One backend's client for one kind.
 #[async_trait]
 pub trait ExternalClient: Send + Sync {
@@ -127,10 +130,7 @@ pub trait ExternalClient: Send + Sync {
     type Observed: Send + Sync;
 
     /// Looks at the provider. Never writes.
-    async fn observe(
-        &self,
-        desired: &Self::Desired,
-    ) -> Result<Observation<Self::Observed>, ProviderError>;
+    async fn observe(&self, desired: &Self::Desired) -> Observed<Self>;
     /// Creates the external object. Must be safe to call again after a crash
     /// (create what is missing, leave what exists).
     async fn create(&self, desired: &Self::Desired) -> Result<(), ProviderError>;

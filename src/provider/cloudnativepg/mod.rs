@@ -15,7 +15,7 @@ use crate::api::database_cluster::{Endpoint, Privileges, reasons as dbc_reasons}
 use crate::provider::kubernetes::children::{ChildKind, SECRET};
 use crate::provider::kubernetes::{Child, Children, LABEL_OWNER_UID};
 use crate::provider::{
-    DatabaseClusterClient, DesiredDatabaseCluster, ExternalClient, Observation,
+    DatabaseClusterClient, DesiredDatabaseCluster, ExternalClient, Observation, Observed,
     ObservedDatabaseCluster, ProviderError, Readiness, SUPERUSER,
 };
 use crate::reconcile::reasons;
@@ -470,10 +470,7 @@ impl ExternalClient for CloudNativePgDatabaseClusters {
     type Desired = DesiredDatabaseCluster;
     type Observed = ObservedDatabaseCluster;
 
-    async fn observe(
-        &self,
-        d: &DesiredDatabaseCluster,
-    ) -> Result<Observation<ObservedDatabaseCluster>, ProviderError> {
+    async fn observe(&self, d: &DesiredDatabaseCluster) -> Observed<Self> {
         self.require_installed().await?;
         let desired = self.desired_children(d, true);
         let drift = self.children.drift(&desired, &KINDS, &d.owner).await?;

@@ -33,7 +33,7 @@ use tracing::info;
 use super::{CallError, FlyApi, reasons};
 use crate::api::database_cluster::{Endpoint, Privileges, ResolvedSize};
 use crate::provider::{
-    DatabaseClusterClient, DesiredDatabaseCluster, ExternalClient, Observation,
+    DatabaseClusterClient, DesiredDatabaseCluster, ExternalClient, Observation, Observed,
     ObservedDatabaseCluster, ProviderError, Readiness, Secret,
 };
 
@@ -418,10 +418,7 @@ impl ExternalClient for FlyManagedPostgres {
     type Desired = DesiredDatabaseCluster;
     type Observed = ObservedDatabaseCluster;
 
-    async fn observe(
-        &self,
-        d: &DesiredDatabaseCluster,
-    ) -> Result<Observation<ObservedDatabaseCluster>, ProviderError> {
+    async fn observe(&self, d: &DesiredDatabaseCluster) -> Observed<Self> {
         major_version(&d.version)?;
         let Some(id) = self.find(d).await? else {
             return Ok(Observation::Missing);

@@ -47,7 +47,7 @@ use super::operations::{ENABLE_POSTGRES_CONSUL, LATEST_IMAGE_TAG};
 use super::{CallError, FlyApi, reasons};
 use crate::api::database_cluster::Endpoint;
 use crate::provider::{
-    DatabaseClusterClient, DesiredDatabaseCluster, ExternalClient, Observation,
+    DatabaseClusterClient, DesiredDatabaseCluster, ExternalClient, Observation, Observed,
     ObservedDatabaseCluster, ProviderError, Readiness, SUPERUSER, Secret, generate_password,
 };
 
@@ -590,10 +590,7 @@ impl ExternalClient for FlyFlexPostgres {
     type Desired = DesiredDatabaseCluster;
     type Observed = ObservedDatabaseCluster;
 
-    async fn observe(
-        &self,
-        d: &DesiredDatabaseCluster,
-    ) -> Result<Observation<ObservedDatabaseCluster>, ProviderError> {
+    async fn observe(&self, d: &DesiredDatabaseCluster) -> Observed<Self> {
         check_supported(d)?;
         if self.app(d).await?.is_none() {
             return Ok(Observation::Missing);

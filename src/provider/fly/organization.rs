@@ -35,8 +35,8 @@ use crate::api::organization::{
 use crate::provider::kubernetes::children::SECRET;
 use crate::provider::kubernetes::{Child, Children, LABEL_OWNER_UID};
 use crate::provider::{
-    DesiredOrganization, ExternalClient, Observation, ObservedOrganization, OrganizationClient,
-    ProviderError, Readiness, Secret,
+    DesiredOrganization, ExternalClient, Observation, Observed, ObservedOrganization,
+    OrganizationClient, ProviderError, Readiness, Secret,
 };
 
 /// Annotation on a token Secret: the ID of the Fly token it holds (an ID,
@@ -543,10 +543,7 @@ impl ExternalClient for FlyOrganizations {
     type Desired = DesiredOrganization;
     type Observed = ObservedOrganization;
 
-    async fn observe(
-        &self,
-        d: &DesiredOrganization,
-    ) -> Result<Observation<ObservedOrganization>, ProviderError> {
+    async fn observe(&self, d: &DesiredOrganization) -> Observed<Self> {
         let Some((org, viewer)) = self.find(d).await? else {
             return Ok(Observation::Missing);
         };

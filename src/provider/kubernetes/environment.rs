@@ -15,7 +15,8 @@ use crate::api::environment::{EnvironmentRole, LABEL_ADOPTABLE_BY, Tier, reasons
 use crate::api::organization::{BillingPlan, MemberRole};
 use crate::api::{LABEL_ENVIRONMENT, LABEL_ORGANIZATION, LABEL_TIER};
 use crate::provider::{
-    DesiredEnvironment, ExternalClient, Observation, ObservedEnvironment, ProviderError, Readiness,
+    DesiredEnvironment, ExternalClient, Observation, Observed, ObservedEnvironment, ProviderError,
+    Readiness,
 };
 use crate::reconcile::reasons;
 
@@ -320,10 +321,7 @@ impl ExternalClient for KubernetesEnvironments {
     type Desired = DesiredEnvironment;
     type Observed = ObservedEnvironment;
 
-    async fn observe(
-        &self,
-        d: &DesiredEnvironment,
-    ) -> Result<Observation<ObservedEnvironment>, ProviderError> {
+    async fn observe(&self, d: &DesiredEnvironment) -> Observed<Self> {
         let desired = self.desired_children(d).await?;
         let drift = self.children.drift(&desired, &KINDS, &d.owner).await?;
         if drift.existing == 0 {

@@ -11,8 +11,8 @@ use super::Child;
 use super::children::{CLUSTER_ROLE, CLUSTER_ROLE_BINDING, ChildKind, Children};
 use crate::api::organization::{MemberState, MemberStatus};
 use crate::provider::{
-    DesiredOrganization, ExternalClient, Observation, ObservedOrganization, OrganizationClient,
-    ProviderError, Readiness,
+    DesiredOrganization, ExternalClient, Observation, Observed, ObservedOrganization,
+    OrganizationClient, ProviderError, Readiness,
 };
 
 const KINDS: [ChildKind; 2] = [CLUSTER_ROLE, CLUSTER_ROLE_BINDING];
@@ -88,10 +88,7 @@ impl ExternalClient for KubernetesOrganizations {
     type Desired = DesiredOrganization;
     type Observed = ObservedOrganization;
 
-    async fn observe(
-        &self,
-        d: &DesiredOrganization,
-    ) -> Result<Observation<ObservedOrganization>, ProviderError> {
+    async fn observe(&self, d: &DesiredOrganization) -> Observed<Self> {
         let desired = self.desired_children(d, true);
         let drift = self.children.drift(&desired, &KINDS, &d.owner).await?;
         if drift.existing == 0 {

@@ -99,7 +99,7 @@ use tokio_postgres::error::SqlState;
 use crate::api::database_cluster::Endpoint;
 use crate::provider::{
     CopyReport, CopyRequest, DatabaseClusterClient, DesiredDatabaseCluster, ExternalClient,
-    Observation, ObservedDatabaseCluster, ProviderError, Readiness,
+    Observation, Observed, ObservedDatabaseCluster, ProviderError, Readiness,
 };
 use crate::reconcile::reasons;
 
@@ -405,10 +405,7 @@ impl ExternalClient for PostgresDatabaseClusters {
     type Desired = DesiredDatabaseCluster;
     type Observed = ObservedDatabaseCluster;
 
-    async fn observe(
-        &self,
-        desired: &DesiredDatabaseCluster,
-    ) -> Result<Observation<ObservedDatabaseCluster>, ProviderError> {
+    async fn observe(&self, desired: &DesiredDatabaseCluster) -> Observed<Self> {
         let plan = Plan::new(desired)?;
         let inv = {
             let admin = self.admin().await?;
