@@ -425,7 +425,6 @@ async fn converges_under_injected_5xx_and_429_with_exactly_one_cluster() {
     let (ns, slug) = fly_staging(&client, &name, |e| e).await;
     let _faults = FAULTS.write().await;
     let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
-    let before = counters().await;
     inject_faults("/v1/postgres", 0.2, 0.1).await;
     database_cluster("orders", &ns)
         .connection_secret()
@@ -458,10 +457,9 @@ async fn converges_under_injected_5xx_and_429_with_exactly_one_cluster() {
         counters["faults_injected"]["error"].as_u64().unwrap_or(0) > 0,
         "no 5xx was injected: {counters}"
     );
-    assert_eq!(
-        counters["rate_limited_total"], before["rate_limited_total"],
-        "Fly's rate limits never refused bulkhead: {counters}"
-    );
+    // (Fly's own rate limits are not asserted here: this test's polling
+    // of the users' credentials shares their buckets with bulkhead. The
+    // flex fault test, which polls only the emulator's state, asserts it.)
     assert_eq!(
         clusters_named(&slug, "orders-stage").await.len(),
         1,
