@@ -337,11 +337,9 @@ impl Context {
                 self.children.clone(),
             ))),
             ProviderType::Fly => {
-                let (api, token, credentials) = self.fly_connection(spec).await?;
+                let fly = self.fly_connection(spec).await?;
                 Ok(Arc::new(crate::provider::fly::FlyOrganizations::new(
-                    api,
-                    token,
-                    credentials,
+                    fly,
                     self.children.clone(),
                 )))
             }
@@ -358,19 +356,16 @@ impl Context {
     async fn fly_connection(
         &self,
         spec: &ProviderSpec,
-    ) -> Result<
-        (
-            Arc<crate::provider::fly::FlyApi>,
-            crate::provider::Secret,
-            String,
-        ),
-        ReconcileError,
-    > {
+    ) -> Result<crate::provider::fly::FlySession, ReconcileError> {
         let api = self.fly.clone().map_err(|e| {
             ReconcileError::Provider(crate::provider::ProviderError::unavailable(e))
         })?;
         let token = self.read_credentials(spec).await?;
-        Ok((api, token, self.describe_credentials(spec)))
+        Ok(crate::provider::fly::FlySession::new(
+            api,
+            token,
+            self.describe_credentials(spec),
+        ))
     }
 
     /// The Environment backend: Environments are always realised in the
@@ -391,17 +386,15 @@ impl Context {
             ))),
             ProviderType::Postgres => Ok(Arc::new(self.postgres_client(spec).await?)),
             ProviderType::Fly => {
-                let (api, token, credentials) = self.fly_connection(spec).await?;
+                let fly = self.fly_connection(spec).await?;
                 Ok(
                     match spec.fly.as_ref().map(|f| f.postgres).unwrap_or_default() {
-                        FlyPostgres::Managed => Arc::new(
-                            crate::provider::fly::FlyManagedPostgres::new(api, token, credentials),
-                        ),
-                        FlyPostgres::Flex => Arc::new(crate::provider::fly::FlyFlexPostgres::new(
-                            api,
-                            token,
-                            credentials,
-                        )),
+                        FlyPostgres::Managed => {
+                            Arc::new(crate::provider::fly::FlyManagedPostgres::new(fly))
+                        }
+                        FlyPostgres::Flex => {
+                            Arc::new(crate::provider::fly::FlyFlexPostgres::new(fly))
+                        }
                     },
                 )
             }

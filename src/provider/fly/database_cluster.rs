@@ -22,15 +22,13 @@
 //! Create is asynchronous: the cluster is `creating` until Fly says `ready`,
 //! and its databases and users can only be made once it is.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use http::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::info;
 
-use super::{CallError, FlyApi, reasons};
+use super::{CallError, FlySession, reasons};
 use crate::api::database_cluster::{Endpoint, Privileges, ResolvedSize};
 use crate::provider::{
     DatabaseClusterClient, DesiredDatabaseCluster, ExternalClient, Observation, Observed,
@@ -105,10 +103,7 @@ pub fn major_version(version: &str) -> Result<&str, ProviderError> {
 /// One cluster's client: the process's Fly API and the credentials the
 /// platform team named for this Environment.
 pub struct FlyManagedPostgres {
-    api: Arc<FlyApi>,
-    token: Secret,
-    /// Where the token came from, for messages.
-    credentials: String,
+    fly: FlySession,
     /// The cluster's Fly ID once found or created. A client serves one
     /// reconcile, so observe, update and the password lookup share one
     /// `Postgres_list` instead of one each.
@@ -206,16 +201,13 @@ fn segment(value: &str) -> String {
 }
 
 impl FlyManagedPostgres {
-    pub fn new(api: Arc<FlyApi>, token: Secret, credentials: String) -> Self {
+    pub fn new(fly: FlySession) -> Self {
         FlyManagedPostgres {
-            api,
-            token,
-            credentials,
+            fly,
             found: std::sync::Mutex::new(None),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn call(
         &self,
         method: Method,
@@ -225,17 +217,8 @@ impl FlyManagedPostgres {
         operation: &'static str,
         idempotent: bool,
     ) -> Result<Value, CallError> {
-        self.api
-            .rest(
-                &self.token,
-                method,
-                path,
-                query,
-                body,
-                operation,
-                idempotent,
-                &self.credentials,
-            )
+        self.fly
+            .rest(method, path, query, body, operation, idempotent)
             .await
     }
 

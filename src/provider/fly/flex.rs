@@ -34,8 +34,6 @@
 //! boot) are a terminal `Unsupported`, before anything is created; the
 //! `SSH_KEY`/`SSH_CERT` secrets flyctl adds for `fly ssh` are not set.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use http::Method;
 use serde::Deserialize;
@@ -44,11 +42,11 @@ use tracing::info;
 
 use super::database_cluster::DEFAULT_REGION;
 use super::operations::{ENABLE_POSTGRES_CONSUL, LATEST_IMAGE_TAG};
-use super::{CallError, FlyApi, reasons};
+use super::{CallError, FlySession, reasons};
 use crate::api::database_cluster::Endpoint;
 use crate::provider::{
     DatabaseClusterClient, DesiredDatabaseCluster, ExternalClient, Observation, Observed,
-    ObservedDatabaseCluster, ProviderError, Readiness, SUPERUSER, Secret, generate_password,
+    ObservedDatabaseCluster, ProviderError, Readiness, SUPERUSER, generate_password,
 };
 
 /// The image repository flyctl deploys flex clusters from.
@@ -76,10 +74,7 @@ pub mod flex_reasons {
 }
 
 pub struct FlyFlexPostgres {
-    api: Arc<FlyApi>,
-    token: Secret,
-    /// Where the token came from, for messages.
-    credentials: String,
+    fly: FlySession,
 }
 
 #[derive(Deserialize)]
@@ -277,12 +272,8 @@ fn drift(d: &DesiredDatabaseCluster, c: &Cluster) -> Vec<String> {
 }
 
 impl FlyFlexPostgres {
-    pub fn new(api: Arc<FlyApi>, token: Secret, credentials: String) -> Self {
-        FlyFlexPostgres {
-            api,
-            token,
-            credentials,
-        }
+    pub fn new(fly: FlySession) -> Self {
+        FlyFlexPostgres { fly }
     }
 
     async fn call(
@@ -293,17 +284,8 @@ impl FlyFlexPostgres {
         operation: &'static str,
         idempotent: bool,
     ) -> Result<Value, CallError> {
-        self.api
-            .rest(
-                &self.token,
-                method,
-                path,
-                &[],
-                body,
-                operation,
-                idempotent,
-                &self.credentials,
-            )
+        self.fly
+            .rest(method, path, &[], body, operation, idempotent)
             .await
     }
 
@@ -382,13 +364,8 @@ impl FlyFlexPostgres {
 
     async fn image(&self) -> Result<String, ProviderError> {
         let data = self
-            .api
-            .graphql(
-                &self.token,
-                &LATEST_IMAGE_TAG,
-                json!({ "repository": IMAGE_REPOSITORY }),
-                &self.credentials,
-            )
+            .fly
+            .graphql(&LATEST_IMAGE_TAG, json!({ "repository": IMAGE_REPOSITORY }))
             .await?;
         let tag = data["latestImageTag"].as_str().ok_or_else(|| {
             ProviderError::terminal(
@@ -545,12 +522,10 @@ impl FlyFlexPostgres {
         }
         if missing("FLY_CONSUL_URL") {
             let data = self
-                .api
+                .fly
                 .graphql(
-                    &self.token,
                     &ENABLE_POSTGRES_CONSUL,
                     json!({ "appId": d.external_name, "region": region(d) }),
-                    &self.credentials,
                 )
                 .await?;
             let url = data["enablePostgresConsul"]["consulUrl"]

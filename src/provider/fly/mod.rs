@@ -245,6 +245,64 @@ fn per_period(period: Duration, burst: NonZeroU32) -> Quota {
         .allow_burst(burst)
 }
 
+/// One backend's way to Fly for one reconcile: the process's API client,
+/// the token its provider spec names, and where that token came from (for
+/// messages, never the token).
+pub struct FlySession {
+    api: Arc<FlyApi>,
+    token: Secret,
+    credentials: String,
+}
+
+impl FlySession {
+    pub fn new(api: Arc<FlyApi>, token: Secret, credentials: String) -> Self {
+        FlySession {
+            api,
+            token,
+            credentials,
+        }
+    }
+
+    pub fn settings(&self) -> &FlySettings {
+        self.api.settings()
+    }
+
+    /// [`FlyApi::graphql`] with this session's token.
+    pub async fn graphql(
+        &self,
+        operation: &Operation,
+        variables: Value,
+    ) -> Result<Value, CallError> {
+        self.api
+            .graphql(&self.token, operation, variables, &self.credentials)
+            .await
+    }
+
+    /// [`FlyApi::rest`] with this session's token.
+    pub async fn rest(
+        &self,
+        method: http::Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        operation: &'static str,
+        idempotent: bool,
+    ) -> Result<Value, CallError> {
+        self.api
+            .rest(
+                &self.token,
+                method,
+                path,
+                query,
+                body,
+                operation,
+                idempotent,
+                &self.credentials,
+            )
+            .await
+    }
+}
+
 /// What Fly counts a Machines API call against: the first of the machine,
 /// the app, the Managed Postgres cluster or the organization the call
 /// names (as `/v1/apps/{app}/machines/{id}/…`, `/v1/postgres/{id}/…`, or

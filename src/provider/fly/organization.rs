@@ -15,7 +15,6 @@
 //! lost) is revoked.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -28,7 +27,7 @@ use super::operations::{
     CREATE_INVITATION, CREATE_ORGANIZATION, CREATE_TOKEN, DELETE_INVITATION, DELETE_MEMBERSHIP,
     DELETE_ORGANIZATION, DELETE_TOKEN, ORGANIZATION, UPDATE_MEMBERSHIP,
 };
-use super::{CallError, FlyApi, Operation, jittered, reasons};
+use super::{CallError, FlySession, Operation, jittered, reasons};
 use crate::api::organization::{
     MemberRole, MemberState, MemberStatus, TokenScope, TokenSpec, TokenStatus,
 };
@@ -53,27 +52,17 @@ const ROTATE_WHEN_LEFT: f64 = 1.0 / 3.0;
 /// One Organization's client: the process's Fly API and this
 /// Organization's credentials.
 pub struct FlyOrganizations {
-    api: Arc<FlyApi>,
-    token: Secret,
-    /// Where the token came from, for messages (`Secret ns/name key k`).
-    credentials: String,
+    fly: FlySession,
     children: Children,
 }
 
 impl FlyOrganizations {
-    pub fn new(api: Arc<FlyApi>, token: Secret, credentials: String, children: Children) -> Self {
-        FlyOrganizations {
-            api,
-            token,
-            credentials,
-            children,
-        }
+    pub fn new(fly: FlySession, children: Children) -> Self {
+        FlyOrganizations { fly, children }
     }
 
     async fn call(&self, op: &Operation, variables: Value) -> Result<Value, CallError> {
-        self.api
-            .graphql(&self.token, op, variables, &self.credentials)
-            .await
+        self.fly.graphql(op, variables).await
     }
 
     /// The organization as Fly shows it, by slug or node ID.
@@ -571,7 +560,7 @@ impl ExternalClient for FlyOrganizations {
     /// lost answer finds the organization the first attempt made instead of
     /// making a second.
     async fn create_named(&self, d: &DesiredOrganization) -> Result<Option<String>, ProviderError> {
-        let attempts = self.api.settings().attempts.max(1);
+        let attempts = self.fly.settings().attempts.max(1);
         let mut attempt = 0;
         loop {
             if let Some((org, _)) = self.find_by_name(d).await? {
@@ -587,7 +576,7 @@ impl ExternalClient for FlyOrganizations {
                     return Ok(Some(created.create_organization.organization.slug));
                 }
                 Err(CallError::Provider(e)) if !e.is_terminal() && attempt + 1 < attempts => {
-                    tokio::time::sleep(jittered(self.api.settings().backoff, attempt)).await;
+                    tokio::time::sleep(jittered(self.fly.settings().backoff, attempt)).await;
                     attempt += 1;
                     // The create may have happened: the lookup above runs
                     // again before the next attempt.
