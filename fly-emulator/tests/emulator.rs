@@ -9,25 +9,17 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{ADMIN_TOKEN, bearer, config, error_code, ops, start};
+use support::{ADMIN_TOKEN, assert_error_mentions, bearer, config, ops, start, string};
 
 #[tokio::test]
 async fn an_invalid_graphql_document_gets_the_validation_error() {
     let emu = start(config()).await;
+    let invalid = "{ organization(slug: \"personal\") { id noSuchField } }";
     let (status, body) = emu
-        .gql(
-            Some(&bearer()),
-            "{ organization(slug: \"personal\") { id noSuchField } }",
-            json!({}),
-        )
+        .gql_error(&bearer(), invalid, json!({}), "GRAPHQL_VALIDATION_FAILED")
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["data"], Value::Null, "{body}");
-    assert_eq!(
-        error_code(&body),
-        Some("GRAPHQL_VALIDATION_FAILED"),
-        "{body}"
-    );
     assert!(
         body["errors"][0]["message"]
             .as_str()
@@ -36,18 +28,9 @@ async fn an_invalid_graphql_document_gets_the_validation_error() {
     );
 
     // A missing required argument is a validation error too.
-    let (_, body) = emu
-        .gql(
-            Some(&bearer()),
-            "mutation { createOrganization { token } }",
-            json!({}),
-        )
+    let missing_argument = "mutation { createOrganization { token } }";
+    emu.admin_gql_error(missing_argument, json!({}), "GRAPHQL_VALIDATION_FAILED")
         .await;
-    assert_eq!(
-        error_code(&body),
-        Some("GRAPHQL_VALIDATION_FAILED"),
-        "{body}"
-    );
     emu.server.shutdown().await;
 }
 
@@ -64,18 +47,14 @@ async fn projection_follows_aliases_fragments_and_directives() {
     assert_eq!(org["people"]["count"], 1);
     assert!(org["orgId"].as_str().is_some_and(|id| !id.is_empty()));
     // Fields come back in the order they were selected.
-    let (_, raw) = emu
-        .gql(
-            Some(&bearer()),
-            ops::ORG_SHAPES,
-            json!({"withMembers": false}),
-        )
+    let raw = emu
+        .gql_ok(ops::ORG_SHAPES, json!({"withMembers": false}))
         .await;
-    let keys: Vec<&String> = raw["data"]["org"]
+    let keys: Vec<&String> = raw["org"]
         .as_object()
         .map(|o| o.keys().collect())
         .unwrap_or_default();
-    assert!(raw["data"]["org"].get("people").is_none(), "{raw}");
+    assert!(raw["org"].get("people").is_none(), "{raw}");
     assert_eq!(keys.len(), 4, "{raw}");
     emu.server.shutdown().await;
 }
@@ -89,19 +68,10 @@ async fn organization_invite_accept_role_and_removal() {
     let (_, second_slug) = emu.create_org("Acme Corp").await;
     assert_eq!(second_slug, "acme-corp-1");
 
-    let data = emu
-        .gql_ok(
-            ops::INVITE,
-            json!({"org": org_id, "email": "dev@example.com"}),
-        )
-        .await;
-    let invitation = &data["createOrganizationInvitation"]["invitation"];
+    let invitation = emu.invite(&org_id, "dev@example.com").await;
     assert_eq!(invitation["redeemed"], false);
     assert_eq!(invitation["organization"]["slug"], "acme-corp");
-    let invitation_id = invitation["id"]
-        .as_str()
-        .expect("invitation id")
-        .to_string();
+    let invitation_id = string(&invitation["id"], "invitation id");
 
     let data = emu.gql_ok(ops::ORG_BY_SLUG, json!({"slug": slug})).await;
     assert_eq!(
@@ -111,18 +81,7 @@ async fn organization_invite_accept_role_and_removal() {
     assert_eq!(data["organization"]["members"]["totalCount"], 1);
 
     // The invitee is no member until the invitation is accepted.
-    let (status, accepted) = emu
-        .control(
-            Method::POST,
-            &format!("/invitations/{invitation_id}/accept"),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{accepted}");
-    let user_id = accepted["user"]["id"]
-        .as_str()
-        .expect("user id")
-        .to_string();
+    let user_id = emu.accept_invitation(&invitation_id).await;
 
     let data = emu
         .gql_ok(
@@ -149,49 +108,34 @@ async fn organization_invite_accept_role_and_removal() {
     );
 
     // A removed member has no membership whose role could be set.
-    let (_, body) = emu
-        .gql(
-            Some(&bearer()),
-            ops::SET_ROLE,
-            json!({"org": org_id, "user": user_id, "role": "MEMBER"}),
-        )
+    let set_member = json!({"org": org_id, "user": user_id, "role": "MEMBER"});
+    let body = emu
+        .admin_gql_error(ops::SET_ROLE, set_member, "NOT_FOUND")
         .await;
-    assert_eq!(error_code(&body), Some("NOT_FOUND"), "{body}");
     assert_eq!(
         body["errors"][0]["path"],
         json!(["updateOrganizationMembership"])
     );
 
     // deleteOrganization takes the node ID; the slug is not one.
-    let (_, body) = emu
-        .gql(Some(&bearer()), ops::DELETE_ORG, json!({"id": slug}))
+    emu.admin_gql_error(ops::DELETE_ORG, json!({"id": slug}), "NOT_FOUND")
         .await;
-    assert_eq!(error_code(&body), Some("NOT_FOUND"), "{body}");
     let data = emu.gql_ok(ops::DELETE_ORG, json!({"id": org_id})).await;
     assert_eq!(data["deleteOrganization"]["deletedOrganizationId"], org_id);
-    let (_, body) = emu
-        .gql(Some(&bearer()), ops::ORG_BY_ID, json!({"id": org_id}))
+    emu.admin_gql_error(ops::ORG_BY_ID, json!({"id": org_id}), "NOT_FOUND")
         .await;
-    assert_eq!(error_code(&body), Some("NOT_FOUND"), "{body}");
     emu.server.shutdown().await;
 }
 
 #[tokio::test]
 async fn personal_organizations_refuse_invitations() {
     let emu = start(config()).await;
-    let data = emu
-        .gql_ok(ops::ORG_BY_SLUG, json!({"slug": "personal"}))
-        .await;
+    let personal = json!({"slug": "personal"});
+    let data = emu.gql_ok(ops::ORG_BY_SLUG, personal).await;
     assert_eq!(data["organization"]["type"], "PERSONAL");
-    let org_id = data["organization"]["id"].as_str().expect("id").to_string();
-    let (_, body) = emu
-        .gql(
-            Some(&bearer()),
-            ops::INVITE,
-            json!({"org": org_id, "email": "x@example.com"}),
-        )
-        .await;
-    assert_eq!(error_code(&body), Some("VALIDATION"), "{body}");
+    let org_id = string(&data["organization"]["id"], "id");
+    let invite = json!({"org": org_id, "email": "x@example.com"});
+    let body = emu.admin_gql_error(ops::INVITE, invite, "VALIDATION").await;
     assert_eq!(body["data"]["createOrganizationInvitation"], Value::Null);
     emu.server.shutdown().await;
 }
@@ -210,16 +154,13 @@ async fn mint(
         )
         .await;
     let token = &data["createLimitedAccessToken"]["limitedAccessToken"];
-    let header = token["tokenHeader"]
-        .as_str()
-        .expect("tokenHeader")
-        .to_string();
+    let header = string(&token["tokenHeader"], "tokenHeader");
     assert!(header.starts_with("FlyV1 fm2_"), "{header}");
     assert_eq!(
         header,
         format!("FlyV1 {}", token["token"].as_str().unwrap_or_default())
     );
-    (token["id"].as_str().expect("token id").to_string(), header)
+    (string(&token["id"], "token id"), header)
 }
 
 #[tokio::test]
@@ -227,9 +168,16 @@ async fn minted_tokens_are_scoped_and_die_when_revoked_or_expired() {
     let emu = start(config()).await;
     let (org_id, slug) = emu.create_org("Tokens Inc").await;
     let (other_org_id, other_slug) = emu.create_org("Elsewhere").await;
-    emu.create_app("tok-app", &slug).await;
-    emu.create_app("tok-app-two", &slug).await;
-    emu.create_app("other-app", &other_slug).await;
+    for (app, org) in [
+        ("tok-app", &slug),
+        ("tok-app-two", &slug),
+        ("other-app", &other_slug),
+    ] {
+        emu.create_app(app, org).await;
+    }
+    let apps_of_org = format!("/v1/apps?org_slug={slug}");
+    let apps_of_other_org = format!("/v1/apps?org_slug={other_slug}");
+    let tok_app = "/v1/apps/tok-app";
 
     // Organization token: its organization only.
     let (org_token_id, org_header) = mint(
@@ -240,93 +188,55 @@ async fn minted_tokens_are_scoped_and_die_when_revoked_or_expired() {
         Some("720h"),
     )
     .await;
-    let (status, _, body) = emu
-        .rest(
-            Some(&org_header),
-            Method::GET,
-            &format!("/v1/apps?org_slug={slug}"),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let body = emu.get_as(&org_header, &apps_of_org, StatusCode::OK).await;
     assert_eq!(body["total_apps"], 2);
-    let (status, _, _) = emu
-        .rest(
-            Some(&org_header),
-            Method::GET,
-            &format!("/v1/apps?org_slug={other_slug}"),
-            None,
-        )
+    emu.get_as(&org_header, &apps_of_other_org, StatusCode::FORBIDDEN)
         .await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _, _) = emu
-        .rest(Some(&org_header), Method::GET, "/v1/apps/other-app", None)
+    emu.get_as(&org_header, "/v1/apps/other-app", StatusCode::FORBIDDEN)
         .await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    let (_, body) = emu
-        .gql(
-            Some(&org_header),
-            ops::ORG_BY_ID,
-            json!({"id": other_org_id}),
-        )
+    let other_org = json!({"id": other_org_id});
+    emu.gql_error(&org_header, ops::ORG_BY_ID, other_org, "UNAUTHORIZED")
         .await;
-    assert_eq!(error_code(&body), Some("UNAUTHORIZED"), "{body}");
 
     // Deploy token: that app only.
     let (_, app_header) = mint(&emu, &org_id, "deploy", json!({"app_id": "tok-app"}), None).await;
-    let (status, _, _) = emu
-        .rest(Some(&app_header), Method::GET, "/v1/apps/tok-app", None)
+    emu.get_as(&app_header, tok_app, StatusCode::OK).await;
+    emu.get_as(&app_header, "/v1/apps/tok-app-two", StatusCode::FORBIDDEN)
         .await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, _, _) = emu
-        .rest(Some(&app_header), Method::GET, "/v1/apps/tok-app-two", None)
+    emu.get_as(&app_header, &apps_of_org, StatusCode::FORBIDDEN)
         .await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _, _) = emu
-        .rest(
-            Some(&app_header),
-            Method::GET,
-            &format!("/v1/apps?org_slug={slug}"),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
 
     // Revoked → 401 in both APIs' error shapes.
     emu.gql_ok(ops::DELETE_TOKEN, json!({"id": org_token_id}))
         .await;
-    let (status, _, body) = emu
-        .rest(Some(&org_header), Method::GET, "/v1/apps/tok-app", None)
+    let body = emu
+        .get_as(&org_header, tok_app, StatusCode::UNAUTHORIZED)
         .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(
-        body["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("revoked")),
-        "{body}"
-    );
+    assert_error_mentions(&body, "revoked");
     let (status, body) = emu
-        .gql(Some(&org_header), ops::ORG_BY_ID, json!({"id": org_id}))
+        .gql_error(
+            &org_header,
+            ops::ORG_BY_ID,
+            json!({"id": org_id}),
+            "UNAUTHORIZED",
+        )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(error_code(&body), Some("UNAUTHORIZED"), "{body}");
     assert_eq!(body["data"], Value::Null);
 
     // Revoked through drift → 401.
     let (drift_id, drift_header) =
         mint(&emu, &org_id, "deploy_organization", Value::Null, None).await;
-    let (status, _) = emu
-        .control(
-            Method::POST,
-            "/drift/revoke-token",
-            Some(json!({"token_id": drift_id})),
-        )
+    let revoke = json!({"token_id": drift_id});
+    emu.control_expect(
+        Method::POST,
+        "/drift/revoke-token",
+        Some(revoke),
+        StatusCode::OK,
+    )
+    .await;
+    emu.get_as(&drift_header, tok_app, StatusCode::UNAUTHORIZED)
         .await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, _, _) = emu
-        .rest(Some(&drift_header), Method::GET, "/v1/apps/tok-app", None)
-        .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     // Expired → 401.
     let (_, short_header) = mint(
@@ -337,42 +247,24 @@ async fn minted_tokens_are_scoped_and_die_when_revoked_or_expired() {
         Some("1s"),
     )
     .await;
-    let (status, _, _) = emu
-        .rest(Some(&short_header), Method::GET, "/v1/apps/tok-app", None)
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    emu.get_as(&short_header, tok_app, StatusCode::OK).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let (status, _, body) = emu
-        .rest(Some(&short_header), Method::GET, "/v1/apps/tok-app", None)
+    let body = emu
+        .get_as(&short_header, tok_app, StatusCode::UNAUTHORIZED)
         .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(
-        body["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("expired")),
-        "{body}"
-    );
+    assert_error_mentions(&body, "expired");
 
     // Unknown tokens and a bad expiry.
-    let (status, _, _) = emu
-        .rest(
-            Some("FlyV1 fm2_nonsense"),
-            Method::GET,
-            "/v1/apps/tok-app",
-            None,
-        )
+    emu.get_as("FlyV1 fm2_nonsense", tok_app, StatusCode::UNAUTHORIZED)
         .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, _, _) = emu
-        .rest(Some("Bearer wrong"), Method::GET, "/v1/apps/tok-app", None)
+    emu.get_as("Bearer wrong", tok_app, StatusCode::UNAUTHORIZED)
         .await;
+    let (status, _, _) = emu.rest(None, Method::GET, tok_app, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, _, _) = emu.rest(None, Method::GET, "/v1/apps/tok-app", None).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (_, body) = emu
-        .gql(Some(&bearer()), ops::CREATE_TOKEN, json!({"org": org_id, "name": "x", "profile": "deploy_organization", "expiry": "3 days"}))
+    let bad_expiry =
+        json!({"org": org_id, "name": "x", "profile": "deploy_organization", "expiry": "3 days"});
+    emu.admin_gql_error(ops::CREATE_TOKEN, bad_expiry, "VALIDATION")
         .await;
-    assert_eq!(error_code(&body), Some("VALIDATION"), "{body}");
     emu.server.shutdown().await;
 }
 
@@ -382,37 +274,28 @@ async fn app_names_are_global_across_organizations() {
     let (_, first) = emu.create_org("First").await;
     let (_, second) = emu.create_org("Second").await;
     emu.create_app("shared-name", &first).await;
-    let (status, body) = emu
-        .admin(
-            Method::POST,
-            "/v1/apps",
-            Some(json!({"name": "shared-name", "org_slug": second})),
-        )
+    let taken = json!({"name": "shared-name", "org_slug": second});
+    let body = emu
+        .post("/v1/apps", taken, StatusCode::UNPROCESSABLE_ENTITY)
         .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(body["status"], "name_taken", "{body}");
     assert!(body["error"].is_string());
 
     // The network is fixed at creation and shows on the app.
-    let (status, app) = emu.admin(Method::GET, "/v1/apps/shared-name", None).await;
-    assert_eq!(status, StatusCode::OK);
+    let app = emu.get("/v1/apps/shared-name", StatusCode::OK).await;
     assert_eq!(app["network"], "shared-name-net");
     assert_eq!(app["organization"]["slug"], first);
 
     // A retry with the same idempotency key is answered with the first app.
     let create = json!({"name": "idem-app", "org_slug": first, "idempotency_key": "k1"});
-    let (status, one) = emu
-        .admin(Method::POST, "/v1/apps", Some(create.clone()))
+    let one = emu
+        .post("/v1/apps", create.clone(), StatusCode::CREATED)
         .await;
-    assert_eq!(status, StatusCode::CREATED);
-    let (status, two) = emu.admin(Method::POST, "/v1/apps", Some(create)).await;
-    assert_eq!(status, StatusCode::CREATED);
+    let two = emu.post("/v1/apps", create, StatusCode::CREATED).await;
     assert_eq!(one["id"], two["id"]);
 
-    let (status, _) = emu.admin(Method::DELETE, "/v1/apps/idem-app", None).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    let (status, _) = emu.admin(Method::GET, "/v1/apps/idem-app", None).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    emu.delete("/v1/apps/idem-app", StatusCode::ACCEPTED).await;
+    emu.get("/v1/apps/idem-app", StatusCode::NOT_FOUND).await;
     emu.server.shutdown().await;
 }
 
@@ -421,68 +304,34 @@ async fn rest_bodies_are_validated_against_the_openapi_schemas() {
     let emu = start(config()).await;
     let (_, slug) = emu.create_org("Strict").await;
     // Wrong type.
-    let (status, body) = emu
-        .admin(
-            Method::POST,
-            "/v1/apps",
-            Some(json!({"name": "typed", "org_slug": slug, "network": 7})),
-        )
+    let wrong_type = json!({"name": "typed", "org_slug": slug, "network": 7});
+    let body = emu
+        .post("/v1/apps", wrong_type, StatusCode::BAD_REQUEST)
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(
-        body["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("network")),
-        "{body}"
-    );
+    assert_error_mentions(&body, "network");
     // Missing required field (plan) in Managed Postgres create.
-    let (status, body) = emu
-        .admin(
-            Method::POST,
-            "/v1/postgres",
-            Some(json!({"org_slug": slug, "region": "iad"})),
-        )
+    let no_plan = json!({"org_slug": slug, "region": "iad"});
+    let body = emu
+        .post("/v1/postgres", no_plan, StatusCode::BAD_REQUEST)
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(
-        body["error"].as_str().is_some_and(|e| e.contains("plan")),
-        "{body}"
-    );
+    assert_error_mentions(&body, "plan");
     // An enum value outside the spec.
-    let (status, _) = emu
-        .admin(
-            Method::POST,
-            "/v1/postgres",
-            Some(json!({"org_slug": slug, "region": "iad", "plan": "gigantic"})),
-        )
+    let bad_plan = json!({"org_slug": slug, "region": "iad", "plan": "gigantic"});
+    emu.post("/v1/postgres", bad_plan, StatusCode::BAD_REQUEST)
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
     // Not JSON at all.
-    let (status, _, body) = emu
-        .rest(
-            Some(&bearer()),
-            Method::POST,
-            "/v1/apps",
-            Some(Value::String("{".into())),
-        )
+    let not_json = Value::String("{".into());
+    emu.post("/v1/apps", not_json, StatusCode::BAD_REQUEST)
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     // Paths and methods come from the spec.
-    let (status, _) = emu.admin(Method::GET, "/v1/no-such-thing", None).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    emu.get("/v1/no-such-thing", StatusCode::NOT_FOUND).await;
     let (status, _) = emu.admin(Method::PUT, "/v1/apps", None).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     emu.create_app("unimpl", &slug).await;
-    let (status, body) = emu
-        .admin(Method::GET, "/v1/apps/unimpl/certificates", None)
+    let body = emu
+        .get("/v1/apps/unimpl/certificates", StatusCode::NOT_IMPLEMENTED)
         .await;
-    assert_eq!(status, StatusCode::NOT_IMPLEMENTED);
-    assert!(
-        body["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("not implemented")),
-        "{body}"
-    );
+    assert_error_mentions(&body, "not implemented");
     emu.server.shutdown().await;
 }
 
@@ -490,28 +339,20 @@ async fn rest_bodies_are_validated_against_the_openapi_schemas() {
 async fn postgres_flex_steps_and_machines() {
     let emu = start(config()).await;
     let (_, slug) = emu.create_org("Flex").await;
-    let (status, body) = emu
-        .admin(
-            Method::POST,
-            "/v1/apps",
-            Some(
-                json!({"app_name": "pg-flex", "org_slug": slug, "app_role_id": "postgres_cluster"}),
-            ),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let app = json!({"app_name": "pg-flex", "org_slug": slug, "app_role_id": "postgres_cluster"});
+    emu.post("/v1/apps", app, StatusCode::CREATED).await;
     let data = emu
         .gql_ok(ops::LATEST_IMAGE, json!({"repo": "flyio/postgres-flex"}))
         .await;
-    let tag = data["latestImageTag"].as_str().expect("tag").to_string();
-    let (status, ip) = emu
-        .admin(
-            Method::POST,
+    let tag = string(&data["latestImageTag"], "tag");
+    let private_v6 = json!({"type": "private_v6"});
+    let ip = emu
+        .post(
             "/v1/apps/pg-flex/ip_assignments",
-            Some(json!({"type": "private_v6"})),
+            private_v6,
+            StatusCode::OK,
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{ip}");
     assert!(
         ip["ip"].as_str().is_some_and(|a| a.starts_with("fdaa:")),
         "{ip}"
@@ -525,29 +366,22 @@ async fn postgres_flex_steps_and_machines() {
             .as_str()
             .is_some_and(|u| u.starts_with("https://"))
     );
-    let (status, secrets) = emu
-        .admin(
-            Method::POST,
-            "/v1/apps/pg-flex/secrets",
-            Some(json!({"values": {"SU_PASSWORD": "a", "REPL_PASSWORD": "b", "OPERATOR_PASSWORD": "c"}})),
-        )
+    let values =
+        json!({"values": {"SU_PASSWORD": "a", "REPL_PASSWORD": "b", "OPERATOR_PASSWORD": "c"}});
+    let secrets = emu
+        .post("/v1/apps/pg-flex/secrets", values, StatusCode::OK)
         .await;
-    assert_eq!(status, StatusCode::OK, "{secrets}");
     assert_eq!(secrets["secrets"].as_array().map(Vec::len), Some(3));
     assert!(
         secrets["secrets"][0].get("value").is_none(),
         "values are not echoed"
     );
 
-    let (status, volume) = emu
-        .admin(
-            Method::POST,
-            "/v1/apps/pg-flex/volumes",
-            Some(json!({"name": "pg_data", "region": "iad", "size_gb": 1, "encrypted": true, "require_unique_zone": true})),
-        )
+    let pg_data = json!({"name": "pg_data", "region": "iad", "size_gb": 1, "encrypted": true, "require_unique_zone": true});
+    let volume = emu
+        .post("/v1/apps/pg-flex/volumes", pg_data, StatusCode::OK)
         .await;
-    assert_eq!(status, StatusCode::OK, "{volume}");
-    let volume_id = volume["id"].as_str().expect("volume id").to_string();
+    let volume_id = string(&volume["id"], "volume id");
     let config = json!({
         "image": format!("flyio/postgres-flex:{tag}"),
         "guest": {"cpu_kind": "shared", "cpus": 1, "memory_mb": 256},
@@ -556,94 +390,52 @@ async fn postgres_flex_steps_and_machines() {
         "checks": {"pg": {"port": 5500, "type": "http", "path": "/flycheck/pg"}},
         "metrics": {"port": 9187, "path": "/metrics"},
     });
-    let (status, machine) = emu
-        .admin(
-            Method::POST,
-            "/v1/apps/pg-flex/machines",
-            Some(json!({"region": "iad", "config": config})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{machine}");
+    let machines = "/v1/apps/pg-flex/machines";
+    let create = json!({"region": "iad", "config": config});
+    let machine = emu.post(machines, create.clone(), StatusCode::OK).await;
     assert_eq!(machine["state"], "started");
-    let machine_id = machine["id"].as_str().expect("machine id").to_string();
-    let (_, volume) = emu
-        .admin(
-            Method::GET,
-            &format!("/v1/apps/pg-flex/volumes/{volume_id}"),
-            None,
-        )
-        .await;
+    let machine_id = string(&machine["id"], "machine id");
+    let volume_path = format!("/v1/apps/pg-flex/volumes/{volume_id}");
+    let volume = emu.get(&volume_path, StatusCode::OK).await;
     assert_eq!(volume["attached_machine_id"], machine_id);
     // A second machine cannot mount the attached volume.
-    let (status, _) = emu
-        .admin(
-            Method::POST,
-            "/v1/apps/pg-flex/machines",
-            Some(json!({"region": "iad", "config": config})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    emu.post(machines, create, StatusCode::BAD_REQUEST).await;
     // A machine config of the wrong shape is refused by the schema.
-    let (status, _) = emu
-        .admin(
-            Method::POST,
-            "/v1/apps/pg-flex/machines",
-            Some(json!({"config": {"image": "x", "guest": {"cpus": "one"}}})),
-        )
+    let wrong_shape = json!({"config": {"image": "x", "guest": {"cpus": "one"}}});
+    emu.post(machines, wrong_shape, StatusCode::BAD_REQUEST)
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // Updates are guarded by current_version (409 when stale).
-    let version = machine["version"].as_str().expect("version").to_string();
-    let update_path = format!("/v1/apps/pg-flex/machines/{machine_id}");
-    let (status, _) = emu
-        .admin(
-            Method::POST,
-            &update_path,
-            Some(json!({"config": config, "current_version": "stale"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CONFLICT);
-    let (status, updated) = emu
-        .admin(
-            Method::POST,
-            &update_path,
-            Some(json!({"config": config, "current_version": version})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{updated}");
+    let version = string(&machine["version"], "version");
+    let path = format!("/v1/apps/pg-flex/machines/{machine_id}");
+    let stale = json!({"config": config, "current_version": "stale"});
+    emu.post(&path, stale, StatusCode::CONFLICT).await;
+    let current = json!({"config": config, "current_version": version});
+    let updated = emu.post(&path, current, StatusCode::OK).await;
     assert_ne!(updated["version"], json!(version));
     // A started machine is not destroyed without force.
-    let path = format!("/v1/apps/pg-flex/machines/{machine_id}");
-    let (status, _) = emu.admin(Method::DELETE, &path, None).await;
-    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
-    let (status, _) = emu
-        .admin(Method::POST, &format!("{path}/stop"), Some(json!({})))
+    emu.delete(&path, StatusCode::PRECONDITION_FAILED).await;
+    emu.post(&format!("{path}/stop"), json!({}), StatusCode::OK)
         .await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, waited) = emu
-        .admin(Method::GET, &format!("{path}/wait?state=stopped"), None)
+    emu.get(&format!("{path}/wait?state=stopped"), StatusCode::OK)
         .await;
-    assert_eq!(status, StatusCode::OK, "{waited}");
 
     // Drift: the machine disappears behind the client's back.
-    let (status, _) = emu
-        .control(
-            Method::POST,
-            "/drift/destroy-machine",
-            Some(json!({"app": "pg-flex", "machine_id": machine_id})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, _) = emu.admin(Method::GET, &path, None).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    let (_, machines) = emu
-        .admin(Method::GET, "/v1/apps/pg-flex/machines", None)
-        .await;
-    assert_eq!(machines, json!([]));
+    let destroy = json!({"app": "pg-flex", "machine_id": machine_id});
+    emu.control_expect(
+        Method::POST,
+        "/drift/destroy-machine",
+        Some(destroy),
+        StatusCode::OK,
+    )
+    .await;
+    emu.get(&path, StatusCode::NOT_FOUND).await;
+    let listed = emu.get(machines, StatusCode::OK).await;
+    assert_eq!(listed, json!([]));
 
-    let (status, state) = emu.control(Method::GET, "/state", None).await;
-    assert_eq!(status, StatusCode::OK);
+    let state = emu
+        .control_expect(Method::GET, "/state", None, StatusCode::OK)
+        .await;
     assert_eq!(state["apps"]["pg-flex"]["app_role_id"], "postgres_cluster");
     emu.server.shutdown().await;
 }
@@ -652,39 +444,30 @@ async fn postgres_flex_steps_and_machines() {
 async fn managed_postgres_create_polls_to_ready() {
     let emu = start(config()).await;
     let (_, slug) = emu.create_org("Managed").await;
-    let (status, created) = emu
-        .admin(
-            Method::POST,
-            "/v1/postgres",
-            Some(json!({"org_slug": slug, "plan": "basic", "region": "iad", "name": "main-db"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let create = json!({"org_slug": slug, "plan": "basic", "region": "iad", "name": "main-db"});
+    let created = emu.post("/v1/postgres", create, StatusCode::CREATED).await;
     assert_eq!(created["data"]["status"], "creating");
     assert!(created["data"].get("endpoints").is_none());
-    let id = created["data"]["id"]
-        .as_str()
-        .expect("cluster id")
-        .to_string();
+    let id = string(&created["data"]["id"], "cluster id");
+    let cluster = format!("/v1/postgres/{id}");
+    let databases = format!("{cluster}/databases");
+    let users = format!("{cluster}/users");
 
     // Sub-resources answer 503 with Retry-After until the cluster is ready.
-    let (status, headers, _) = emu
-        .rest(
+    let (headers, _) = emu
+        .rest_expect(
             Some(&bearer()),
             Method::POST,
-            &format!("/v1/postgres/{id}/databases"),
+            &databases,
             Some(json!({"name": "app"})),
+            StatusCode::SERVICE_UNAVAILABLE,
         )
         .await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(headers.get("retry-after").is_some());
 
     let mut polls = 0;
     let ready = loop {
-        let (status, shown) = emu
-            .admin(Method::GET, &format!("/v1/postgres/{id}"), None)
-            .await;
-        assert_eq!(status, StatusCode::OK, "{shown}");
+        let shown = emu.get(&cluster, StatusCode::OK).await;
         if shown["data"]["status"] == "ready" {
             break shown;
         }
@@ -698,79 +481,43 @@ async fn managed_postgres_create_polls_to_ready() {
         5432
     );
 
-    let (status, _) = emu
-        .admin(
-            Method::POST,
-            &format!("/v1/postgres/{id}/databases"),
-            Some(json!({"name": "app"})),
-        )
+    emu.post(&databases, json!({"name": "app"}), StatusCode::CREATED)
         .await;
-    assert_eq!(status, StatusCode::CREATED);
-    let (status, user) = emu
-        .admin(
-            Method::POST,
-            &format!("/v1/postgres/{id}/users"),
-            Some(json!({"username": "app_user", "role": "writer"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{user}");
+    let writer = json!({"username": "app_user", "role": "writer"});
+    let user = emu.post(&users, writer, StatusCode::CREATED).await;
     assert_eq!(user["data"]["role"], "writer");
+    // Roles are schema_admin|writer|reader.
+    let owner = json!({"username": "boss", "role": "owner"});
+    emu.post(&users, owner, StatusCode::BAD_REQUEST).await;
+    let reader = Some(json!({"role": "reader"}));
     let (status, _) = emu
-        .admin(
-            Method::POST,
-            &format!("/v1/postgres/{id}/users"),
-            Some(json!({"username": "boss", "role": "owner"})),
-        )
-        .await;
-    assert_eq!(
-        status,
-        StatusCode::BAD_REQUEST,
-        "roles are schema_admin|writer|reader"
-    );
-    let (status, _) = emu
-        .admin(
-            Method::PATCH,
-            &format!("/v1/postgres/{id}/users/app_user"),
-            Some(json!({"role": "reader"})),
-        )
+        .admin(Method::PATCH, &format!("{users}/app_user"), reader)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (_, users) = emu
-        .admin(Method::GET, &format!("/v1/postgres/{id}/users"), None)
-        .await;
+    let listed = emu.get(&users, StatusCode::OK).await;
     assert_eq!(
-        users["data"],
+        listed["data"],
         json!([{"username": "app_user", "role": "reader"}])
     );
-    let (status, creds) = emu
-        .admin(
-            Method::GET,
-            &format!("/v1/postgres/{id}/users/app_user/credentials"),
-            None,
-        )
+    let creds = emu
+        .get(&format!("{users}/app_user/credentials"), StatusCode::OK)
         .await;
-    assert_eq!(status, StatusCode::OK);
     assert!(
         creds["data"]["password"]
             .as_str()
             .is_some_and(|p| p.len() >= 16)
     );
-    let (_, dbs) = emu
-        .admin(Method::GET, &format!("/v1/postgres/{id}/databases"), None)
-        .await;
+    let dbs = emu.get(&databases, StatusCode::OK).await;
     assert!(
         dbs["data"]
             .as_array()
             .is_some_and(|d| d.contains(&json!({"name": "app"})))
     );
-    let (_, list) = emu
-        .admin(Method::GET, &format!("/v1/postgres?org_slug={slug}"), None)
+    let list = emu
+        .get(&format!("/v1/postgres?org_slug={slug}"), StatusCode::OK)
         .await;
     assert_eq!(list["data"][0]["id"], id);
-    let (status, _) = emu
-        .admin(Method::DELETE, &format!("/v1/postgres/{id}"), None)
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    emu.delete(&cluster, StatusCode::ACCEPTED).await;
     emu.server.shutdown().await;
 }
 
@@ -808,10 +555,7 @@ async fn machines_api_rate_limits_answer_429_with_retry_after() {
     );
     assert_eq!(retry_after.as_deref(), Some("1"));
     // Another action on the same app has its own bucket.
-    let (status, _) = emu
-        .admin(Method::GET, "/v1/apps/busy-app/volumes", None)
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    emu.get("/v1/apps/busy-app/volumes", StatusCode::OK).await;
     let (_, counters) = emu.control(Method::GET, "/counters", None).await;
     assert!(
         counters["rate_limited_total"]
@@ -820,15 +564,18 @@ async fn machines_api_rate_limits_answer_429_with_retry_after() {
         "{counters}"
     );
     // The control API turns them off.
-    let (status, _) = emu
-        .control(Method::PUT, "/rate-limits", Some(json!({"enabled": false})))
+    let off = json!({"enabled": false});
+    emu.control_expect(Method::PUT, "/rate-limits", Some(off), StatusCode::OK)
         .await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, _) = emu
-        .admin(Method::GET, "/v1/apps/busy-app/machines", None)
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    emu.get("/v1/apps/busy-app/machines", StatusCode::OK).await;
     emu.server.shutdown().await;
+}
+
+/// Sets the fault rules through the control API.
+async fn set_faults(emu: &support::Emu, rules: Value) {
+    let faults = json!({ "rules": rules });
+    emu.control_expect(Method::PUT, "/faults", Some(faults), StatusCode::OK)
+        .await;
 }
 
 /// Statuses of `count` app lookups with a 5xx fraction set.
@@ -838,19 +585,12 @@ async fn faulty_run(seed: u64, count: usize) -> Vec<u16> {
     let emu = start(cfg).await;
     let (_, slug) = emu.create_org("Faulty").await;
     emu.create_app("flaky", &slug).await;
-    let (status, _) = emu
-        .control(
-            Method::PUT,
-            "/faults",
-            Some(json!({"rules": [{"path_prefix": "/v1/apps/flaky", "error_fraction": 0.3, "error_status": 502}]})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    let flaky =
+        json!([{"path_prefix": "/v1/apps/flaky", "error_fraction": 0.3, "error_status": 502}]);
+    set_faults(&emu, flaky).await;
     let mut statuses = Vec::new();
     for _ in 0..count {
-        let (status, _, body) = emu
-            .rest(Some(&bearer()), Method::GET, "/v1/apps/flaky", None)
-            .await;
+        let (status, body) = emu.admin(Method::GET, "/v1/apps/flaky", None).await;
         if status.is_server_error() {
             assert!(
                 body["error"].is_string(),
@@ -879,14 +619,11 @@ async fn injected_5xx_fraction_is_honoured_and_reproducible() {
 #[tokio::test]
 async fn faults_drop_connections_delay_and_rate_limit() {
     let emu = start(config()).await;
-    let (status, _) = emu
-        .control(
-            Method::PUT,
-            "/faults",
-            Some(json!({"rules": [{"path_prefix": "/graphql", "drop_fraction": 1.0}]})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    set_faults(
+        &emu,
+        json!([{"path_prefix": "/graphql", "drop_fraction": 1.0}]),
+    )
+    .await;
     let dropped = emu
         .http
         .post(format!("{}/graphql", emu.base))
@@ -898,36 +635,28 @@ async fn faults_drop_connections_delay_and_rate_limit() {
         "connection should be dropped: {dropped:?}"
     );
 
-    let (status, _) = emu
-        .control(
-            Method::PUT,
-            "/faults",
-            Some(json!({"rules": [{"rate_limit_fraction": 1.0, "retry_after_secs": 4, "latency_ms": 150}]})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    let slow_limit =
+        json!([{"rate_limit_fraction": 1.0, "retry_after_secs": 4, "latency_ms": 150}]);
+    set_faults(&emu, slow_limit).await;
     let started = std::time::Instant::now();
-    let (status, headers, _) = emu
-        .rest(
+    let (headers, _) = emu
+        .rest_expect(
             Some(&bearer()),
             Method::GET,
             "/v1/apps?org_slug=personal",
             None,
+            StatusCode::TOO_MANY_REQUESTS,
         )
         .await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
         headers.get("retry-after").and_then(|v| v.to_str().ok()),
         Some("4")
     );
     assert!(started.elapsed() >= Duration::from_millis(150));
 
-    let (status, _) = emu.control(Method::DELETE, "/faults", None).await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = emu
-        .admin(Method::GET, "/v1/apps?org_slug=personal", None)
+    emu.control_expect(Method::DELETE, "/faults", None, StatusCode::NO_CONTENT)
         .await;
-    assert_eq!(status, StatusCode::OK);
+    emu.get("/v1/apps?org_slug=personal", StatusCode::OK).await;
     let (_, counters) = emu.control(Method::GET, "/counters", None).await;
     assert_eq!(counters["faults_injected"]["drop"], 1, "{counters}");
     emu.server.shutdown().await;
@@ -948,28 +677,24 @@ async fn the_request_log_carries_no_token() {
     let data = emu
         .gql_ok(ops::CREATE_TOKEN, json!({"org": org_id, "name": "t", "profile": "deploy_organization", "params": null, "expiry": null}))
         .await;
-    let secret = data["createLimitedAccessToken"]["limitedAccessToken"]["token"]
-        .as_str()
-        .expect("token")
-        .to_string();
+    let secret = string(
+        &data["createLimitedAccessToken"]["limitedAccessToken"]["token"],
+        "token",
+    );
     let header = format!("FlyV1 {secret}");
-    let (status, _, _) = emu
-        .rest(Some(&header), Method::GET, "/v1/apps/logged-app", None)
+    emu.get_as(&header, "/v1/apps/logged-app", StatusCode::OK)
         .await;
-    assert_eq!(status, StatusCode::OK);
     // The secret inside a body (revoking by token) is redacted too.
     emu.gql_ok(ops::DELETE_TOKEN, json!({"token": secret}))
         .await;
-    let (status, _, deploy) = emu
-        .rest(
-            Some(&bearer()),
-            Method::POST,
+    let deploy = emu
+        .post(
             "/v1/apps/logged-app/deploy_token",
-            Some(json!({})),
+            json!({}),
+            StatusCode::OK,
         )
         .await;
-    assert_eq!(status, StatusCode::OK);
-    let deploy_header = deploy["token"].as_str().expect("deploy token").to_string();
+    let deploy_header = string(&deploy["token"], "deploy token");
     emu.rest(
         Some(&deploy_header),
         Method::GET,
@@ -1016,74 +741,41 @@ async fn the_request_log_carries_no_token() {
 async fn drift_removes_members_and_postgres_can_be_made_ready() {
     let emu = start(config()).await;
     let (org_id, slug) = emu.create_org("Drifting").await;
-    let data = emu
-        .gql_ok(
-            ops::INVITE,
-            json!({"org": org_id, "email": "gone@example.com"}),
-        )
-        .await;
-    let invitation_id = data["createOrganizationInvitation"]["invitation"]["id"]
-        .as_str()
-        .expect("invitation id")
-        .to_string();
-    let (_, accepted) = emu
-        .control(
-            Method::POST,
-            &format!("/invitations/{invitation_id}/accept"),
-            None,
-        )
-        .await;
-    let user_id = accepted["user"]["id"]
-        .as_str()
-        .expect("user id")
-        .to_string();
+    let invitation = emu.invite(&org_id, "gone@example.com").await;
+    let invitation_id = string(&invitation["id"], "invitation id");
+    let user_id = emu.accept_invitation(&invitation_id).await;
     // Accepting twice is refused.
-    let (status, _) = emu
-        .control(
-            Method::POST,
-            &format!("/invitations/{invitation_id}/accept"),
-            None,
-        )
+    let accept = format!("/invitations/{invitation_id}/accept");
+    emu.control_expect(Method::POST, &accept, None, StatusCode::CONFLICT)
         .await;
-    assert_eq!(status, StatusCode::CONFLICT);
 
-    let (status, _) = emu
-        .control(
-            Method::POST,
-            "/drift/remove-member",
-            Some(json!({"organization": slug, "email": "gone@example.com"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    let gone = json!({"organization": slug, "email": "gone@example.com"});
+    emu.control_expect(
+        Method::POST,
+        "/drift/remove-member",
+        Some(gone),
+        StatusCode::OK,
+    )
+    .await;
     let data = emu.gql_ok(ops::ORG_BY_SLUG, json!({"slug": slug})).await;
     assert_eq!(data["organization"]["members"]["totalCount"], 1);
-    let (_, body) = emu
-        .gql(
-            Some(&bearer()),
-            ops::SET_ROLE,
-            json!({"org": org_id, "user": user_id, "role": "ADMIN"}),
-        )
+    let set_admin = json!({"org": org_id, "user": user_id, "role": "ADMIN"});
+    emu.admin_gql_error(ops::SET_ROLE, set_admin, "NOT_FOUND")
         .await;
-    assert_eq!(error_code(&body), Some("NOT_FOUND"), "{body}");
 
     // Removing the bootstrap user locks it out of the organization.
     let (_, state) = emu.control(Method::GET, "/state", None).await;
-    let admin_id = state["admin_user_id"]
-        .as_str()
-        .expect("admin id")
-        .to_string();
-    let (status, _) = emu
-        .control(
-            Method::POST,
-            "/drift/remove-member",
-            Some(json!({"organization": org_id, "user_id": admin_id})),
-        )
+    let admin_id = string(&state["admin_user_id"], "admin id");
+    let admin = json!({"organization": org_id, "user_id": admin_id});
+    emu.control_expect(
+        Method::POST,
+        "/drift/remove-member",
+        Some(admin),
+        StatusCode::OK,
+    )
+    .await;
+    emu.admin_gql_error(ops::ORG_BY_ID, json!({"id": org_id}), "UNAUTHORIZED")
         .await;
-    assert_eq!(status, StatusCode::OK);
-    let (_, body) = emu
-        .gql(Some(&bearer()), ops::ORG_BY_ID, json!({"id": org_id}))
-        .await;
-    assert_eq!(error_code(&body), Some("UNAUTHORIZED"), "{body}");
 
     let mut cfg = config();
     cfg.postgres_ready_after = Duration::from_secs(3600);
@@ -1095,14 +787,10 @@ async fn drift_removes_members_and_postgres_can_be_made_ready() {
             Some(json!({"org_slug": "personal", "plan": "starter", "region": "ams"})),
         )
         .await;
-    let id = created["data"]["id"]
-        .as_str()
-        .expect("cluster id")
-        .to_string();
-    let (status, _) = slow
-        .control(Method::PUT, &format!("/postgres/{id}/ready"), None)
+    let id = string(&created["data"]["id"], "cluster id");
+    let ready = format!("/postgres/{id}/ready");
+    slow.control_expect(Method::PUT, &ready, None, StatusCode::OK)
         .await;
-    assert_eq!(status, StatusCode::OK);
     let (_, shown) = slow
         .admin(Method::GET, &format!("/v1/postgres/{id}"), None)
         .await;

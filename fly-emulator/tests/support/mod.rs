@@ -258,6 +258,114 @@ impl Emu {
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
+
+    /// GraphQL with `auth`, asserting the first error's code; returns the
+    /// status and the whole body.
+    pub async fn gql_error(
+        &self,
+        auth: &str,
+        query: &str,
+        variables: Value,
+        code: &str,
+    ) -> (StatusCode, Value) {
+        let (status, body) = self.gql(Some(auth), query, variables).await;
+        assert_eq!(error_code(&body), Some(code), "{body}");
+        (status, body)
+    }
+
+    /// GraphQL as the admin, asserting the first error's code.
+    pub async fn admin_gql_error(&self, query: &str, variables: Value, code: &str) -> Value {
+        let (_, body) = self.gql_error(&bearer(), query, variables, code).await;
+        body
+    }
+
+    /// REST call asserting the status; returns the headers and the body.
+    pub async fn rest_expect(
+        &self,
+        auth: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        expected: StatusCode,
+    ) -> (reqwest::header::HeaderMap, Value) {
+        let (status, headers, value) = self.rest(auth, method, path, body).await;
+        assert_eq!(status, expected, "{path}: {value}");
+        (headers, value)
+    }
+
+    /// GET with a whole Authorization header value, asserting the status.
+    pub async fn get_as(&self, auth: &str, path: &str, expected: StatusCode) -> Value {
+        let (_, value) = self
+            .rest_expect(Some(auth), Method::GET, path, None, expected)
+            .await;
+        value
+    }
+
+    /// GET as the admin, asserting the status; returns the body.
+    pub async fn get(&self, path: &str, expected: StatusCode) -> Value {
+        let (_, value) = self
+            .rest_expect(Some(&bearer()), Method::GET, path, None, expected)
+            .await;
+        value
+    }
+
+    /// POST as the admin, asserting the status; returns the body.
+    pub async fn post(&self, path: &str, body: Value, expected: StatusCode) -> Value {
+        let (_, value) = self
+            .rest_expect(Some(&bearer()), Method::POST, path, Some(body), expected)
+            .await;
+        value
+    }
+
+    /// DELETE as the admin, asserting the status.
+    pub async fn delete(&self, path: &str, expected: StatusCode) {
+        self.rest_expect(Some(&bearer()), Method::DELETE, path, None, expected)
+            .await;
+    }
+
+    /// Control API call, asserting the status; returns the body.
+    pub async fn control_expect(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        expected: StatusCode,
+    ) -> Value {
+        let (status, value) = self.control(method, path, body).await;
+        assert_eq!(status, expected, "{path}: {value}");
+        value
+    }
+
+    /// Invites `email` to the organization, returning the invitation.
+    pub async fn invite(&self, org_id: &str, email: &str) -> Value {
+        let data = self
+            .gql_ok(ops::INVITE, json!({"org": org_id, "email": email}))
+            .await;
+        data["createOrganizationInvitation"]["invitation"].clone()
+    }
+
+    /// Accepts an invitation through the control API, returning the
+    /// invitee's user ID.
+    pub async fn accept_invitation(&self, invitation_id: &str) -> String {
+        let path = format!("/invitations/{invitation_id}/accept");
+        let accepted = self
+            .control_expect(Method::POST, &path, None, StatusCode::OK)
+            .await;
+        string(&accepted["user"]["id"], "user id")
+    }
+}
+
+/// A JSON string's value, panicking with `what` when it is not one.
+pub fn string(value: &Value, what: &str) -> String {
+    value.as_str().expect(what).to_string()
+}
+
+/// Asserts a REST error body's `error` message contains `text`.
+pub fn assert_error_mentions(body: &Value, text: &str) {
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains(text)),
+        "{body}"
+    );
 }
 
 /// The first error's `extensions.code`.
