@@ -12,7 +12,9 @@ use serde_json::{Map, Value, json};
 
 use crate::auth::{Principal, parse_go_duration};
 use crate::ids;
-use crate::state::{App, IpAssignment, Machine, Secret, State, Token, TokenScope, Volume};
+use crate::state::{
+    App, IpAssignment, Machine, Organization, Secret, State, Token, TokenScope, Volume,
+};
 
 pub struct Reply {
     pub status: StatusCode,
@@ -116,6 +118,20 @@ impl Request<'_> {
     fn body_str(&self, name: &str) -> Option<&str> {
         self.body.get(name).and_then(Value::as_str)
     }
+
+    fn body_bool(&self, name: &str, default: bool) -> bool {
+        self.body
+            .get(name)
+            .and_then(Value::as_bool)
+            .unwrap_or(default)
+    }
+
+    fn body_i64(&self, name: &str, default: i64) -> i64 {
+        self.body
+            .get(name)
+            .and_then(Value::as_i64)
+            .unwrap_or(default)
+    }
 }
 
 pub struct Ctx<'a> {
@@ -190,10 +206,8 @@ pub fn handle(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
         }),
         "Volumes_create" => volume_create(ctx, req),
         "Volumes_get_by_id" => with_app(ctx, req, |_, app| {
-            match app.volumes.get(req.param("volume_id")) {
-                Some(v) => Reply::json(StatusCode::OK, volume_json(v)),
-                None => M.not_found("volume not found"),
-            }
+            let volume = app.volumes.get(req.param("volume_id"));
+            found_or_404(volume, volume_json, "volume")
         }),
         "Volume_delete" => volume_delete(ctx, req),
         "Machines_list" => with_app(ctx, req, |_, app| {
@@ -210,10 +224,8 @@ pub fn handle(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
         }),
         "Machines_create" => machine_create(ctx, req),
         "Machines_show" => with_app(ctx, req, |_, app| {
-            match app.machines.get(req.param("machine_id")) {
-                Some(m) => Reply::json(StatusCode::OK, machine_json(m)),
-                None => M.not_found("machine not found"),
-            }
+            let machine = app.machines.get(req.param("machine_id"));
+            found_or_404(machine, machine_json, "machine")
         }),
         "Machines_update" => machine_update(ctx, req),
         "Machines_delete" => machine_delete(ctx, req),
@@ -265,6 +277,23 @@ pub fn handle(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
             )
         }
     }
+}
+
+/// 200 with the item as JSON, or the Machines API's 404 for a missing
+/// `what` ("volume", "machine").
+fn found_or_404<T>(item: Option<&T>, to_json: impl FnOnce(&T) -> Value, what: &str) -> Reply {
+    match item {
+        Some(item) => Reply::json(StatusCode::OK, to_json(item)),
+        None => M.not_found(format!("{what} not found")),
+    }
+}
+
+/// The organization that owns the named app.
+fn app_org<'s>(state: &'s State, app_name: &str) -> Option<&'s Organization> {
+    state
+        .apps
+        .get(app_name)
+        .and_then(|a| state.organizations.get(&a.org_id))
 }
 
 /// Looks the app up and checks the principal may use it.
@@ -335,7 +364,7 @@ fn resolve_org_slug<'s>(
     state: &'s State,
     principal: &Principal,
     slug: &str,
-) -> Option<&'s crate::state::Organization> {
+) -> Option<&'s Organization> {
     state.org_by_slug(slug).or_else(|| {
         if slug == "personal" {
             state.personal_org_of(&principal.user_id(state))
@@ -386,13 +415,17 @@ fn apps_list(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
 /// Fly app names: lower-case letters, digits and dashes, starting with a
 /// letter or digit, at most 63 characters (they become DNS labels).
 fn valid_app_name(name: &str) -> bool {
+    valid_name(name, 63, '-') && !name.starts_with('-') && !name.ends_with('-')
+}
+
+/// Non-empty, at most `max_len` bytes, and only lower-case ASCII letters,
+/// digits and `separator`.
+fn valid_name(name: &str, max_len: usize, separator: char) -> bool {
     !name.is_empty()
-        && name.len() <= 63
+        && name.len() <= max_len
         && name
             .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == separator)
 }
 
 fn apps_create(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
@@ -545,12 +578,8 @@ fn ip_create(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
     let Some(ip_type) = req.body_str("type").map(str::to_string) else {
         return M.bad_request("type is required");
     };
-    let org_numeric = ctx
-        .state
-        .apps
-        .get(req.param("app_name"))
-        .and_then(|a| ctx.state.organizations.get(&a.org_id))
-        .map(|o| (o.internal_numeric_id, o.slug.clone()));
+    let org_numeric =
+        app_org(ctx.state, req.param("app_name")).map(|o| (o.internal_numeric_id, o.slug.clone()));
     let Some((org_numeric_id, app_org_slug)) = org_numeric else {
         return M.not_found(format!("app {:?} not found", req.param("app_name")));
     };
@@ -765,11 +794,7 @@ fn volume_json(v: &Volume) -> Value {
 /// Fly volume names: lower-case letters, digits and underscores, at most
 /// 30 characters.
 fn valid_volume_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 30
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    valid_name(name, 30, '_')
 }
 
 fn volume_create(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
@@ -784,11 +809,10 @@ fn volume_create(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
     let Some(region) = req.body_str("region").map(str::to_string) else {
         return M.bad_request("region is required");
     };
-    let size_gb = req.body.get("size_gb").and_then(Value::as_i64).unwrap_or(1);
+    let size_gb = req.body_i64("size_gb", 1);
     if !(1..=500).contains(&size_gb) {
         return M.bad_request("size_gb must be between 1 and 500");
     }
-    let body = req.body.clone();
     with_app_mut(ctx, req, move |app, rng, now| {
         let zone = format!(
             "{:04x}",
@@ -800,27 +824,11 @@ fn volume_create(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
             region,
             zone,
             size_gb,
-            encrypted: body
-                .get("encrypted")
-                .and_then(Value::as_bool)
-                .unwrap_or(true),
-            require_unique_zone: body
-                .get("require_unique_zone")
-                .and_then(Value::as_bool)
-                .unwrap_or(true),
-            fstype: body
-                .get("fstype")
-                .and_then(Value::as_str)
-                .unwrap_or("ext4")
-                .to_string(),
-            auto_backup_enabled: body
-                .get("auto_backup_enabled")
-                .and_then(Value::as_bool)
-                .unwrap_or(true),
-            snapshot_retention: body
-                .get("snapshot_retention")
-                .and_then(Value::as_i64)
-                .unwrap_or(5),
+            encrypted: req.body_bool("encrypted", true),
+            require_unique_zone: req.body_bool("require_unique_zone", true),
+            fstype: req.body_str("fstype").unwrap_or("ext4").to_string(),
+            auto_backup_enabled: req.body_bool("auto_backup_enabled", true),
+            snapshot_retention: req.body_i64("snapshot_retention", 5),
             state: "created".into(),
             attached_machine_id: None,
             created_at: now,
@@ -903,20 +911,12 @@ fn machine_create(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
     {
         return M.bad_request("config.image is required");
     }
-    let org_numeric_id = ctx
-        .state
-        .apps
-        .get(req.param("app_name"))
-        .and_then(|a| ctx.state.organizations.get(&a.org_id))
+    let org_numeric_id = app_org(ctx.state, req.param("app_name"))
         .map(|o| o.internal_numeric_id)
         .unwrap_or_default();
     let region = req.body_str("region").unwrap_or("iad").to_string();
     let requested_name = req.body_str("name").map(str::to_string);
-    let skip_launch = req
-        .body
-        .get("skip_launch")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let skip_launch = req.body_bool("skip_launch", false);
     with_app_mut(ctx, req, move |app, rng, now| {
         let id = ids::machine_id(rng);
         let mounts: Vec<String> = config
