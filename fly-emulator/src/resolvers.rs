@@ -249,27 +249,17 @@ impl RootResolver for Resolver<'_> {
         field: &str,
         args: &Map<String, Value>,
     ) -> Result<Value, FieldError> {
+        if let (OperationType::Mutation, Some((typename, mutation))) =
+            (operation, Self::mutation(field))
+        {
+            let input = input(args)?;
+            let fields = mutation(self, input)?;
+            return Ok(payload(typename, input, fields));
+        }
         match (operation, field) {
             (OperationType::Query, "organization") => self.organization(args),
             (OperationType::Query, "viewer") => self.viewer(),
             (OperationType::Query, "latestImageTag") => latest_image_tag(args),
-            (OperationType::Mutation, "createOrganization") => self.create_organization(args),
-            (OperationType::Mutation, "deleteOrganization") => self.delete_organization(args),
-            (OperationType::Mutation, "createOrganizationInvitation") => {
-                self.create_invitation(args)
-            }
-            (OperationType::Mutation, "deleteOrganizationInvitation") => {
-                self.delete_invitation(args)
-            }
-            (OperationType::Mutation, "updateOrganizationMembership") => {
-                self.update_membership(args)
-            }
-            (OperationType::Mutation, "deleteOrganizationMembership") => {
-                self.delete_membership(args)
-            }
-            (OperationType::Mutation, "createLimitedAccessToken") => self.create_token(args),
-            (OperationType::Mutation, "deleteLimitedAccessToken") => self.delete_token(args),
-            (OperationType::Mutation, "enablePostgresConsul") => self.enable_postgres_consul(args),
             (op, name) => {
                 let root = match op {
                     OperationType::Query => "Queries",
@@ -283,6 +273,23 @@ impl RootResolver for Resolver<'_> {
             }
         }
     }
+}
+
+/// A mutation's payload: its `__typename`, the `clientMutationId` the
+/// input carried (or null), then the mutation's own `fields` (a JSON
+/// object) in order.
+fn payload(typename: &str, input: &Map<String, Value>, fields: Value) -> Value {
+    let client_mutation_id = input
+        .get("clientMutationId")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let mut payload = Map::new();
+    payload.insert("__typename".into(), json!(typename));
+    payload.insert("clientMutationId".into(), client_mutation_id);
+    if let Value::Object(fields) = fields {
+        payload.extend(fields);
+    }
+    Value::Object(payload)
 }
 
 fn latest_image_tag(args: &Map<String, Value>) -> Result<Value, FieldError> {
@@ -299,12 +306,38 @@ fn latest_image_tag(args: &Map<String, Value>) -> Result<Value, FieldError> {
         })
 }
 
-impl Resolver<'_> {
-    fn client_mutation_id(input: &Map<String, Value>) -> Value {
-        input
-            .get("clientMutationId")
-            .cloned()
-            .unwrap_or(Value::Null)
+/// A mutation: it reads its `input` argument and answers its payload's
+/// own fields (`payload` adds `__typename` and `clientMutationId`).
+type Mutation<'s> = fn(&mut Resolver<'s>, &Map<String, Value>) -> Result<Value, FieldError>;
+
+impl<'s> Resolver<'s> {
+    /// The mutation field's payload type and resolver.
+    fn mutation(field: &str) -> Option<(&'static str, Mutation<'s>)> {
+        let mutation: (&str, Mutation<'s>) = match field {
+            "createOrganization" => ("CreateOrganizationPayload", Self::create_organization),
+            "deleteOrganization" => ("DeleteOrganizationPayload", Self::delete_organization),
+            "createOrganizationInvitation" => (
+                "CreateOrganizationInvitationPayload",
+                Self::create_invitation,
+            ),
+            "deleteOrganizationInvitation" => (
+                "DeleteOrganizationInvitationPayload",
+                Self::delete_invitation,
+            ),
+            "updateOrganizationMembership" => (
+                "UpdateOrganizationMembershipPayload",
+                Self::update_membership,
+            ),
+            "deleteOrganizationMembership" => (
+                "DeleteOrganizationMembershipPayload",
+                Self::delete_membership,
+            ),
+            "createLimitedAccessToken" => ("CreateLimitedAccessTokenPayload", Self::create_token),
+            "deleteLimitedAccessToken" => ("DeleteLimitedAccessTokenPayload", Self::delete_token),
+            "enablePostgresConsul" => ("EnablePostgresConsulPayload", Self::enable_postgres_consul),
+            _ => return None,
+        };
+        Some(mutation)
     }
 
     /// Resolves an organization node ID the principal may see.
@@ -376,8 +409,7 @@ impl Resolver<'_> {
         Ok(org_json(self.state, org, self.principal, self.now))
     }
 
-    fn create_organization(&mut self, args: &Map<String, Value>) -> Result<Value, FieldError> {
-        let input = input(args)?;
+    fn create_organization(&mut self, input: &Map<String, Value>) -> Result<Value, FieldError> {
         let name = required(input, "name")?.trim().to_string();
         if name.is_empty() {
             return Err(FieldError::new("VALIDATION", "name can't be blank"));
@@ -422,15 +454,12 @@ impl Resolver<'_> {
             None,
         )?;
         Ok(json!({
-            "__typename": "CreateOrganizationPayload",
-            "clientMutationId": Self::client_mutation_id(input),
             "organization": self.org_value(&id),
             "token": token.secret,
         }))
     }
 
-    fn delete_organization(&mut self, args: &Map<String, Value>) -> Result<Value, FieldError> {
-        let input = input(args)?;
+    fn delete_organization(&mut self, input: &Map<String, Value>) -> Result<Value, FieldError> {
         let id = required(input, "organizationId")?;
         let org_id = self.org_id_for(id)?;
         self.require_admin(&org_id)?;
@@ -456,15 +485,10 @@ impl Resolver<'_> {
         for token in self.state.tokens.iter_mut().filter(|t| t.org_id == org_id) {
             token.revoked_at.get_or_insert(now);
         }
-        Ok(json!({
-            "__typename": "DeleteOrganizationPayload",
-            "clientMutationId": Self::client_mutation_id(input),
-            "deletedOrganizationId": org_id,
-        }))
+        Ok(json!({"deletedOrganizationId": org_id}))
     }
 
-    fn create_invitation(&mut self, args: &Map<String, Value>) -> Result<Value, FieldError> {
-        let input = input(args)?;
+    fn create_invitation(&mut self, input: &Map<String, Value>) -> Result<Value, FieldError> {
         let org_id = self.org_id_for(required(input, "organizationId")?)?;
         self.require_admin(&org_id)?;
         let email = required(input, "email")?.trim().to_string();
@@ -531,15 +555,10 @@ impl Resolver<'_> {
                     .map(|i| invitation_json(state, org, i))
             })
             .unwrap_or(Value::Null);
-        Ok(json!({
-            "__typename": "CreateOrganizationInvitationPayload",
-            "clientMutationId": Self::client_mutation_id(input),
-            "invitation": invitation,
-        }))
+        Ok(json!({"invitation": invitation}))
     }
 
-    fn delete_invitation(&mut self, args: &Map<String, Value>) -> Result<Value, FieldError> {
-        let input = input(args)?;
+    fn delete_invitation(&mut self, input: &Map<String, Value>) -> Result<Value, FieldError> {
         let invitation_id = required(input, "invitationId")?;
         let org_id = self
             .state
@@ -553,11 +572,7 @@ impl Resolver<'_> {
         if let Some(org) = self.state.organizations.get_mut(&org_id) {
             org.invitations.retain(|i| i.id != invitation_id);
         }
-        Ok(json!({
-            "__typename": "DeleteOrganizationInvitationPayload",
-            "clientMutationId": Self::client_mutation_id(input),
-            "organization": self.org_value(&org_id),
-        }))
+        Ok(json!({"organization": self.org_value(&org_id)}))
     }
 
     fn member_target(&self, input: &Map<String, Value>) -> Result<(String, String), FieldError> {
@@ -580,8 +595,7 @@ impl Resolver<'_> {
         Ok((org_id, user_id))
     }
 
-    fn update_membership(&mut self, args: &Map<String, Value>) -> Result<Value, FieldError> {
-        let input = input(args)?;
+    fn update_membership(&mut self, input: &Map<String, Value>) -> Result<Value, FieldError> {
         let (org_id, user_id) = self.member_target(input)?;
         let role = required(input, "role")
             .ok()
@@ -595,22 +609,11 @@ impl Resolver<'_> {
         {
             m.role = role;
         }
-        Ok(self.membership_payload(
-            "UpdateOrganizationMembershipPayload",
-            input,
-            &org_id,
-            &user_id,
-        ))
+        Ok(self.membership_payload(&org_id, &user_id))
     }
 
     /// What a membership mutation answers: the organization and the user.
-    fn membership_payload(
-        &self,
-        typename: &str,
-        input: &Map<String, Value>,
-        org_id: &str,
-        user_id: &str,
-    ) -> Value {
+    fn membership_payload(&self, org_id: &str, user_id: &str) -> Value {
         let user = self
             .state
             .users
@@ -618,15 +621,12 @@ impl Resolver<'_> {
             .map(user_json)
             .unwrap_or(Value::Null);
         json!({
-            "__typename": typename,
-            "clientMutationId": Self::client_mutation_id(input),
             "organization": self.org_value(org_id),
             "user": user,
         })
     }
 
-    fn delete_membership(&mut self, args: &Map<String, Value>) -> Result<Value, FieldError> {
-        let input = input(args)?;
+    fn delete_membership(&mut self, input: &Map<String, Value>) -> Result<Value, FieldError> {
         let (org_id, user_id) = self.member_target(input)?;
         let org_type = self.state.organizations.get(&org_id).map(|o| o.org_type);
         if org_type == Some(OrgType::Personal) {
@@ -649,12 +649,7 @@ impl Resolver<'_> {
             }
             org.members.retain(|m| m.user_id != user_id);
         }
-        Ok(self.membership_payload(
-            "DeleteOrganizationMembershipPayload",
-            input,
-            &org_id,
-            &user_id,
-        ))
+        Ok(self.membership_payload(&org_id, &user_id))
     }
 
     fn mint(
@@ -696,8 +691,7 @@ impl Resolver<'_> {
         Ok(token)
     }
 
-    fn create_token(&mut self, args: &Map<String, Value>) -> Result<Value, FieldError> {
-        let input = input(args)?;
+    fn create_token(&mut self, input: &Map<String, Value>) -> Result<Value, FieldError> {
         let org_id = self.org_id_for(required(input, "organizationId")?)?;
         let name = required(input, "name")?.to_string();
         let profile = required(input, "profile")?.to_string();
@@ -752,15 +746,10 @@ impl Resolver<'_> {
             scope,
             expiry.as_deref(),
         )?;
-        Ok(json!({
-            "__typename": "CreateLimitedAccessTokenPayload",
-            "clientMutationId": Self::client_mutation_id(input),
-            "limitedAccessToken": token_json(self.state, &token, true),
-        }))
+        Ok(json!({"limitedAccessToken": token_json(self.state, &token, true)}))
     }
 
-    fn delete_token(&mut self, args: &Map<String, Value>) -> Result<Value, FieldError> {
-        let input = input(args)?;
+    fn delete_token(&mut self, input: &Map<String, Value>) -> Result<Value, FieldError> {
         let by_id = str_arg(input, "id");
         let by_secret = str_arg(input, "token").map(|t| t.trim_start_matches("FlyV1 ").trim());
         let index = self
@@ -781,15 +770,12 @@ impl Resolver<'_> {
         token.revoked_at.get_or_insert(now);
         token.revoked_by = revoked_by.clone();
         Ok(json!({
-            "__typename": "DeleteLimitedAccessTokenPayload",
-            "clientMutationId": Self::client_mutation_id(input),
             "token": token.id,
             "revokedBy": revoked_by,
         }))
     }
 
-    fn enable_postgres_consul(&mut self, args: &Map<String, Value>) -> Result<Value, FieldError> {
-        let input = input(args)?;
+    fn enable_postgres_consul(&mut self, input: &Map<String, Value>) -> Result<Value, FieldError> {
         let app_ref = required(input, "appId")?;
         let app_name = app_by_ref(self.state, app_ref)?.name.clone();
         let allowed = self
@@ -807,11 +793,7 @@ impl Resolver<'_> {
         if let Some(app) = self.state.apps.get_mut(&app_name) {
             app.consul_url = Some(url.clone());
         }
-        Ok(json!({
-            "__typename": "EnablePostgresConsulPayload",
-            "clientMutationId": Self::client_mutation_id(input),
-            "consulUrl": url,
-        }))
+        Ok(json!({"consulUrl": url}))
     }
 }
 
