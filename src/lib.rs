@@ -6,6 +6,7 @@ pub mod api;
 pub mod controller;
 pub mod metrics;
 pub mod provider;
+pub mod reasons;
 pub mod reconcile;
 pub mod run;
 pub mod telemetry;

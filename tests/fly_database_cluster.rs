@@ -6,20 +6,18 @@
 
 mod support;
 
-use std::time::Duration;
-
 use bulkhead::api::{DatabaseCluster, Environment, Organization};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use support::controlplane::{unique, wait_for, wait_gone};
+use support::controlplane::{delete_and_wait, unique, wait_for, wait_gone};
 use support::fly::{
-    ADMIN_TOKEN, CREDENTIALS, FAULTS, assert_no_secret_leaked, clear_faults, counters, emulator,
-    fly_org, http, inject_faults, poll, provider, put_credentials, state, wait_until,
+    ADMIN_TOKEN, CREDENTIALS, FAULTS, assert_no_secret_leaked, converged_under_faults, counters,
+    emulator, fly_org, http, inject_faults, poll, provider, put_credentials, state, wait_until,
 };
 use support::objects::{
-    Build, WAIT, database_cluster, environment, is_ready, message_of, reason_of, wait_reason,
+    Build, WAIT, database_cluster, environment, is_ready, message_of, wait_reason,
 };
 
 /// The emulator's live (not deleted) Managed Postgres clusters named
@@ -311,10 +309,7 @@ async fn a_managed_cluster_is_created_for_the_stage_converged_and_deleted() {
     assert_no_secret_leaked(&client, &passwords).await;
 
     // deletionPolicy Delete (the default): the cluster goes at Fly.
-    dbcs.delete("orders", &DeleteParams::default())
-        .await
-        .expect("delete");
-    wait_gone(&dbcs, "orders", WAIT).await;
+    delete_and_wait(&dbcs, "orders", WAIT).await;
     assert!(
         clusters_named(&slug, "orders-stage").await.is_empty(),
         "deleted at Fly"
@@ -350,10 +345,7 @@ async fn orphan_leaves_the_cluster_and_bad_input_is_reported_with_nothing_create
         .await;
     wait_for(&dbcs, "kept", WAIT, "Ready", is_ready).await;
     for n in ["old", "kept"] {
-        dbcs.delete(n, &DeleteParams::default())
-            .await
-            .expect("delete");
-        wait_gone(&dbcs, n, WAIT).await;
+        delete_and_wait(&dbcs, n, WAIT).await;
     }
     assert_eq!(
         clusters_named(&slug, "kept-stage").await.len(),
@@ -407,10 +399,7 @@ async fn wrong_database_credentials_and_the_flex_form_are_reported_by_name() {
         clusters_named(&slug, "orders-stage").await.is_empty(),
         "nothing created"
     );
-    dbcs.delete("orders", &DeleteParams::default())
-        .await
-        .expect("delete");
-    wait_gone(&dbcs, "orders", WAIT).await;
+    delete_and_wait(&dbcs, "orders", WAIT).await;
     tear_down(&client, &name).await;
 }
 
@@ -425,38 +414,25 @@ async fn converges_under_injected_5xx_and_429_with_exactly_one_cluster() {
     let (ns, slug) = fly_staging(&client, &name, |e| e).await;
     let _faults = FAULTS.write().await;
     let dbcs: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let before = counters().await;
     inject_faults("/v1/postgres", 0.2, 0.1).await;
     database_cluster("orders", &ns)
         .connection_secret()
         .create(&dbcs)
         .await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let converged = tokio::time::timeout(
-        Duration::from_secs(120),
-        poll("Ready with its user and connection Secret", || async {
+    converged_under_faults(
+        &before,
+        "Ready with its user and connection Secret",
+        || async {
             let dbc = dbcs.get_opt("orders").await.ok()??;
             let conn = secrets.get_opt("orders-conn").await.ok()??;
             let c = clusters_named(&slug, "orders-stage").await.pop()?;
             let issued = issued_password(&c, "app_rw").await?;
             (is_ready(&dbc) && secret_value(&conn, "password") == issued).then_some(())
-        }),
+        },
     )
     .await;
-    let counters = counters().await;
-    clear_faults().await;
-    assert!(
-        converged.is_ok(),
-        "did not converge under faults; counters: {counters}; Synced: {:?}",
-        dbcs.get_opt("orders")
-            .await
-            .ok()
-            .flatten()
-            .and_then(|d| reason_of(&d, "Synced"))
-    );
-    assert!(
-        counters["faults_injected"]["error"].as_u64().unwrap_or(0) > 0,
-        "no 5xx was injected: {counters}"
-    );
     // (Fly's own rate limits are not asserted here: this test's polling
     // of the users' credentials shares their buckets with bulkhead. The
     // flex fault test, which polls only the emulator's state, asserts it.)
@@ -465,10 +441,7 @@ async fn converges_under_injected_5xx_and_429_with_exactly_one_cluster() {
         1,
         "exactly one cluster"
     );
-    dbcs.delete("orders", &DeleteParams::default())
-        .await
-        .expect("delete");
-    wait_gone(&dbcs, "orders", WAIT).await;
+    delete_and_wait(&dbcs, "orders", WAIT).await;
     tear_down(&client, &name).await;
 }
 
@@ -520,10 +493,7 @@ async fn rotation_has_fly_issue_a_new_password_and_the_secret_follows() {
         Some(true),
         "rotated through Fly's API"
     );
-    dbcs.delete("orders", &DeleteParams::default())
-        .await
-        .expect("delete");
-    wait_gone(&dbcs, "orders", WAIT).await;
+    delete_and_wait(&dbcs, "orders", WAIT).await;
     tear_down(&client, &name).await;
 }
 
@@ -705,10 +675,7 @@ async fn a_flex_cluster_is_built_from_machines_on_the_environments_network() {
     );
 
     // Delete: the app goes, with its machines and volumes.
-    dbcs.delete("ledger", &DeleteParams::default())
-        .await
-        .expect("delete");
-    wait_gone(&dbcs, "ledger", WAIT).await;
+    delete_and_wait(&dbcs, "ledger", WAIT).await;
     assert!(app(&state().await).is_null(), "the app is deleted at Fly");
     tear_down(&client, &name).await;
 }
@@ -736,24 +703,11 @@ async fn a_flex_cluster_converges_under_faults_with_nothing_made_twice() {
         )
         .create(&dbcs)
         .await;
-    let converged = tokio::time::timeout(
-        Duration::from_secs(120),
-        poll("Ready", || async {
-            let dbc = dbcs.get_opt("ledger").await.ok()??;
-            is_ready(&dbc).then_some(())
-        }),
-    )
+    let counters = converged_under_faults(&before, "Ready", || async {
+        let dbc = dbcs.get_opt("ledger").await.ok()??;
+        is_ready(&dbc).then_some(())
+    })
     .await;
-    let counters = counters().await;
-    clear_faults().await;
-    assert!(
-        converged.is_ok(),
-        "did not converge under faults; counters: {counters}"
-    );
-    assert!(
-        counters["faults_injected"]["error"].as_u64() > before["faults_injected"]["error"].as_u64(),
-        "no 5xx was injected: {counters}"
-    );
     assert_eq!(
         counters["rate_limited_total"], before["rate_limited_total"],
         "Fly's rate limits never refused bulkhead: {counters}"
@@ -765,9 +719,6 @@ async fn a_flex_cluster_converges_under_faults_with_nothing_made_twice() {
         (Some(2), Some(2)),
         "one machine and one volume per node, none twice"
     );
-    dbcs.delete("ledger", &DeleteParams::default())
-        .await
-        .expect("delete");
-    wait_gone(&dbcs, "ledger", WAIT).await;
+    delete_and_wait(&dbcs, "ledger", WAIT).await;
     tear_down(&client, &name).await;
 }

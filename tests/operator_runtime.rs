@@ -289,11 +289,16 @@ async fn one_leader_reconciles_and_a_standby_takes_over_on_sigterm() {
     let b = start(&id_b);
 
     // Exactly one holds the Lease, and its gauge says so; the other waits.
+    // On a timeout the message carries both replicas' logs: whatever kept
+    // them from taking the Lease is in there.
     let leader_id = eventually(WAIT, "a Lease holder", || async {
-        election
-            .holder()
-            .await
-            .ok_or_else(|| "no holder yet".to_string())
+        election.holder().await.ok_or_else(|| {
+            format!(
+                "no holder yet\n--- {id_a}:\n{}\n--- {id_b}:\n{}",
+                a.log(),
+                b.log()
+            )
+        })
     })
     .await;
     assert!(
@@ -957,7 +962,8 @@ async fn an_unchanged_world_costs_no_requests_and_a_childs_change_wakes_its_owne
     assert_eq!(
         sent_after - sent_before,
         0.0,
-        "{reconciles} reconciles of a converged world sent requests: {sent:?}"
+        "{reconciles} reconciles of a converged world sent requests: {sent:?}\n{}",
+        op.log()
     );
     assert!(
         metric(&after, "bulkhead_cached_children", &[]) >= 5.0,
@@ -1199,6 +1205,9 @@ async fn a_leader_cut_off_from_the_apiserver_stops_before_a_standby_takes_over()
         a.op.wait_exit(WAIT)
             .unwrap_or_else(|| panic!("the cut-off leader kept running:\n{}", a.log()));
     assert!(!status.success(), "it exits to be restarted as a standby");
+    // The standby writes the Lease before it logs that it leads.
+    b.wait_for_log("became leader; starting controllers", "the standby leading")
+        .await;
     let (a_log, b_log) = (a.log(), b.log());
     let stopped = logged_at(&a_log, "lost the leader lease")
         .unwrap_or_else(|| panic!("the cut-off leader never said it stopped:\n{a_log}"));

@@ -11,11 +11,12 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 
 use bulkhead::api::database_cluster::{CopyMode, DatabaseSpec, MaskAction, Privileges, Sanitize};
-use bulkhead::provider::postgres::{PostgresDatabaseClusters, postgres_reasons};
+use bulkhead::provider::postgres::PostgresDatabaseClusters;
 use bulkhead::provider::{
     CopyReport, CopyRequest, DatabaseClusterClient, DesiredDatabaseCluster, ExternalClient,
     Observation, ProviderError, Secret,
 };
+use bulkhead::reasons;
 use support::desired::desired_cluster;
 use support::postgres::{TestPostgres, shared};
 use tokio_postgres::error::SqlState;
@@ -1678,7 +1679,7 @@ async fn copy_refuses_unmasked_sensitive_columns() {
     let unmasked = copy_request(&source, CopyMode::Sanitized, &[], &[]);
     let message = match p.copy_from(&target, &unmasked).await {
         Err(ProviderError::Terminal { reason, message }) => {
-            assert_eq!(reason, postgres_reasons::SENSITIVE_COLUMNS_UNMASKED);
+            assert_eq!(reason, reasons::SENSITIVE_COLUMNS_UNMASKED);
             message
         }
         other => panic!("expected SensitiveColumnsUnmasked, got {other:?}"),

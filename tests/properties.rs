@@ -16,8 +16,9 @@ use bulkhead::api::database_cluster::Privileges;
 use bulkhead::api::environment::Tier;
 use bulkhead::provider::DesiredDatabaseCluster;
 use bulkhead::provider::postgres::conn::ConnInfo;
-use bulkhead::provider::postgres::names::{NAME_TOO_LONG, Plan};
+use bulkhead::provider::postgres::names::Plan;
 use bulkhead::provider::postgres::{MAX_IDENTIFIER_BYTES, parse_column, parse_table};
+use bulkhead::reasons::NAME_TOO_LONG;
 use proptest::prelude::*;
 use support::desired::desired_cluster;
 

@@ -103,7 +103,7 @@ pub struct ProviderSpec {
 pub struct FlyProviderSettings {
     /// Which form of Postgres DatabaseClusters take at Fly: `Managed`
     /// (default; Fly Managed Postgres, `/v1/postgres`) or `Flex` (the
-    /// machines cluster `fly postgres create` builds; not implemented yet).
+    /// machines cluster `fly postgres create` builds).
     #[serde(default)]
     pub postgres: FlyPostgres,
 }

@@ -15,31 +15,6 @@ use super::common::{
 /// Condition types a DatabaseCluster reports besides Ready and Synced.
 pub const CONDITION_PROVISIONED: &str = "Provisioned";
 
-/// Reasons a DatabaseCluster's conditions can carry.
-pub mod reasons {
-    pub const ENVIRONMENT_NOT_READY: &str = "EnvironmentNotReady";
-    pub const NO_ENVIRONMENT: &str = "NoEnvironment";
-    pub const REPLICAS_NOT_READY: &str = "ReplicasNotReady";
-    /// In-cluster: CloudNativePG reports the Cluster not ready (its phase
-    /// is in the message), or a database it manages not created yet.
-    pub const CLUSTER_NOT_READY: &str = "ClusterNotReady";
-    /// In-cluster: CloudNativePG's CRDs are not installed.
-    pub const CLOUDNATIVEPG_NOT_INSTALLED: &str = "CloudNativePGNotInstalled";
-    pub const COPY_UPWARD: &str = "CopyUpward";
-    pub const SOURCE_NOT_FOUND: &str = "SourceNotFound";
-    /// spec.environmentRef names another Environment than the one owning
-    /// the namespace.
-    pub const ENVIRONMENT_MISMATCH: &str = "EnvironmentMismatch";
-    /// The source does not allow copies into this Environment (or does not
-    /// exist: the two are not told apart, so nothing leaks about other
-    /// namespaces).
-    pub const COPY_NOT_ALLOWED: &str = "CopyNotAllowed";
-    /// A Sanitized copy with no rule at all, which the source does not allow.
-    pub const SANITIZE_RULES_MISSING: &str = "SanitizeRulesMissing";
-    /// The connection or credentials Secret exists and bulkhead did not make it.
-    pub const SECRET_CONFLICT: &str = "SecretConflict";
-}
-
 /// A DatabaseCluster is a PostgreSQL cluster for one application in one
 /// Environment, with its databases, users and a connection Secret. Its
 /// external name carries the Environment's suffix (my-app-db →

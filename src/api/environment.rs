@@ -14,30 +14,6 @@ use super::common::{LocalObjectReference, ProviderSpec};
 pub const CONDITION_ISOLATED: &str = "Isolated";
 pub const CONDITION_ORGANIZATION_READY: &str = "OrganizationReady";
 
-/// Reasons an Environment's conditions can carry.
-pub mod reasons {
-    pub const ORGANIZATION_NOT_FOUND: &str = "OrganizationNotFound";
-    pub const ORGANIZATION_NOT_READY: &str = "OrganizationNotReady";
-    pub const ORGANIZATION_READY: &str = "OrganizationReady";
-    pub const SHARED_ORGANIZATION: &str = "SharedOrganization";
-    pub const SHARED_NAMESPACE: &str = "SharedNamespace";
-    pub const ISOLATED: &str = "Isolated";
-    pub const ISOLATION_VIOLATED: &str = "IsolationViolated";
-    pub const PROMOTION_SOURCE_NOT_FOUND: &str = "PromotionSourceNotFound";
-    pub const PROMOTION_DOWNWARD: &str = "PromotionDownward";
-    pub const NAMESPACE_TAKEN: &str = "NamespaceTaken";
-    pub const ACCESS_EXPIRED: &str = "AccessExpired";
-    /// A namespace bulkhead never manages (`kube-*`, `default`, the
-    /// operator's own, the configured deny-list).
-    pub const NAMESPACE_FORBIDDEN: &str = "NamespaceForbidden";
-    /// A namespace bulkhead did not create, without the opt-in label.
-    pub const NAMESPACE_NOT_OPTED_IN: &str = "NamespaceNotOptedIn";
-    /// Production and non-production databases on one server or credentials.
-    pub const SHARED_DATABASE_SERVER: &str = "SharedDatabaseServer";
-    /// The opt-in label of a namespace names another Environment.
-    pub const NAMESPACE_OPTED_IN_ELSEWHERE: &str = "NamespaceOptedInElsewhere";
-}
-
 /// Label a platform admin puts on a namespace bulkhead did not create, so
 /// that the named Environment may adopt it:
 /// `kubectl label namespace payments-prod bulkhead.dev/adoptable-by=payments`.

@@ -10,17 +10,6 @@ use super::common::{
     DURATION_MESSAGE, DURATION_RULE, DeletionPolicy, ManagementPolicy, ProviderSpec, SecretWriteRef,
 };
 
-/// Reasons an Organization's conditions can carry, besides the shared ones in
-/// `reconcile::reasons`.
-pub mod reasons {
-    pub const MEMBER_EXPIRED: &str = "MemberExpired";
-    pub const UNKNOWN_PLAN: &str = "UnknownPlan";
-    pub const TOKEN_MINTED: &str = "TokenMinted";
-    pub const TOKEN_REVOKED: &str = "TokenRevoked";
-    /// Another, older Organization already claims this slug at the provider.
-    pub const SLUG_CONFLICT: &str = "SlugConflict";
-}
-
 /// An Organization is one isolated tenancy at a provider: its own members
 /// (invitation only), billing plan, private network and tokens. Keep
 /// production, staging and development in separate Organizations.

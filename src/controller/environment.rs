@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
@@ -13,11 +13,11 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use super::{
-    Context, error_policy, is_ready, owner_of, related_stream, related_trigger, trigger_stream,
+    Context, is_ready, owner_of, related_stream, related_trigger, run_controller, trigger_stream,
 };
 use crate::api::environment::{
     AccessGrant, CONDITION_ISOLATED, CONDITION_ORGANIZATION_READY, IsolationMode,
-    LABEL_ADOPTABLE_BY, Tier, reasons as env_reasons,
+    LABEL_ADOPTABLE_BY, Tier,
 };
 use crate::api::{
     CONDITION_READY, CONDITION_SYNCED, ConditionStatus, DeletionPolicy, Environment,
@@ -26,11 +26,11 @@ use crate::api::{
 };
 use crate::provider::kubernetes::cache::OwnerScope;
 use crate::provider::{DesiredEnvironment, OperatorGrant};
+use crate::reasons;
 use crate::reconcile::managed::{
-    ManagedResource, Policies, ReconcileError, converge, finalize, finish, publish,
-    reconcile_managed, set_converged_conditions, wait_until,
+    Policies, ReconcileError, converge, finalize, finish, publish, reconcile_managed,
+    set_converged_conditions, wait_until,
 };
-use crate::reconcile::reasons;
 
 const KIND: &str = "Environment";
 
@@ -66,7 +66,7 @@ pub fn controller(
     let _ = ctx.environments.set(reader.clone());
     let by_org = reader.clone();
     let by_peer = reader.clone();
-    Controller::for_stream(stream, reader)
+    let controller = Controller::for_stream(stream, reader)
         // Its namespaces, RoleBindings, NetworkPolicy, ConfigMap and quota
         // changing (drift, a namespace becoming Active) wake it, from the
         // child cache's watches.
@@ -128,31 +128,14 @@ pub fn controller(
                     .map(|e| ObjectRef::from_obj(e.as_ref()))
                     .collect::<Vec<_>>()
             },
-        )
-        .with_config(
-            kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
-        )
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy::<Environment>, ctx)
-        .map(|_| ())
+        );
+    run_controller(controller, ctx, shutdown, reconcile)
 }
 
 pub async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let _timer = ctx.metrics.reconcile_started(KIND);
     let api: Api<Environment> = Api::all(ctx.client.clone());
     reconcile_managed(env, &api, |o| apply(o, &api, &ctx), |o| cleanup(o, &ctx)).await
-}
-
-impl ManagedResource for Environment {
-    type Status = EnvironmentStatus;
-    fn status(&self) -> Option<&EnvironmentStatus> {
-        self.status.as_ref()
-    }
-    fn conditions_mut(
-        status: &mut EnvironmentStatus,
-    ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-        &mut status.conditions
-    }
 }
 
 /// An isolation problem found among the Environments.
@@ -188,7 +171,7 @@ pub fn isolation_violations<E: std::borrow::Borrow<Environment>>(
         }
         if other.spec.organization_ref.name == env.spec.organization_ref.name {
             out.push(Violation {
-                reason: env_reasons::SHARED_ORGANIZATION,
+                reason: reasons::SHARED_ORGANIZATION,
                 message: format!(
                     "Organization {} is shared by production and non-production Environments ({} is {}, {} is {})",
                     env.spec.organization_ref.name,
@@ -206,7 +189,7 @@ pub fn isolation_violations<E: std::borrow::Borrow<Environment>>(
             .collect();
         if !shared.is_empty() {
             out.push(Violation {
-                reason: env_reasons::SHARED_NAMESPACE,
+                reason: reasons::SHARED_NAMESPACE,
                 message: format!(
                     "namespace {} is shared with {} Environment {}",
                     shared.join(", "),
@@ -221,7 +204,7 @@ pub fn isolation_violations<E: std::borrow::Borrow<Environment>>(
             .unwrap_or_default();
         if !shared_servers.is_empty() {
             out.push(Violation {
-                reason: env_reasons::SHARED_DATABASE_SERVER,
+                reason: reasons::SHARED_DATABASE_SERVER,
                 message: format!(
                     "databases share {} with {} Environment {}",
                     shared_servers
@@ -307,7 +290,7 @@ fn check_namespaces(env: &Environment, ctx: &Context) -> Result<(), ReconcileErr
         Ok(())
     } else {
         Err(ReconcileError::invalid(
-            env_reasons::NAMESPACE_FORBIDDEN,
+            reasons::NAMESPACE_FORBIDDEN,
             format!(
                 "bulkhead never manages these namespaces, so nothing was written: {}",
                 forbidden.join("; ")
@@ -465,13 +448,13 @@ async fn provision(
             &mut status.conditions,
             CONDITION_ORGANIZATION_READY,
             ConditionStatus::False,
-            env_reasons::ORGANIZATION_NOT_FOUND,
+            reasons::ORGANIZATION_NOT_FOUND,
             format!("Organization {org_name} does not exist"),
             generation,
             now,
         );
         return Err(ReconcileError::waiting(
-            env_reasons::ORGANIZATION_NOT_FOUND,
+            reasons::ORGANIZATION_NOT_FOUND,
             format!("waiting for Organization {org_name}: it does not exist"),
         ));
     };
@@ -484,13 +467,13 @@ async fn provision(
             &mut status.conditions,
             CONDITION_ORGANIZATION_READY,
             ConditionStatus::False,
-            env_reasons::ORGANIZATION_NOT_READY,
+            reasons::ORGANIZATION_NOT_READY,
             format!("Organization {org_name} is not Ready"),
             generation,
             now,
         );
         return Err(ReconcileError::waiting(
-            env_reasons::ORGANIZATION_NOT_READY,
+            reasons::ORGANIZATION_NOT_READY,
             format!("waiting for Organization {org_name} to become Ready"),
         ));
     }
@@ -498,7 +481,7 @@ async fn provision(
         &mut status.conditions,
         CONDITION_ORGANIZATION_READY,
         ConditionStatus::True,
-        env_reasons::ORGANIZATION_READY,
+        reasons::ORGANIZATION_READY,
         format!("Organization {org_name} is Ready"),
         generation,
         now,
@@ -548,7 +531,7 @@ async fn provision(
             &mut status.conditions,
             CONDITION_ISOLATED,
             ConditionStatus::True,
-            env_reasons::ISOLATED,
+            reasons::ISOLATED,
             "no production/non-production sharing of organization, namespaces or database servers",
             generation,
             now,
@@ -563,13 +546,13 @@ async fn provision(
         {
             None => {
                 return Err(ReconcileError::waiting(
-                    env_reasons::PROMOTION_SOURCE_NOT_FOUND,
+                    reasons::PROMOTION_SOURCE_NOT_FOUND,
                     format!("spec.promotion.from: Environment {from} does not exist"),
                 ));
             }
             Some(up) if up.spec.tier.rank() >= env.spec.tier.rank() => {
                 return Err(ReconcileError::invalid(
-                    env_reasons::PROMOTION_DOWNWARD,
+                    reasons::PROMOTION_DOWNWARD,
                     format!(
                         "spec.promotion.from: {from} is {} and this Environment is {}; promotions only flow upward (development → staging → production)",
                         up.spec.tier.as_str(),
@@ -590,7 +573,7 @@ async fn provision(
                 &ctx.recorder,
                 env.as_ref(),
                 EventType::Normal,
-                env_reasons::ACCESS_EXPIRED,
+                reasons::ACCESS_EXPIRED,
                 "RemoveAccess",
                 format!("removed access {e}: expired"),
             )

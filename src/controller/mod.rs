@@ -5,8 +5,9 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
+use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -19,8 +20,9 @@ use crate::provider::cloudnativepg::CloudNativePgDatabaseClusters;
 use crate::provider::kubernetes::children::{self, ChildKind};
 use crate::provider::kubernetes::{Children, KubernetesEnvironments, KubernetesOrganizations};
 use crate::provider::{DatabaseClusterClient, OrganizationClient, Owner, Secret};
+use crate::reasons;
+use crate::reconcile::ReconcileError;
 use crate::reconcile::managed::{Backoff, FailPoint, Managed};
-use crate::reconcile::{ReconcileError, reasons};
 
 pub mod database_cluster;
 pub mod environment;
@@ -456,6 +458,33 @@ where
             .map(Arc::new)
             .collect()),
     }
+}
+
+/// How every controller ends its builder: `--concurrency` reconciles at
+/// once, a graceful shutdown (in-flight reconciles finish), the kind's
+/// `reconcile` and the shared [`error_policy`].
+pub fn run_controller<K, Fut>(
+    controller: Controller<K>,
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    reconcile: impl FnMut(Arc<K>, Arc<Context>) -> Fut,
+) -> impl Stream<Item = ()>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    Fut: std::future::Future<Output = Result<Action, ReconcileError>> + Send + 'static,
+{
+    let concurrency = ctx.settings.concurrency;
+    controller
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy::<K>, ctx)
+        .map(|_| ())
 }
 
 /// After a failed reconcile: count it, and requeue with the object's backoff.

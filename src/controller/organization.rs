@@ -3,24 +3,24 @@
 
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
-use super::{Context, error_policy, owner_of, related_stream, related_trigger, trigger_stream};
-use crate::api::organization::{Member, reasons as org_reasons};
+use super::{Context, owner_of, related_stream, related_trigger, run_controller, trigger_stream};
+use crate::api::organization::Member;
 use crate::api::{ANNOTATION_CREATE_PENDING, ANNOTATION_EXTERNAL_NAME};
-use crate::api::{Environment, ManagementPolicy, Organization, OrganizationStatus};
+use crate::api::{Environment, ManagementPolicy, Organization};
 use crate::provider::kubernetes::cache::OwnerScope;
 use crate::provider::{DesiredOrganization, ObservedOrganization, OrganizationClient};
+use crate::reasons;
 use crate::reconcile::managed::{
-    ManagedResource, Policies, ReconcileError, converge, finalize, finish, publish,
-    reconcile_managed, set_converged_conditions, wait_until,
+    Policies, ReconcileError, converge, finalize, finish, publish, reconcile_managed,
+    set_converged_conditions, wait_until,
 };
-use crate::reconcile::reasons;
 
 const KIND: &str = "Organization";
 const TOKENS_UNSUPPORTED: &str =
@@ -35,7 +35,7 @@ pub fn controller(
     ctx.track_sync(reader.clone());
     let _ = ctx.organizations.set(reader.clone());
     let by_slug = reader.clone();
-    Controller::for_stream(stream, reader)
+    let controller = Controller::for_stream(stream, reader)
         // Its ClusterRoles and ClusterRoleBindings changing wakes it.
         .reconcile_on(
             ctx.children
@@ -69,13 +69,8 @@ pub fn controller(
                     .map(|o| ObjectRef::from_obj(o.as_ref()))
                     .collect::<Vec<_>>()
             },
-        )
-        .with_config(
-            kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
-        )
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy::<Organization>, ctx)
-        .map(|_| ())
+        );
+    run_controller(controller, ctx, shutdown, reconcile)
 }
 
 pub async fn reconcile(
@@ -85,18 +80,6 @@ pub async fn reconcile(
     let _timer = ctx.metrics.reconcile_started(KIND);
     let api: Api<Organization> = Api::all(ctx.client.clone());
     reconcile_managed(org, &api, |o| apply(o, &api, &ctx), |o| cleanup(o, &ctx)).await
-}
-
-impl ManagedResource for Organization {
-    type Status = OrganizationStatus;
-    fn status(&self) -> Option<&OrganizationStatus> {
-        self.status.as_ref()
-    }
-    fn conditions_mut(
-        status: &mut OrganizationStatus,
-    ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-        &mut status.conditions
-    }
 }
 
 /// Members whose access has not expired, and the time of the next expiry.
@@ -174,7 +157,7 @@ fn slug_holder<'a>(org: &Organization, all: &'a [Arc<Organization>]) -> Option<&
 fn check_slug(org: &Organization, all: &[Arc<Organization>]) -> Result<(), ReconcileError> {
     match slug_holder(org, all) {
         Some(holder) if holder.uid() != org.uid() => Err(ReconcileError::invalid(
-            org_reasons::SLUG_CONFLICT,
+            reasons::SLUG_CONFLICT,
             format!(
                 "slug {} is already claimed by Organization {}; nothing was changed: choose another spec.slug",
                 org.slug(),
@@ -259,7 +242,7 @@ async fn apply(
                     &ctx.recorder,
                     org.as_ref(),
                     EventType::Normal,
-                    org_reasons::MEMBER_EXPIRED,
+                    reasons::MEMBER_EXPIRED,
                     "RemoveMember",
                     format!("removed {}: access expired", m.email),
                 )

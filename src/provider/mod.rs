@@ -69,7 +69,7 @@ impl ProviderError {
             ProviderError::Transient { reason, .. } | ProviderError::Terminal { reason, .. } => {
                 reason
             }
-            ProviderError::Unavailable { .. } => crate::reconcile::reasons::PROVIDER_UNAVAILABLE,
+            ProviderError::Unavailable { .. } => crate::reasons::PROVIDER_UNAVAILABLE,
         }
     }
 
@@ -91,7 +91,7 @@ impl Readiness {
     pub fn ready(message: impl Into<String>) -> Self {
         Readiness {
             ready: true,
-            reason: crate::reconcile::reasons::AVAILABLE,
+            reason: crate::reasons::AVAILABLE,
             message: message.into(),
         }
     }
@@ -384,7 +384,7 @@ pub trait DatabaseClusterClient:
     ) -> Result<CopyReport, ProviderError> {
         let _ = (target, request);
         Err(ProviderError::terminal(
-            crate::reconcile::reasons::UNSUPPORTED,
+            crate::reasons::UNSUPPORTED,
             "this provider cannot copy between clusters",
         ))
     }
@@ -416,13 +416,13 @@ impl std::fmt::Display for Secret {
     }
 }
 
-/// What the unit tests of the name builders and the copy planner start
-/// from: a staging cluster named `external` at the provider, owned by
+/// What tests of the name builders, the copy planner and the providers
+/// start from: a staging cluster named `external` at the provider, owned by
 /// DatabaseCluster `team/app` (uid `u-1`), smallest size, with no
-/// databases, users or passwords. (Integration tests and benches, which
-/// cannot see `cfg(test)` items, have `tests/support/desired.rs`.)
-#[cfg(test)]
-pub(crate) fn test_desired(external: &str) -> DesiredDatabaseCluster {
+/// databases, users or passwords. Public for the integration tests and
+/// benches (`tests/support/desired.rs` builds on it); not an API.
+#[doc(hidden)]
+pub fn test_desired(external: &str) -> DesiredDatabaseCluster {
     DesiredDatabaseCluster {
         owner: Owner {
             api_version: "bulkhead.dev/v1alpha1".into(),

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use kube::runtime::controller::Action;
 
-use super::reasons;
 use crate::provider::ProviderError;
+use crate::reasons;
 
 /// How a reconcile failed, and so what happens next.
 #[derive(Debug, thiserror::Error)]

@@ -32,10 +32,10 @@ use super::decision::{
     DecisionInput, DeletionStep, MissingStep, Presence, Then, decide_deletion, when_exists,
     when_missing,
 };
-use super::reasons;
 use crate::api::{ANNOTATION_CREATE_PENDING, ANNOTATION_EXTERNAL_NAME, set_condition};
 use crate::api::{CONDITION_SYNCED, ConditionStatus};
 use crate::provider::{ExternalClient, Observation, ProviderError, Readiness};
+use crate::reasons;
 
 pub use super::decision::Policies;
 pub use super::errors::{Backoff, ErrorCategory, ReconcileError, error_action};
@@ -151,7 +151,7 @@ where
                         managed.recorder,
                         obj,
                         EventType::Normal,
-                        "Updated",
+                        reasons::UPDATED,
                         "Update",
                         update_note(external_name, &summary),
                     )
@@ -237,7 +237,7 @@ where
         managed.recorder,
         obj,
         EventType::Normal,
-        "Created",
+        reasons::CREATED,
         "Create",
         format!("created {external_name}"),
     )
@@ -368,9 +368,9 @@ where
 /// Reason and note of the Event recorded once a [`DeletionStep`] is done.
 fn deletion_event(step: DeletionStep, external_name: &str) -> (&'static str, String) {
     match step {
-        DeletionStep::Delete => ("Deleted", format!("deleted {external_name}")),
+        DeletionStep::Delete => (reasons::DELETED, format!("deleted {external_name}")),
         DeletionStep::Orphan { why } => (
-            "Orphaned",
+            reasons::ORPHANED,
             format!("left {external_name} in place at the provider: {why}"),
         ),
     }
@@ -379,6 +379,10 @@ fn deletion_event(step: DeletionStep, external_name: &str) -> (&'static str, Str
 /// Every reconcile, in its own tracing span (kind, name, namespace, a
 /// trace id, and the reason it ended with), so each log line it writes can
 /// be traced to the object: see [`crate::telemetry::reconcile_span`].
+///
+/// The first steps of every reconcile: a paused object only reports
+/// Synced=False/ReconcilePaused; otherwise kube-runtime's finalizer helper
+/// adds the finalizer and runs `apply`, or `cleanup` once deleting.
 pub async fn reconcile_managed<K, FA, FC, FutA, FutC>(
     obj: std::sync::Arc<K>,
     api: &Api<K>,
@@ -398,9 +402,36 @@ where
         &obj.name_any(),
         obj.namespace().as_deref(),
     );
-    let result = steps(obj, api, apply, cleanup)
-        .instrument(span.clone())
-        .await;
+    let steps = async {
+        if crate::api::annotation_is_true(obj.meta(), crate::api::ANNOTATION_PAUSED) {
+            return report_paused(obj.as_ref(), api).await;
+        }
+        // Without the finalizer, nothing of the object's exists at the
+        // provider yet (it is added with the first bookkeeping write, before
+        // the create or when an existing object is first observed), so there
+        // is nothing to clean up: apply runs at once. kube-runtime's helper
+        // would first add the finalizer in a write (and a reconcile) of its
+        // own.
+        if obj.meta().deletion_timestamp.is_none() && !has_finalizer(obj.as_ref()) {
+            return apply(obj).await;
+        }
+        kube::runtime::finalizer::finalizer(api, crate::api::FINALIZER, obj, |event| async {
+            match event {
+                kube::runtime::finalizer::Event::Apply(o) => apply(o).await,
+                kube::runtime::finalizer::Event::Cleanup(o) => {
+                    let (kind, name) = (K::kind(&()).into_owned(), o.name_any());
+                    // Status is not written while deleting, so the log is
+                    // where a stuck deletion shows (retried with backoff).
+                    cleanup(o).await.inspect_err(|e| {
+                        warn!(kind, name, reason = e.reason(), error = %e, "cleanup failed");
+                    })
+                }
+            }
+        })
+        .await
+        .map_err(flatten_finalizer_error)
+    };
+    let result = steps.instrument(span.clone()).await;
     match &result {
         Ok(_) => crate::telemetry::reconcile_finished(&span, reasons::RECONCILE_SUCCESS, false),
         Err(e) => crate::telemetry::reconcile_finished(&span, e.reason(), true),
@@ -408,59 +439,24 @@ where
     result
 }
 
-/// The first steps of every reconcile: a paused object only reports
-/// Synced=False/ReconcilePaused; otherwise kube-runtime's finalizer helper
-/// adds the finalizer and runs `apply`, or `cleanup` once deleting.
-async fn steps<K, FA, FC, FutA, FutC>(
-    obj: std::sync::Arc<K>,
+/// A paused object: only Synced=False/ReconcilePaused, until the
+/// annotation changes.
+async fn report_paused<K: ManagedResource>(
+    obj: &K,
     api: &Api<K>,
-    apply: FA,
-    cleanup: FC,
-) -> Result<Action, ReconcileError>
-where
-    K: ManagedResource,
-    FA: FnOnce(std::sync::Arc<K>) -> FutA,
-    FC: FnOnce(std::sync::Arc<K>) -> FutC,
-    FutA: std::future::Future<Output = Result<Action, ReconcileError>>,
-    FutC: std::future::Future<Output = Result<Action, ReconcileError>>,
-{
-    if crate::api::annotation_is_true(obj.meta(), crate::api::ANNOTATION_PAUSED) {
-        let mut status = obj.status().cloned().unwrap_or_default();
-        set_condition(
-            K::conditions_mut(&mut status),
-            CONDITION_SYNCED,
-            ConditionStatus::False,
-            reasons::RECONCILE_PAUSED,
-            format!("{} is \"true\"", crate::api::ANNOTATION_PAUSED),
-            obj.meta().generation,
-            Timestamp::now(),
-        );
-        write_status(api, obj.as_ref(), status).await?;
-        return Ok(Action::await_change());
-    }
-    // Without the finalizer, nothing of the object's exists at the provider
-    // yet (it is added with the first bookkeeping write, before the create
-    // or when an existing object is first observed), so there is nothing to
-    // clean up: apply runs at once. kube-runtime's helper would first add the
-    // finalizer in a write (and a reconcile) of its own.
-    if obj.meta().deletion_timestamp.is_none() && !has_finalizer(obj.as_ref()) {
-        return apply(obj).await;
-    }
-    kube::runtime::finalizer::finalizer(api, crate::api::FINALIZER, obj, |event| async {
-        match event {
-            kube::runtime::finalizer::Event::Apply(o) => apply(o).await,
-            kube::runtime::finalizer::Event::Cleanup(o) => {
-                let (kind, name) = (K::kind(&()).into_owned(), o.name_any());
-                // Status is not written while deleting, so the log is
-                // where a stuck deletion shows (retried with backoff).
-                cleanup(o).await.inspect_err(|e| {
-                    warn!(kind, name, reason = e.reason(), error = %e, "cleanup failed");
-                })
-            }
-        }
-    })
-    .await
-    .map_err(flatten_finalizer_error)
+) -> Result<Action, ReconcileError> {
+    let mut status = obj.status().cloned().unwrap_or_default();
+    set_condition(
+        K::conditions_mut(&mut status),
+        CONDITION_SYNCED,
+        ConditionStatus::False,
+        reasons::RECONCILE_PAUSED,
+        format!("{} is \"true\"", crate::api::ANNOTATION_PAUSED),
+        obj.meta().generation,
+        Timestamp::now(),
+    );
+    write_status(api, obj, status).await?;
+    Ok(Action::await_change())
 }
 
 fn flatten_finalizer_error(e: kube::runtime::finalizer::Error<ReconcileError>) -> ReconcileError {

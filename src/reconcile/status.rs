@@ -14,9 +14,9 @@ use serde_json::json;
 
 use super::errors::{ErrorCategory, ReconcileError};
 use super::managed::FIELD_MANAGER;
-use super::reasons;
 use crate::api::{CONDITION_READY, CONDITION_SYNCED, ConditionStatus, set_condition};
 use crate::provider::Readiness;
+use crate::reasons;
 
 /// A bulkhead kind, as the shared reconcile steps need it: its status and
 /// the conditions inside.
@@ -26,6 +26,28 @@ pub trait ManagedResource:
     type Status: Default + Clone + Serialize + PartialEq + Send + Sync;
     fn status(&self) -> Option<&Self::Status>;
     fn conditions_mut(status: &mut Self::Status) -> &mut Vec<Condition>;
+}
+
+/// The three kinds: each status is optional on the object and holds its
+/// conditions in `conditions`.
+macro_rules! managed_resource {
+    ($($kind:ident => $status:ident),* $(,)?) => {$(
+        impl ManagedResource for crate::api::$kind {
+            type Status = crate::api::$status;
+            fn status(&self) -> Option<&Self::Status> {
+                self.status.as_ref()
+            }
+            fn conditions_mut(status: &mut Self::Status) -> &mut Vec<Condition> {
+                &mut status.conditions
+            }
+        }
+    )*};
+}
+
+managed_resource! {
+    Organization => OrganizationStatus,
+    Environment => EnvironmentStatus,
+    DatabaseCluster => DatabaseClusterStatus,
 }
 
 /// Writes status unless it is unchanged (an unchanged write would still

@@ -7,10 +7,9 @@
 //! users; a caller adds what it needs, or sets the struct's fields on the
 //! result.
 
-use bulkhead::api::DeletionPolicy;
-use bulkhead::api::database_cluster::{DatabaseSpec, Privileges, ResolvedSize, UserSpec};
+use bulkhead::api::database_cluster::{DatabaseSpec, Privileges, UserSpec};
 use bulkhead::api::environment::Tier;
-use bulkhead::provider::{DesiredDatabaseCluster, Owner, generate_password};
+use bulkhead::provider::{DesiredDatabaseCluster, generate_password};
 
 /// A desired cluster under construction.
 #[derive(Clone, Debug)]
@@ -20,35 +19,15 @@ pub struct Desired(DesiredDatabaseCluster);
 /// DatabaseCluster of that name (uid `uid-<external>`) in namespace
 /// `tests`, of the testing tier, smallest size, deleted with its object.
 pub fn desired_cluster(external: &str) -> Desired {
-    Desired(DesiredDatabaseCluster {
-        owner: Owner {
-            api_version: "bulkhead.dev/v1alpha1".into(),
-            kind: "DatabaseCluster".into(),
-            name: external.into(),
-            uid: format!("uid-{external}"),
-            namespace: Some("tests".into()),
-        },
-        namespace: "tests".into(),
-        external_name: external.into(),
-        environment: "test".into(),
-        tier: Tier::Testing,
-        organization: "org".into(),
-        organization_slug: Some("org".into()),
-        network: None,
-        rotates_passwords: false,
-        version: "15".into(),
-        regions: vec![],
-        size: ResolvedSize {
-            cpus: 1,
-            memory_mib: 256,
-            storage_gib: 1,
-            replicas: 1,
-        },
-        databases: vec![],
-        users: vec![],
-        passwords: Default::default(),
-        deletion_policy: DeletionPolicy::Delete,
-    })
+    let mut d = bulkhead::provider::test_desired(external);
+    d.owner.name = external.into();
+    d.owner.uid = format!("uid-{external}");
+    d.owner.namespace = Some("tests".into());
+    d.namespace = "tests".into();
+    d.environment = "test".into();
+    d.tier = Tier::Testing;
+    d.version = "15".into();
+    Desired(d)
 }
 
 impl Desired {

@@ -112,6 +112,31 @@ pub async fn clear_faults() {
     control(reqwest::Method::DELETE, "/_emulator/faults", None).await;
 }
 
+/// Polls `check`, under the faults [`inject_faults`] put in place after
+/// `before` was read from [`counters`], for up to two minutes; then clears
+/// the faults. Panics (with the emulator's counters) unless `check` held
+/// and at least one 5xx was injected since `before`; returns the counters,
+/// for what the caller asserts of them.
+pub async fn converged_under_faults<F, Fut>(before: &Value, what: &str, check: F) -> Value
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<()>>,
+{
+    let converged = tokio::time::timeout(Duration::from_secs(120), poll(what, check)).await;
+    let counters = counters().await;
+    clear_faults().await;
+    assert!(
+        converged.is_ok(),
+        "{what}: did not converge under faults; counters: {counters}"
+    );
+    let injected = |c: &Value| c["faults_injected"]["error"].as_u64().unwrap_or(0);
+    assert!(
+        injected(&counters) > injected(before),
+        "no 5xx was injected: {counters}"
+    );
+    counters
+}
+
 /// Creates organization `name` at Fly as someone else would (with the
 /// admin token, not through bulkhead); returns Fly's `{id slug}`.
 pub async fn create_org_at_fly(name: &str) -> Value {

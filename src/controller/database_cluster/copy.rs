@@ -9,12 +9,12 @@ use k8s_openapi::jiff::Timestamp;
 use kube::{Api, ResourceExt};
 
 use super::{Placement, desired_for, find_environment, provider_spec};
-use crate::api::database_cluster::{CopyMode, CopyStatus, Sanitize, reasons as dbc_reasons};
+use crate::api::database_cluster::{CopyMode, CopyStatus, Sanitize};
 use crate::api::{DatabaseCluster, DatabaseClusterStatus};
 use crate::controller::Context;
 use crate::provider::{CopyRequest, DesiredDatabaseCluster};
+use crate::reasons;
 use crate::reconcile::managed::{ReconcileError, publish};
-use crate::reconcile::reasons;
 
 /// The rules a copy applies: every rule the source requires, plus what the
 /// consumer adds. For a column both name, the source's action wins: a
@@ -64,7 +64,7 @@ pub(super) async fn copy_if_asked(
     // so nobody learns what exists in namespaces they cannot read.
     let not_allowed = || {
         ReconcileError::invalid(
-            dbc_reasons::COPY_NOT_ALLOWED,
+            reasons::COPY_NOT_ALLOWED,
             format!(
                 "DatabaseCluster {src_ns}/{} does not exist or does not allow copies into Environment {env_name}: its owners list the Environment in spec.copyPolicy.allowedEnvironments",
                 source.cluster_ref.name
@@ -82,7 +82,7 @@ pub(super) async fn copy_if_asked(
     let src_env = find_environment(&src, ctx).await?;
     if src_env.spec.tier.rank() < placement.env.spec.tier.rank() {
         return Err(ReconcileError::invalid(
-            dbc_reasons::COPY_UPWARD,
+            reasons::COPY_UPWARD,
             format!(
                 "copies flow from a higher tier to a lower one: the source is {} and this cluster is {}",
                 src_env.spec.tier.as_str(),
@@ -97,7 +97,7 @@ pub(super) async fn copy_if_asked(
         && !policy.allow_unmasked
     {
         return Err(ReconcileError::invalid(
-            dbc_reasons::SANITIZE_RULES_MISSING,
+            reasons::SANITIZE_RULES_MISSING,
             format!(
                 "a Sanitized copy needs at least one rule (spec.source.sanitize, or the source's spec.copyPolicy.sanitize); {src_ns}/{} does not allow unmasked copies (spec.copyPolicy.allowUnmasked)",
                 src.name_any()
@@ -144,7 +144,7 @@ pub(super) async fn copy_if_asked(
         &ctx.recorder,
         dbc,
         kube::runtime::events::EventType::Normal,
-        "Copied",
+        reasons::COPIED,
         "Copy",
         format!(
             "copied {} tables, {} rows from {src_ns}/{} ({:?})",

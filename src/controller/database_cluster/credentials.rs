@@ -13,15 +13,15 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::super::{Context, owner_of};
-use crate::api::database_cluster::{Endpoint, reasons as dbc_reasons};
+use crate::api::database_cluster::Endpoint;
 use crate::api::{DatabaseCluster, LABEL_DATABASE_CLUSTER, LABEL_MANAGED_BY, MANAGER};
 use crate::provider::kubernetes::Child;
 use crate::provider::kubernetes::children::SECRET;
 use crate::provider::{
     DatabaseClusterClient, DesiredDatabaseCluster, SUPERUSER, Secret, generate_password,
 };
+use crate::reasons;
 use crate::reconcile::ReconcileError;
-use crate::reconcile::reasons;
 
 /// Key of the superuser password in the credentials Secret (user names
 /// cannot start with '.').
@@ -45,7 +45,7 @@ pub fn is_own_secret(secret: &KubeSecret, dbc: &DatabaseCluster) -> bool {
 
 fn secret_conflict(dbc: &DatabaseCluster, name: &str, role: &str) -> ReconcileError {
     ReconcileError::invalid(
-        dbc_reasons::SECRET_CONFLICT,
+        reasons::SECRET_CONFLICT,
         format!(
             "Secret {}/{name} already exists and was not made by bulkhead for DatabaseCluster {}; bulkhead never writes, adopts or deletes it: choose another name for the {role}, or remove that Secret",
             dbc.namespace().unwrap_or_default(),

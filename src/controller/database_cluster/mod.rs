@@ -9,7 +9,7 @@ mod credentials;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -27,19 +27,20 @@ use self::credentials::{
     read_own_secret,
 };
 use super::{
-    Context, error_policy, is_ready, owner_of, related_stream, related_trigger, trigger_stream,
+    Context, is_ready, owner_of, related_stream, related_trigger, run_controller, trigger_stream,
 };
-use crate::api::database_cluster::{CONDITION_PROVISIONED, ReplicaStatus, reasons as dbc_reasons};
+use crate::api::database_cluster::{CONDITION_PROVISIONED, ReplicaStatus};
 use crate::api::{
-    ANNOTATION_EXTERNAL_NAME, CONDITION_READY, ConditionStatus, DatabaseCluster,
-    DatabaseClusterStatus, Environment, LABEL_ENVIRONMENT, ManagementPolicy, Organization,
-    ProviderSpec, is_condition_true, set_condition,
+    ANNOTATION_EXTERNAL_NAME, CONDITION_READY, ConditionStatus, DatabaseCluster, Environment,
+    LABEL_ENVIRONMENT, ManagementPolicy, Organization, ProviderSpec, is_condition_true,
+    set_condition,
 };
 use crate::provider::kubernetes::cache::OwnerScope;
 use crate::provider::kubernetes::children;
 use crate::provider::{DatabaseClusterClient, DesiredDatabaseCluster, Secret};
+use crate::reasons;
 use crate::reconcile::managed::{
-    ManagedResource, Policies, ReconcileError, converge, finalize, finish, reconcile_managed,
+    Policies, ReconcileError, converge, finalize, finish, reconcile_managed,
     set_converged_conditions, wait_until,
 };
 
@@ -64,7 +65,7 @@ pub fn controller(
         ctx.children
             .owner_changes::<DatabaseCluster>(OwnerScope::Namespaced),
     );
-    controller
+    let controller = controller
         // An Environment becoming ready (or changing suffix) requeues the
         // DatabaseClusters in its namespaces.
         .watches_stream(
@@ -81,13 +82,8 @@ pub fn controller(
                     .map(|d| ObjectRef::from_obj(d.as_ref()))
                     .collect::<Vec<_>>()
             },
-        )
-        .with_config(
-            kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
-        )
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy::<DatabaseCluster>, ctx)
-        .map(|_| ())
+        );
+    run_controller(controller, ctx, shutdown, reconcile)
 }
 
 pub async fn reconcile(
@@ -98,18 +94,6 @@ pub async fn reconcile(
     let api: Api<DatabaseCluster> =
         Api::namespaced(ctx.client.clone(), &dbc.namespace().unwrap_or_default());
     reconcile_managed(dbc, &api, |o| apply(o, &api, &ctx), |o| cleanup(o, &ctx)).await
-}
-
-impl ManagedResource for DatabaseCluster {
-    type Status = DatabaseClusterStatus;
-    fn status(&self) -> Option<&DatabaseClusterStatus> {
-        self.status.as_ref()
-    }
-    fn conditions_mut(
-        status: &mut DatabaseClusterStatus,
-    ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-        &mut status.conditions
-    }
 }
 
 /// The Environment a DatabaseCluster belongs to: the one that owns its
@@ -124,7 +108,7 @@ pub async fn find_environment(
     let ns = dbc.namespace().unwrap_or_default();
     let no_environment = || {
         ReconcileError::waiting(
-            dbc_reasons::NO_ENVIRONMENT,
+            reasons::NO_ENVIRONMENT,
             format!(
                 "no Environment owns namespace {ns}; add it to an Environment's spec.namespaces"
             ),
@@ -153,7 +137,7 @@ pub async fn find_environment(
         && r.name != owner
     {
         return Err(ReconcileError::invalid(
-            dbc_reasons::ENVIRONMENT_MISMATCH,
+            reasons::ENVIRONMENT_MISMATCH,
             format!(
                 "spec.environmentRef names Environment {}, but namespace {ns} belongs to Environment {owner}; a DatabaseCluster belongs to the Environment of its namespace",
                 r.name
@@ -174,7 +158,7 @@ async fn provider_spec(env: &Environment, ctx: &Context) -> Result<ProviderSpec,
         .await?
         .ok_or_else(|| {
             ReconcileError::waiting(
-                dbc_reasons::ENVIRONMENT_NOT_READY,
+                reasons::ENVIRONMENT_NOT_READY,
                 format!(
                     "Organization {} of Environment {} does not exist",
                     env.spec.organization_ref.name,
@@ -238,7 +222,7 @@ async fn dereference(
             .is_some_and(|s| is_condition_true(&s.conditions, CONDITION_READY))
     {
         return Err(ReconcileError::waiting(
-            dbc_reasons::ENVIRONMENT_NOT_READY,
+            reasons::ENVIRONMENT_NOT_READY,
             format!("waiting for Environment {} to become Ready", env.name_any()),
         ));
     }
@@ -356,9 +340,9 @@ async fn apply(
             CONDITION_PROVISIONED,
             ConditionStatus::True,
             if converged.created {
-                "Created"
+                reasons::CREATED
             } else {
-                "Exists"
+                reasons::EXISTS
             },
             format!(
                 "{} exists at the {} provider",

@@ -11,14 +11,14 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use crate::api::LABEL_DATABASE_CLUSTER;
-use crate::api::database_cluster::{Endpoint, Privileges, reasons as dbc_reasons};
+use crate::api::database_cluster::{Endpoint, Privileges};
 use crate::provider::kubernetes::children::{ChildKind, SECRET};
-use crate::provider::kubernetes::{Child, Children, LABEL_OWNER_UID};
+use crate::provider::kubernetes::{Child, Children, is_owned_by};
 use crate::provider::{
     DatabaseClusterClient, DesiredDatabaseCluster, ExternalClient, Observation, Observed,
     ObservedDatabaseCluster, ProviderError, Readiness, SUPERUSER,
 };
-use crate::reconcile::reasons;
+use crate::reasons;
 
 /// CloudNativePG's API group.
 pub const GROUP: &str = "postgresql.cnpg.io";
@@ -229,15 +229,9 @@ impl CloudNativePgDatabaseClusters {
             else {
                 continue;
             };
-            let owner = live
-                .pointer(&format!(
-                    "/metadata/labels/{}",
-                    LABEL_OWNER_UID.replace('/', "~1")
-                ))
-                .and_then(Value::as_str);
-            if owner != Some(d.owner.uid.as_str()) {
+            if !is_owned_by(&live, &d.owner) {
                 return Err(ProviderError::terminal(
-                    dbc_reasons::SECRET_CONFLICT,
+                    reasons::SECRET_CONFLICT,
                     format!(
                         "Secret {}/{} already exists and was not made by bulkhead for DatabaseCluster {}; bulkhead never writes, adopts or deletes it: rename the user, or remove that Secret",
                         d.namespace, child.name, d.owner.name
@@ -380,7 +374,7 @@ fn desired_children(image_repository: &str, d: &DesiredDatabaseCluster, owned: b
 /// installing CloudNativePG is enough for the cluster to converge.
 fn not_installed() -> ProviderError {
     ProviderError::transient(
-        dbc_reasons::CLOUDNATIVEPG_NOT_INSTALLED,
+        reasons::CLOUDNATIVEPG_NOT_INSTALLED,
         format!(
             "CloudNativePG's API ({GROUP}/v1 clusters, databases) is not served by this cluster: {INSTALL_HINT}"
         ),
@@ -423,9 +417,9 @@ fn readiness(
     }
     if !ready.is_some_and(|c| c["status"] == "True") || phase != PHASE_HEALTHY {
         let reason = if ready_instances < i64::from(desired_instances) {
-            dbc_reasons::REPLICAS_NOT_READY
+            reasons::REPLICAS_NOT_READY
         } else {
-            dbc_reasons::CLUSTER_NOT_READY
+            reasons::CLUSTER_NOT_READY
         };
         return Readiness::not_ready(reason, format!("{counts}; CloudNativePG: {detail}"));
     }
@@ -436,7 +430,7 @@ fn readiness(
     {
         let names: Vec<&str> = roles.keys().map(String::as_str).collect();
         return Readiness::not_ready(
-            dbc_reasons::CLUSTER_NOT_READY,
+            reasons::CLUSTER_NOT_READY,
             format!(
                 "CloudNativePG cannot reconcile role(s) {}",
                 names.join(", ")
@@ -457,7 +451,7 @@ fn readiness(
                 .map(|m| format!(": {m}"))
                 .unwrap_or_default();
             return Readiness::not_ready(
-                dbc_reasons::CLUSTER_NOT_READY,
+                reasons::CLUSTER_NOT_READY,
                 format!("database {name} is not created yet{message}"),
             );
         }

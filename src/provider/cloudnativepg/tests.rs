@@ -4,7 +4,9 @@ use serde_json::json;
 
 use super::*;
 use crate::api::database_cluster::{DatabaseSpec, ResolvedSize, SizePreset, UserSpec};
+use crate::provider::kubernetes::LABEL_OWNER_UID;
 use crate::provider::{Owner, Secret};
+use crate::reasons;
 
 fn desired(size: ResolvedSize, users: Vec<UserSpec>) -> DesiredDatabaseCluster {
     let mut passwords = BTreeMap::new();
@@ -242,7 +244,7 @@ fn readiness_follows_cloudnativepg_ready_condition_and_phase() {
 
     let under_kwok = readiness(&kwok_status(), &[], 1);
     assert!(!under_kwok.ready);
-    assert_eq!(under_kwok.reason, dbc_reasons::CLUSTER_NOT_READY);
+    assert_eq!(under_kwok.reason, reasons::CLUSTER_NOT_READY);
     assert!(
         under_kwok.message.contains("HTTP communication issue"),
         "CloudNativePG's phase is shown: {}",
@@ -250,7 +252,7 @@ fn readiness_follows_cloudnativepg_ready_condition_and_phase() {
     );
 
     let starting = readiness(&kwok_status(), &[], 3);
-    assert_eq!(starting.reason, dbc_reasons::REPLICAS_NOT_READY);
+    assert_eq!(starting.reason, reasons::REPLICAS_NOT_READY);
     assert!(starting.message.starts_with("1/3 instances ready"));
 
     let mut healthy = kwok_status();

@@ -28,12 +28,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::info;
 
-use super::{CallError, FlySession, reasons};
+use super::{CallError, FlySession};
 use crate::api::database_cluster::{Endpoint, Privileges, ResolvedSize};
 use crate::provider::{
     DatabaseClusterClient, DesiredDatabaseCluster, ExternalClient, Observation, Observed,
     ObservedDatabaseCluster, ProviderError, Readiness, Secret,
 };
+use crate::reasons;
 
 /// Region of a cluster whose spec names none (Fly's own default).
 pub const DEFAULT_REGION: &str = "iad";
@@ -42,18 +43,6 @@ pub const SUPPORTED_MAJORS: &[&str] = &["16", "17"];
 /// Fly's bounds on `disk_size_gb`.
 const DISK_GB_MIN: i32 = 10;
 const DISK_GB_MAX: i32 = 1000;
-
-/// Reasons of this backend.
-pub mod mpg_reasons {
-    /// `spec.version` is a major Managed Postgres does not offer.
-    pub const UNSUPPORTED_VERSION: &str = "UnsupportedVersion";
-    /// Fly is still building the cluster.
-    pub const CREATING: &str = "Creating";
-    /// Fly reports the cluster failed.
-    pub const PROVISIONING_FAILED: &str = "ProvisioningFailed";
-    /// The Environment has no Fly organization slug yet.
-    pub const ORGANIZATION_NOT_READY: &str = "OrganizationNotReady";
-}
 
 /// The plan for a size: the smallest whose CPUs and memory cover it.
 pub fn plan_for(size: &ResolvedSize) -> &'static str {
@@ -91,7 +80,7 @@ pub fn major_version(version: &str) -> Result<&str, ProviderError> {
         Ok(major)
     } else {
         Err(ProviderError::terminal(
-            mpg_reasons::UNSUPPORTED_VERSION,
+            reasons::UNSUPPORTED_VERSION,
             format!(
                 "Fly Managed Postgres offers PostgreSQL {} only; spec.version is {version:?}",
                 SUPPORTED_MAJORS.join(" and ")
@@ -367,7 +356,7 @@ impl FlyManagedPostgres {
 pub(super) fn org_slug(d: &DesiredDatabaseCluster) -> Result<&str, ProviderError> {
     d.organization_slug.as_deref().ok_or_else(|| {
         ProviderError::transient(
-            mpg_reasons::ORGANIZATION_NOT_READY,
+            reasons::ORGANIZATION_NOT_READY,
             format!(
                 "Environment {} has no Fly organization slug yet; waiting for Organization {}",
                 d.environment, d.organization
@@ -441,7 +430,7 @@ impl ExternalClient for FlyManagedPostgres {
             }
             "failed" | "error" => (
                 Readiness::not_ready(
-                    mpg_reasons::PROVISIONING_FAILED,
+                    reasons::PROVISIONING_FAILED,
                     format!(
                         "Fly reports Managed Postgres cluster {} as {}; delete it at Fly or recreate the DatabaseCluster",
                         d.external_name, cluster.status
@@ -451,7 +440,7 @@ impl ExternalClient for FlyManagedPostgres {
             ),
             other => (
                 Readiness::not_ready(
-                    mpg_reasons::CREATING,
+                    reasons::CREATING,
                     format!(
                         "Fly Managed Postgres cluster {} is {other}",
                         d.external_name
@@ -709,6 +698,6 @@ mod tests {
         assert_eq!(major_version("16").ok(), Some("16"));
         assert_eq!(major_version("17.2").ok(), Some("17"));
         let err = major_version("15").err().map(|e| e.reason());
-        assert_eq!(err, Some(mpg_reasons::UNSUPPORTED_VERSION));
+        assert_eq!(err, Some(reasons::UNSUPPORTED_VERSION));
     }
 }

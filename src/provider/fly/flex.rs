@@ -42,12 +42,13 @@ use tracing::info;
 
 use super::database_cluster::DEFAULT_REGION;
 use super::operations::{ENABLE_POSTGRES_CONSUL, LATEST_IMAGE_TAG};
-use super::{CallError, FlySession, reasons};
+use super::{CallError, FlySession};
 use crate::api::database_cluster::Endpoint;
 use crate::provider::{
     DatabaseClusterClient, DesiredDatabaseCluster, ExternalClient, Observation, Observed,
     ObservedDatabaseCluster, ProviderError, Readiness, SUPERUSER, generate_password,
 };
+use crate::reasons;
 
 /// The image repository flyctl deploys flex clusters from.
 pub const IMAGE_REPOSITORY: &str = "flyio/postgres-flex";
@@ -64,14 +65,6 @@ pub const SECRET_NAMES: [&str; 4] = [
 const VOLUME_GB_MAX: i32 = 500;
 /// Machine metadata key carrying the PostgreSQL major a node was made for.
 const MAJOR_METADATA: &str = "postgres_major";
-
-/// Reasons of this backend.
-pub mod flex_reasons {
-    /// The app exists on another network than the Environment names.
-    pub const NETWORK_FIXED: &str = "NetworkFixed";
-    /// The app name is held by another Fly organization.
-    pub const APP_NAME_TAKEN: &str = "AppNameTaken";
-}
 
 pub struct FlyFlexPostgres {
     fly: FlySession,
@@ -177,7 +170,7 @@ fn parse<T: serde::de::DeserializeOwned>(
 fn check_supported(d: &DesiredDatabaseCluster) -> Result<(), ProviderError> {
     let unsupported = |what: &str| {
         Err(ProviderError::terminal(
-            crate::reconcile::reasons::UNSUPPORTED,
+            crate::reasons::UNSUPPORTED,
             format!(
                 "fly.postgres: Flex clusters cannot take {what}: bulkhead does not reach Fly's private network, where a flex server takes them over SQL; use fly.postgres: Managed, or leave them out and use the superuser in the connection Secret"
             ),
@@ -308,7 +301,7 @@ impl FlyFlexPostgres {
         let owner = app.organization.as_ref().map(|o| o.slug.as_str());
         if owner.is_some_and(|o| o != slug) {
             return Err(ProviderError::terminal(
-                flex_reasons::APP_NAME_TAKEN,
+                reasons::APP_NAME_TAKEN,
                 format!(
                     "the Fly app name {} belongs to another organization (app names are global at Fly); rename the DatabaseCluster or set the Environment's naming.suffix",
                     d.external_name
@@ -325,7 +318,7 @@ impl FlyFlexPostgres {
                 }
             };
             return Err(ProviderError::terminal(
-                flex_reasons::NETWORK_FIXED,
+                reasons::NETWORK_FIXED,
                 format!(
                     "Fly app {} is on {}, the Environment names {}; Fly fixes an app's network when it is created: delete and re-create the DatabaseCluster to move it",
                     d.external_name,
@@ -585,7 +578,7 @@ impl ExternalClient for FlyFlexPostgres {
             ))
         } else {
             Readiness::not_ready(
-                crate::api::database_cluster::reasons::REPLICAS_NOT_READY,
+                crate::reasons::REPLICAS_NOT_READY,
                 format!(
                     "flex Postgres {}: {started} of {wanted} nodes started",
                     d.external_name
@@ -636,7 +629,7 @@ impl ExternalClient for FlyFlexPostgres {
                         if message.contains("already taken") =>
                     {
                         ProviderError::terminal(
-                            flex_reasons::APP_NAME_TAKEN,
+                            reasons::APP_NAME_TAKEN,
                             format!(
                                 "the Fly app name {} is taken (app names are global at Fly); rename the DatabaseCluster or set the Environment's naming.suffix",
                                 d.external_name
@@ -759,6 +752,6 @@ mod tests {
         assert!(check_supported(&d).is_ok());
         d.rotates_passwords = true;
         let err = check_supported(&d).err().map(|e| e.reason());
-        assert_eq!(err, Some(crate::reconcile::reasons::UNSUPPORTED));
+        assert_eq!(err, Some(crate::reasons::UNSUPPORTED));
     }
 }

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use tracing::debug;
 
 use super::{ProviderError, Secret};
+use crate::reasons;
 
 pub mod database_cluster;
 pub mod flex;
@@ -26,24 +27,6 @@ pub use database_cluster::FlyManagedPostgres;
 pub use flex::FlyFlexPostgres;
 pub use operations::Operation;
 pub use organization::FlyOrganizations;
-
-/// Reasons of the Fly provider's errors.
-pub mod reasons {
-    /// Fly refused the credentials (HTTP 401 / UNAUTHORIZED): terminal
-    /// until the credentials Secret changes.
-    pub const CREDENTIALS_REJECTED: &str = "CredentialsRejected";
-    /// The credentials are valid but may not do what was asked.
-    pub const PERMISSION_DENIED: &str = "PermissionDenied";
-    /// Fly rejected the request's input (a GraphQL VALIDATION error).
-    pub const REQUEST_REJECTED: &str = "ProviderRequestRejected";
-    /// Fly answered something bulkhead did not expect: a GraphQL document
-    /// Fly does not accept, or an answer of the wrong shape.
-    pub const UNEXPECTED_RESPONSE: &str = "ProviderUnexpectedResponse";
-    /// Fly asked bulkhead to slow down and the retries ran out.
-    pub const RATE_LIMITED: &str = "ProviderRateLimited";
-    /// A Fly error that may go away on its own.
-    pub const PROVIDER_ERROR: &str = "ProviderError";
-}
 
 /// Where Fly's APIs are and how hard bulkhead may use them.
 #[derive(Clone, Debug)]
@@ -396,7 +379,7 @@ impl FlyApi {
         // came from, never by any part of it.
         let mut auth = http::HeaderValue::from_str(&authorization(token)).map_err(|_| {
             CallError::Provider(ProviderError::terminal(
-                crate::reconcile::reasons::CREDENTIALS_UNAVAILABLE,
+                crate::reasons::CREDENTIALS_UNAVAILABLE,
                 format!(
                     "the Fly API token in {credentials} is not a valid HTTP header value \
                      (control characters?); put a valid Fly API token there"
@@ -535,7 +518,7 @@ impl FlyApi {
     ) -> Result<Value, CallError> {
         let mut auth = http::HeaderValue::from_str(&authorization(token)).map_err(|_| {
             CallError::Provider(ProviderError::terminal(
-                crate::reconcile::reasons::CREDENTIALS_UNAVAILABLE,
+                crate::reasons::CREDENTIALS_UNAVAILABLE,
                 format!(
                     "the Fly API token in {credentials} is not a valid HTTP header value \
                      (control characters?); put a valid Fly API token there"
@@ -784,10 +767,7 @@ mod tests {
         let CallError::Provider(e) = e else {
             panic!("not a provider error")
         };
-        assert_eq!(
-            e.reason(),
-            crate::reconcile::reasons::CREDENTIALS_UNAVAILABLE
-        );
+        assert_eq!(e.reason(), crate::reasons::CREDENTIALS_UNAVAILABLE);
         let message = e.to_string();
         assert!(
             message.contains("Secret bulkhead-system/fly key token"),

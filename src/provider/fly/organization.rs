@@ -27,24 +27,21 @@ use super::operations::{
     CREATE_INVITATION, CREATE_ORGANIZATION, CREATE_TOKEN, DELETE_INVITATION, DELETE_MEMBERSHIP,
     DELETE_ORGANIZATION, DELETE_TOKEN, ORGANIZATION, UPDATE_MEMBERSHIP,
 };
-use super::{CallError, FlySession, Operation, jittered, reasons};
+use super::{CallError, FlySession, Operation, jittered};
 use crate::api::organization::{
     MemberRole, MemberState, MemberStatus, TokenScope, TokenSpec, TokenStatus,
 };
 use crate::provider::kubernetes::children::SECRET;
-use crate::provider::kubernetes::{Child, Children, LABEL_OWNER_UID};
+use crate::provider::kubernetes::{Child, Children, is_owned_by};
 use crate::provider::{
     DesiredOrganization, ExternalClient, Observation, Observed, ObservedOrganization,
     OrganizationClient, ProviderError, Readiness, Secret,
 };
+use crate::reasons;
 
 /// Annotation on a token Secret: the ID of the Fly token it holds (an ID,
 /// not a secret: it cannot authenticate).
 pub const ANNOTATION_TOKEN_ID: &str = "bulkhead.dev/fly-token-id";
-
-/// Reason of a token Secret that exists and is not bulkhead's for this
-/// Organization.
-pub const TOKEN_SECRET_CONFLICT: &str = "SecretConflict";
 
 /// A token is replaced once less than this fraction of its lifetime is left.
 const ROTATE_WHEN_LEFT: f64 = 1.0 / 3.0;
@@ -121,15 +118,9 @@ impl FlyOrganizations {
             let id = match live {
                 None => None,
                 Some(secret) => {
-                    let owner = secret
-                        .pointer(&format!(
-                            "/metadata/labels/{}",
-                            LABEL_OWNER_UID.replace('/', "~1")
-                        ))
-                        .and_then(Value::as_str);
-                    if owner != Some(d.owner.uid.as_str()) {
+                    if !is_owned_by(&secret, &d.owner) {
                         return Err(ProviderError::terminal(
-                            TOKEN_SECRET_CONFLICT,
+                            reasons::SECRET_CONFLICT,
                             format!(
                                 "token {}: Secret {}/{} exists and was not made by bulkhead for this Organization; \
                                  choose another secretRef or delete that Secret",

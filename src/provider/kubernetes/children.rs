@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 use super::cache::{ChildCache, Lookup, OwnerScope};
 use crate::api::{LABEL_MANAGED_BY, MANAGER};
 use crate::provider::{Owner, ProviderError};
+use crate::reasons;
 use crate::reconcile::managed::FIELD_MANAGER;
-use crate::reconcile::reasons;
 
 /// Label linking a child to the bulkhead object that owns it.
 pub const LABEL_OWNER_UID: &str = "bulkhead.dev/owner-uid";
@@ -136,6 +136,18 @@ pub struct Child {
     pub name: String,
     /// Full object as applied (apiVersion, kind, metadata, and the fields we own).
     pub body: Value,
+}
+
+/// Whether live object `live` carries `owner`'s uid label: bulkhead made
+/// it for that owner (a Secret under the same name made by anyone else is
+/// never written over).
+pub fn is_owned_by(live: &Value, owner: &Owner) -> bool {
+    live.pointer(&format!(
+        "/metadata/labels/{}",
+        LABEL_OWNER_UID.replace('/', "~1")
+    ))
+    .and_then(Value::as_str)
+        == Some(owner.uid.as_str())
 }
 
 impl Child {
@@ -307,7 +319,7 @@ fn kube_error(context: &str, e: kube::Error) -> ProviderError {
         // namespace the authorizer may not know it yet; a real lack of
         // rights still shows as Forbidden, with backoff.
         kube::Error::Api(s) if s.code == 403 => ProviderError::transient(
-            "Forbidden",
+            reasons::FORBIDDEN,
             format!("{context}: bulkhead lacks permission: {}", s.message),
         ),
         kube::Error::Api(s) if s.code == 422 || s.code == 400 => {

@@ -11,14 +11,14 @@ use super::children::{
     CONFIG_MAP, ChildKind, Children, NAMESPACE, NETWORK_POLICY, RESOURCE_QUOTA, ROLE_BINDING,
 };
 use super::{Child, LABEL_OWNER_UID};
-use crate::api::environment::{EnvironmentRole, LABEL_ADOPTABLE_BY, Tier, reasons as env_reasons};
+use crate::api::environment::{EnvironmentRole, LABEL_ADOPTABLE_BY, Tier};
 use crate::api::organization::{BillingPlan, MemberRole};
 use crate::api::{LABEL_ENVIRONMENT, LABEL_ORGANIZATION, LABEL_TIER};
 use crate::provider::{
     DesiredEnvironment, ExternalClient, Observation, Observed, ObservedEnvironment, ProviderError,
     Readiness,
 };
-use crate::reconcile::reasons;
+use crate::reasons;
 
 /// Name of the ConfigMap apps read their environment settings from.
 pub const CONFIG_MAP_NAME: &str = "bulkhead-environment";
@@ -104,7 +104,7 @@ impl KubernetesEnvironments {
                 let label = |key: &str| labels.and_then(|l| l.get(key)).and_then(Value::as_str);
                 if let Some(other) = label(LABEL_ENVIRONMENT).filter(|o| *o != env) {
                     return Err(ProviderError::terminal(
-                        env_reasons::NAMESPACE_TAKEN,
+                        reasons::NAMESPACE_TAKEN,
                         format!("namespace {ns} belongs to Environment {other}"),
                     ));
                 }
@@ -117,7 +117,7 @@ impl KubernetesEnvironments {
                         Some(e) if e == env => {}
                         Some(other) => {
                             return Err(ProviderError::terminal(
-                                env_reasons::NAMESPACE_OPTED_IN_ELSEWHERE,
+                                reasons::NAMESPACE_OPTED_IN_ELSEWHERE,
                                 format!(
                                     "namespace {ns} exists and is opted in for Environment {other} ({LABEL_ADOPTABLE_BY}={other}), not for {env}; nothing was written"
                                 ),
@@ -125,7 +125,7 @@ impl KubernetesEnvironments {
                         }
                         None => {
                             return Err(ProviderError::terminal(
-                                env_reasons::NAMESPACE_NOT_OPTED_IN,
+                                reasons::NAMESPACE_NOT_OPTED_IN,
                                 format!(
                                     "namespace {ns} exists and bulkhead did not create it, so nothing was written; to let Environment {env} adopt it, a cluster admin labels it: kubectl label namespace {ns} {LABEL_ADOPTABLE_BY}={env}"
                                 ),

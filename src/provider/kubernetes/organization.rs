@@ -137,10 +137,7 @@ impl ExternalClient for KubernetesOrganizations {
         let readiness = if drift.missing.is_empty() {
             Readiness::ready(format!("tenancy {} in place", tenancy_name(&d.slug)))
         } else {
-            Readiness::not_ready(
-                crate::reconcile::reasons::CREATING,
-                drift.describe().join("; "),
-            )
+            Readiness::not_ready(crate::reasons::CREATING, drift.describe().join("; "))
         };
         Ok(Observation::Exists {
             up_to_date: drift.is_clean(),

@@ -8,10 +8,11 @@ use tokio_postgres::Row;
 use tokio_postgres::types::FromSql;
 
 use super::conn::classify;
-use super::names::{MARKER_PREFIX, Marker, NAME_CONFLICT, Plan};
+use super::names::{MARKER_PREFIX, Marker, Plan};
 use super::passwords::StoredVerifier;
 use super::pool::Session;
 use crate::provider::ProviderError;
+use crate::reasons;
 
 /// Role attributes bulkhead manages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -236,7 +237,7 @@ impl Inventory {
             .map_err(err)?;
         let Some(first) = rows.first() else {
             return Err(ProviderError::transient(
-                "DatabaseError",
+                reasons::DATABASE_ERROR,
                 "reading the server's catalogs: no row",
             ));
         };
@@ -396,7 +397,7 @@ impl Inventory {
             Ok(())
         } else {
             Err(ProviderError::terminal(
-                NAME_CONFLICT,
+                reasons::NAME_CONFLICT,
                 format!(
                     "{}; bulkhead will not alter, grant on or drop objects it does not own (rename the cluster or the object)",
                     conflicts.join("; ")

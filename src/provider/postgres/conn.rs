@@ -25,7 +25,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::passwords::fingerprint;
 use super::pool::{self, ADMIN_POOL_SIZE, DATABASE_POOL_SIZE, PoolKey, Session};
 use crate::provider::ProviderError;
-use crate::reconcile::reasons;
+use crate::reasons;
 
 /// How long establishing one connection may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -695,14 +695,14 @@ pub fn classify(e: &tokio_postgres::Error, doing: &str) -> ProviderError {
         || class == "53"
         || class == "40"
     {
-        return ProviderError::transient("DatabaseBusy", message);
+        return ProviderError::transient(reasons::DATABASE_BUSY, message);
     }
     if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
     {
         return ProviderError::terminal(reasons::CREDENTIALS_UNAVAILABLE, message);
     }
     if *code == SqlState::INSUFFICIENT_PRIVILEGE {
-        return ProviderError::terminal("PermissionDenied", message);
+        return ProviderError::terminal(reasons::PERMISSION_DENIED, message);
     }
     if *code == SqlState::DUPLICATE_OBJECT || *code == SqlState::DUPLICATE_DATABASE {
         return ProviderError::terminal("NameConflict", message);
@@ -715,7 +715,7 @@ pub fn classify(e: &tokio_postgres::Error, doing: &str) -> ProviderError {
     }
     // Anything else (an object vanished under us, a constraint, ...):
     // retry with backoff; the message tells what happened.
-    ProviderError::transient("DatabaseError", message)
+    ProviderError::transient(reasons::DATABASE_ERROR, message)
 }
 
 /// A non-database error's text (tokio-postgres never includes the password).

@@ -101,7 +101,7 @@ use crate::provider::{
     CopyReport, CopyRequest, DatabaseClusterClient, DesiredDatabaseCluster, ExternalClient,
     Observation, Observed, ObservedDatabaseCluster, ProviderError, Readiness,
 };
-use crate::reconcile::reasons;
+use crate::reasons;
 
 use catalog::{Claim, DbInspection, Inventory};
 use conn::{ConnInfo, ConnectFailure, classify};
@@ -117,14 +117,6 @@ use passwords::Verdict;
 use pool::Session;
 pub use pool::{ADMIN_POOL_SIZE, DATABASE_POOL_SIZE, IDLE_TIMEOUT};
 use sql::ident;
-
-/// Reasons specific to this backend (besides the shared ones).
-pub mod postgres_reasons {
-    pub use super::copy::{
-        SENSITIVE_COLUMNS_UNMASKED, UNKNOWN_COLUMN, UNKNOWN_TABLE, UNSUPPORTED_MASK,
-    };
-    pub use super::names::{INVALID_NAME, NAME_CONFLICT, NAME_TOO_LONG};
-}
 
 /// Where and as whom an application connects (no password: the reconciler
 /// holds it).

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api::database_cluster::Privileges;
 use crate::provider::{DesiredDatabaseCluster, ProviderError, Secret};
-use crate::reconcile::reasons;
+use crate::reasons;
 
 /// PostgreSQL's identifier limit (NAMEDATALEN - 1), in bytes.
 pub const MAX_IDENTIFIER_BYTES: usize = 63;
@@ -17,10 +17,6 @@ pub const MARKER_PREFIX: &str = "bulkhead.dev/owner=";
 
 /// Suffix of the cluster's NOLOGIN group role.
 const OWNER_ROLE_SUFFIX: &str = "owner";
-
-pub const NAME_TOO_LONG: &str = "NameTooLong";
-pub const INVALID_NAME: &str = "InvalidName";
-pub const NAME_CONFLICT: &str = "NameConflict";
 
 /// Who owns an object: the DatabaseCluster's namespace/name, and the uid of
 /// the incarnation that last wrote the marker.
@@ -142,13 +138,13 @@ pub struct Plan {
 fn check_name(kind: &str, name: &str) -> Result<(), ProviderError> {
     if name.is_empty() {
         return Err(ProviderError::terminal(
-            INVALID_NAME,
+            reasons::INVALID_NAME,
             format!("{kind} name is empty"),
         ));
     }
     if name.contains('\0') {
         return Err(ProviderError::terminal(
-            INVALID_NAME,
+            reasons::INVALID_NAME,
             format!("{kind} name {name:?} contains a NUL character"),
         ));
     }
@@ -159,7 +155,7 @@ fn physical(prefix: &str, kind: &str, name: &str) -> Result<String, ProviderErro
     let physical = format!("{prefix}_{name}");
     if physical.len() > MAX_IDENTIFIER_BYTES {
         return Err(ProviderError::terminal(
-            NAME_TOO_LONG,
+            reasons::NAME_TOO_LONG,
             format!(
                 "{kind} {name:?} would be named {physical:?} on the server, {} bytes; PostgreSQL allows {MAX_IDENTIFIER_BYTES} (shorten the {kind} name or the cluster name)",
                 physical.len()
@@ -332,7 +328,7 @@ fn physical_user(prefix: &str, user: &str) -> Result<String, ProviderError> {
     check_name("user", user)?;
     if user == OWNER_ROLE_SUFFIX {
         return Err(ProviderError::terminal(
-            INVALID_NAME,
+            reasons::INVALID_NAME,
             format!(
                 "user name {user:?} is reserved: {prefix}_{OWNER_ROLE_SUFFIX} is the cluster's owner group role"
             ),
@@ -417,12 +413,12 @@ mod tests {
         Plan::new(&desired("c", &[(&fits, None)], &[])).expect("63 bytes fit");
         let long = "x".repeat(62);
         let err = Plan::new(&desired("c", &[(&long, None)], &[])).expect_err("too long");
-        assert_eq!(err.reason(), NAME_TOO_LONG);
+        assert_eq!(err.reason(), reasons::NAME_TOO_LONG);
         // Bytes, not characters.
         let multibyte = "é".repeat(31);
         let err =
             Plan::new(&desired("c", &[(&multibyte, None)], &[])).expect_err("62 chars, 64 bytes");
-        assert_eq!(err.reason(), NAME_TOO_LONG);
+        assert_eq!(err.reason(), reasons::NAME_TOO_LONG);
         let err = Plan::new(&desired(
             "c",
             &[("a", None)],
@@ -432,9 +428,9 @@ mod tests {
         assert_eq!(err.reason(), reasons::INVALID_SPEC);
         let err = Plan::new(&desired("c", &[], &[("owner", &[], Privileges::ReadOnly)]))
             .expect_err("reserved");
-        assert_eq!(err.reason(), INVALID_NAME);
+        assert_eq!(err.reason(), reasons::INVALID_NAME);
         let err = Plan::new(&desired("c", &[("a\0b", None)], &[])).expect_err("nul");
-        assert_eq!(err.reason(), INVALID_NAME);
+        assert_eq!(err.reason(), reasons::INVALID_NAME);
         let err =
             Plan::new(&desired("c", &[("a", Some("ghost"))], &[])).expect_err("unknown owner");
         assert_eq!(err.reason(), reasons::INVALID_SPEC);

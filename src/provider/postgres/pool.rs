@@ -42,6 +42,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::conn::{CONNECT_TIMEOUT, classify};
 use super::passwords::Fingerprint;
 use crate::provider::ProviderError;
+use crate::reasons;
 
 /// Sessions per server on the maintenance database (the operator's default
 /// concurrency).
@@ -300,7 +301,7 @@ pub async fn session(
         }
         Err(PoolError::Timeout(deadpool_postgres::TimeoutType::Wait)) => {
             Err(ProviderError::transient(
-                "DatabaseBusy",
+                reasons::DATABASE_BUSY,
                 format!(
                     "every pooled session to {}:{} (database {dbname}) stayed busy for {}s",
                     host_port.0,

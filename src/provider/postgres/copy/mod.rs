@@ -51,18 +51,9 @@ use self::schema::{SourceSchema, read_schema};
 use self::transfer::{copy_database, in_transaction};
 use super::catalog::{Claim, Inventory};
 use super::conn::{ConnInfo, classify};
-use super::names::{NAME_CONFLICT, Plan};
+use super::names::Plan;
 use crate::provider::{CopyReport, CopyRequest, ProviderError};
-use crate::reconcile::reasons;
-
-pub const UNKNOWN_TABLE: &str = "UnknownTable";
-pub const UNKNOWN_COLUMN: &str = "UnknownColumn";
-pub const UNSUPPORTED_MASK: &str = "UnsupportedMask";
-pub const SENSITIVE_COLUMNS_UNMASKED: &str = "SensitiveColumnsUnmasked";
-const UNSUPPORTED_SCHEMA: &str = "UnsupportedSchema";
-const MASK_VIOLATES_CONSTRAINT: &str = "MaskViolatesConstraint";
-const SOURCE_NOT_READY: &str = "SourceNotReady";
-const TARGET_NOT_READY: &str = "TargetNotReady";
+use crate::reasons;
 
 /// Session setting carrying the per-copy hash key on the source connection.
 const KEY_SETTING: &str = "bulkhead.copy_key";
@@ -78,7 +69,7 @@ fn target_error(e: &tokio_postgres::Error, doing: &str) -> ProviderError {
     let class = &code.code()[..2.min(code.code().len())];
     if class == "23" {
         return ProviderError::terminal(
-            MASK_VIOLATES_CONSTRAINT,
+            reasons::MASK_VIOLATES_CONSTRAINT,
             format!(
                 "{base} (a masked column no longer satisfies a constraint of the copy: adjust the masks or exclude the table)"
             ),
@@ -86,7 +77,7 @@ fn target_error(e: &tokio_postgres::Error, doing: &str) -> ProviderError {
     }
     if matches!(code.code(), "42704" | "42883" | "0A000" | "42P17") {
         return ProviderError::terminal(
-            UNSUPPORTED_SCHEMA,
+            reasons::UNSUPPORTED_SCHEMA,
             format!("{base} (the copy cannot recreate this part of the source schema)"),
         );
     }
@@ -142,7 +133,7 @@ fn require_managed(
     match inv.db_claim(plan, physical) {
         Claim::Absent => Err(absent()),
         Claim::Foreign { .. } => Err(ProviderError::terminal(
-            NAME_CONFLICT,
+            reasons::NAME_CONFLICT,
             format!("database {physical} is not managed by the {side} DatabaseCluster"),
         )),
         _ => Ok(()),
@@ -195,7 +186,7 @@ pub async fn copy(
         };
         require_managed(&target_inv, target, &db.physical, "target", || {
             ProviderError::transient(
-                TARGET_NOT_READY,
+                reasons::TARGET_NOT_READY,
                 format!("database {} of the target does not exist yet", db.physical),
             )
         })?;
@@ -203,7 +194,7 @@ pub async fn copy(
         // never reads a database its source cluster does not own.
         require_managed(&source_inv, source, &src.physical, "source", || {
             ProviderError::transient(
-                SOURCE_NOT_READY,
+                reasons::SOURCE_NOT_READY,
                 format!(
                     "database {} of the source does not exist (yet) on {}:{}",
                     src.physical, source_conn.host, source_conn.port
@@ -255,7 +246,7 @@ pub async fn copy(
             .find(|t| t.partitioned && !plan.excluded.contains(&t.oid))
         {
             return Err(ProviderError::terminal(
-                UNSUPPORTED_SCHEMA,
+                reasons::UNSUPPORTED_SCHEMA,
                 format!(
                     "{}.{} is a partitioned table, which copies do not support: exclude it",
                     t.schema, t.name

@@ -5,15 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::schema::{Column, SourceSchema, Table};
-use super::{
-    KEY_SETTING, MAX_LISTED, REDACTED, SENSITIVE_COLUMNS_UNMASKED, UNKNOWN_COLUMN, UNKNOWN_TABLE,
-    UNSUPPORTED_MASK,
-};
+use super::{KEY_SETTING, MAX_LISTED, REDACTED};
 use crate::api::database_cluster::{CopyMode, MaskAction};
 use crate::provider::postgres::classify::sensitive;
 use crate::provider::postgres::sql::{ident, lit};
 use crate::provider::{CopyRequest, ProviderError};
-use crate::reconcile::reasons;
+use crate::reasons;
 
 /// `table` or `schema.table`.
 #[derive(Clone, Debug)]
@@ -95,13 +92,13 @@ fn resolve_column<'s>(
     }
     if !table_found {
         return Err(ProviderError::terminal(
-            UNKNOWN_TABLE,
+            reasons::UNKNOWN_TABLE,
             format!("{field} names {key:?}, but no source database has that table"),
         ));
     }
     if found.is_empty() {
         return Err(ProviderError::terminal(
-            UNKNOWN_COLUMN,
+            reasons::UNKNOWN_COLUMN,
             format!("{field} names {key:?}, but the table has no column {column:?}"),
         ));
     }
@@ -140,7 +137,7 @@ pub(super) fn plan_masks(
         }
         if !found {
             return Err(ProviderError::terminal(
-                UNKNOWN_TABLE,
+                reasons::UNKNOWN_TABLE,
                 format!("sanitize.excludeTables names {key:?}, which no source database has"),
             ));
         }
@@ -221,7 +218,7 @@ pub(super) fn refuse_unmasked(
         listed.push_str(&format!(", and {} more", total - MAX_LISTED));
     }
     Err(ProviderError::terminal(
-        SENSITIVE_COLUMNS_UNMASKED,
+        reasons::SENSITIVE_COLUMNS_UNMASKED,
         format!(
             "{total} column(s) look sensitive and would be copied unmasked: {listed}. \
              For each, mask it in sanitize.columns, exclude its table in sanitize.excludeTables, \
@@ -262,7 +259,7 @@ pub(super) fn mask_yields_null(c: &Column, action: MaskAction) -> bool {
 
 fn check_mask(t: &Table, c: &Column, action: MaskAction) -> Result<(), ProviderError> {
     let at = format!("{}.{}.{}", t.schema, t.name, c.name);
-    let refuse = |why: String| Err(ProviderError::terminal(UNSUPPORTED_MASK, why));
+    let refuse = |why: String| Err(ProviderError::terminal(reasons::UNSUPPORTED_MASK, why));
     if c.generated {
         return refuse(format!(
             "{at} is a generated column (recomputed in the copy): mask the columns it is computed from"
@@ -423,7 +420,7 @@ pub(super) mod tests {
     #[test]
     fn unmasked_sensitive_columns_are_listed_sorted() {
         let err = check(&request(CopyMode::Sanitized)).expect_err("refused");
-        assert_eq!(err.reason(), SENSITIVE_COLUMNS_UNMASKED);
+        assert_eq!(err.reason(), reasons::SENSITIVE_COLUMNS_UNMASKED);
         assert!(err.is_terminal());
         let message = err.to_string();
         assert!(
@@ -480,12 +477,12 @@ pub(super) mod tests {
         r.safe_columns = vec!["users.phone".into()];
         assert_eq!(
             check(&r).expect_err("no such column").reason(),
-            UNKNOWN_COLUMN
+            reasons::UNKNOWN_COLUMN
         );
         r.safe_columns = vec!["customers.email".into()];
         assert_eq!(
             check(&r).expect_err("no such table").reason(),
-            UNKNOWN_TABLE
+            reasons::UNKNOWN_TABLE
         );
         r.safe_columns = vec!["email".into()];
         assert_eq!(
@@ -577,18 +574,18 @@ pub(super) mod tests {
                 .expect_err("refused")
                 .reason()
         };
-        assert_eq!(reason(&[], &["orders"]), UNKNOWN_TABLE);
+        assert_eq!(reason(&[], &["orders"]), reasons::UNKNOWN_TABLE);
         assert_eq!(
             reason(&[("orders.email", MaskAction::Null)], &[]),
-            UNKNOWN_TABLE
+            reasons::UNKNOWN_TABLE
         );
         assert_eq!(
             reason(&[("other.users.email", MaskAction::Null)], &[]),
-            UNKNOWN_TABLE
+            reasons::UNKNOWN_TABLE
         );
         assert_eq!(
             reason(&[("users.phone", MaskAction::Null)], &[]),
-            UNKNOWN_COLUMN
+            reasons::UNKNOWN_COLUMN
         );
         for bad in ["email", "a.b.c.d", "users.", ".email", ""] {
             assert_eq!(
@@ -607,7 +604,7 @@ pub(super) mod tests {
         let s = constrained();
         let refused = |key: &str, action: MaskAction| {
             let err = plan_with(&[&s], &[(key, action)], &[]).expect_err("refused");
-            assert_eq!(err.reason(), UNSUPPORTED_MASK, "{key} {action:?}");
+            assert_eq!(err.reason(), reasons::UNSUPPORTED_MASK, "{key} {action:?}");
             err.to_string()
         };
         assert!(refused("users.created_at", MaskAction::Hash).contains("text-like"));
