@@ -136,26 +136,27 @@ for obj in org/acme-staging env/staging "-n staging dbc/my-app-db" org/acme-fly-
 done
 echo
 say "at Fly (the emulator's state): the organization, its members and tokens, the Postgres cluster"
-fly_state | python3 -c '
+fly_state | python3 -c "$(cat <<'PY'
 import json, sys
 s = json.load(sys.stdin)
 users = {u["id"]: u["email"] for u in s["users"].values()}
 for org in s["organizations"].values():
     if org["org_type"] == "PERSONAL":
         continue
-    print(f"  organization {org[\"name\"]} (slug {org[\"slug\"]}, id {org[\"id\"]})")
+    print(f"  organization {org['name']} (slug {org['slug']}, id {org['id']})")
     for m in org["members"]:
-        print(f"    member  {users.get(m[\"user_id\"], m[\"user_id\"])}: {m[\"role\"]}")
+        print(f"    member  {users.get(m['user_id'], m['user_id'])}: {m['role']}")
     for i in org["invitations"]:
         if i["redeemed_at"] is None:
-            print(f"    invited {i[\"email\"]} (pending: Fly gives the role once they accept)")
+            print(f"    invited {i['email']} (pending: Fly gives the role once they accept)")
     for t in s["tokens"]:
         if t["org_id"] == org["id"] and t["revoked_at"] is None:
-            print(f"    token   {t[\"name\"]}: {t[\"profile\"]}, expires {t[\"expires_at\"]}")
+            print(f"    token   {t['name']}: {t['profile']}, expires {t['expires_at']}")
     for c in s["postgres_clusters"].values():
         if c["org_id"] == org["id"] and c["deleted_at"] is None:
-            print(f"    postgres {c[\"name\"]}: plan {c[\"plan\"]}, {c[\"region\"]}, v{c[\"pg_major_version\"]}, {c[\"disk_size_gb\"]} GB, databases {c[\"databases\"]}, users {sorted(c[\"users\"])}")
-'
+            print(f"    postgres {c['name']}: plan {c['plan']}, {c['region']}, v{c['pg_major_version']}, {c['disk_size_gb']} GB, databases {c['databases']}, users {sorted(c['users'])}")
+PY
+)"
 say "the Fly deploy token's Secret (keys; the token stays in the Secret)"
 kubectl -n fly-staging get secret fly-deploy-token -o go-template='{{range $k, $v := .data}}  {{$k}}{{"\n"}}{{end}}'
 say "the operator's calls to Fly: $(wc -l <"$DEMO/fly-requests.jsonl") requests (log without credentials: $DEMO/fly-requests.jsonl)"

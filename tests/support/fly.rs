@@ -251,7 +251,7 @@ pub async fn put_credentials(client: &Client, name: &str, token: &str) {
 pub fn provider(credentials: &str) -> Value {
     json!({
         "type": "fly",
-        "credentialsSecretRef": { "namespace": CREDENTIALS_NS, "name": credentials, "key": "token" },
+        "credentialsSecretRef": { "name": credentials, "key": "token" },
     })
 }
 
