@@ -91,7 +91,24 @@ fn every_example_parses_into_its_type() {
     let names = |v: Vec<Option<String>>| v.into_iter().flatten().collect::<Vec<_>>();
     let mut org_names = names(orgs.iter().map(|o| o.metadata.name.clone()).collect());
     org_names.sort();
-    assert_eq!(org_names, ["acme-production", "acme-staging"]);
+    assert_eq!(
+        org_names,
+        ["acme-fly-staging", "acme-production", "acme-staging"]
+    );
+    let fly_org = orgs
+        .iter()
+        .find(|o| o.metadata.name.as_deref() == Some("acme-fly-staging"))
+        .expect("the Fly staging Organization");
+    assert_eq!(fly_org.spec.provider.type_, api::ProviderType::Fly);
+    assert!(
+        fly_org.spec.provider.credentials_secret_ref.is_some(),
+        "a Fly organization names its API token's Secret"
+    );
+    let fly_env = envs
+        .iter()
+        .find(|e| e.metadata.name.as_deref() == Some("fly-staging"))
+        .expect("the Fly staging Environment");
+    assert_eq!(fly_env.spec.tier, Tier::Staging);
 
     let staging = envs
         .iter()
