@@ -470,13 +470,7 @@ pub fn run_controller<K, Fut>(
     reconcile: impl FnMut(Arc<K>, Arc<Context>) -> Fut,
 ) -> impl Stream<Item = ()>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: WatchedKind,
     Fut: std::future::Future<Output = Result<Action, ReconcileError>> + Send + 'static,
 {
     let concurrency = ctx.settings.concurrency;
