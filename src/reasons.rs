@@ -124,8 +124,6 @@ pub const CLUSTER_NOT_READY: &str = "ClusterNotReady";
 pub const CLOUDNATIVEPG_NOT_INSTALLED: &str = "CloudNativePGNotInstalled";
 /// Synced=False: copies flow only from a higher tier to a lower one.
 pub const COPY_UPWARD: &str = "CopyUpward";
-/// Synced=False: the copy's source does not exist.
-pub const SOURCE_NOT_FOUND: &str = "SourceNotFound";
 /// The source does not allow copies into this Environment (or does not
 /// exist: the two are not told apart, so nothing leaks about other
 /// namespaces).
@@ -190,3 +188,23 @@ pub const PROVISIONING_FAILED: &str = "ProvisioningFailed";
 pub const NETWORK_FIXED: &str = "NetworkFixed";
 /// Flex: the app name is held by another Fly organization.
 pub const APP_NAME_TAKEN: &str = "AppNameTaken";
+
+#[cfg(test)]
+mod tests {
+    /// Every reason this module defines has its row in `docs/reasons.md`,
+    /// so the page users read cannot fall behind the code.
+    #[test]
+    fn every_reason_is_documented() {
+        let docs = include_str!("../docs/reasons.md");
+        let undocumented: Vec<&str> = include_str!("reasons.rs")
+            .lines()
+            .filter(|l| l.starts_with("pub const "))
+            .filter_map(|l| l.split('"').nth(1))
+            .filter(|reason| !docs.contains(&format!("`{reason}`")))
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "reasons missing from docs/reasons.md: {undocumented:?}"
+        );
+    }
+}
