@@ -43,7 +43,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
-use super::children::{ChildKind, LABEL_OWNER_UID, NAMESPACE};
+use super::children::{ChildKind, LABEL_OWNER_UID, NAMESPACE, owner_label};
 use crate::api::{LABEL_MANAGED_BY, MANAGER};
 
 /// A cached object's place: namespace (for namespaced kinds) and name.
@@ -209,13 +209,6 @@ fn key_of(obj: &DynamicObject) -> Key {
 
 fn owner_uid(obj: &DynamicObject) -> Option<&str> {
     obj.labels().get(LABEL_OWNER_UID).map(String::as_str)
-}
-
-/// The owner-uid label of an object in its JSON form.
-fn owner_label(body: &Value) -> Option<&str> {
-    body.pointer("/metadata/labels")?
-        .get(LABEL_OWNER_UID)?
-        .as_str()
 }
 
 /// resourceVersions are opaque to clients, but the apiserver's are etcd

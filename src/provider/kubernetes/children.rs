@@ -142,12 +142,14 @@ pub struct Child {
 /// it for that owner (a Secret under the same name made by anyone else is
 /// never written over).
 pub fn is_owned_by(live: &Value, owner: &Owner) -> bool {
-    live.pointer(&format!(
-        "/metadata/labels/{}",
-        LABEL_OWNER_UID.replace('/', "~1")
-    ))
-    .and_then(Value::as_str)
-        == Some(owner.uid.as_str())
+    owner_label(live) == Some(owner.uid.as_str())
+}
+
+/// The owner-uid label of an object in its JSON form.
+pub(super) fn owner_label(body: &Value) -> Option<&str> {
+    body.pointer("/metadata/labels")?
+        .get(LABEL_OWNER_UID)?
+        .as_str()
 }
 
 impl Child {

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::children::{
     CONFIG_MAP, ChildKind, Children, NAMESPACE, NETWORK_POLICY, RESOURCE_QUOTA, ROLE_BINDING,
 };
-use super::{Child, LABEL_OWNER_UID};
+use super::{Child, is_owned_by};
 use crate::api::environment::{EnvironmentRole, LABEL_ADOPTABLE_BY, Tier};
 use crate::api::organization::{BillingPlan, MemberRole};
 use crate::api::{LABEL_ENVIRONMENT, LABEL_ORGANIZATION, LABEL_TIER};
@@ -108,7 +108,7 @@ impl KubernetesEnvironments {
                         format!("namespace {ns} belongs to Environment {other}"),
                     ));
                 }
-                let ours = label(LABEL_OWNER_UID) == Some(d.owner.uid.as_str());
+                let ours = is_owned_by(live, &d.owner);
                 if !ours {
                     // A namespace bulkhead did not create is adopted only
                     // when a platform admin opted it in for this very
