@@ -18,7 +18,7 @@ use support::fly::{
     counters, create_org_at_fly, emulator, fly_org, http, inject_faults, poll, put_credentials,
     state, wait_until,
 };
-use support::objects::{WAIT, is_ready, is_true, message_of, wait_reason};
+use support::objects::{WAIT, all_events, is_ready, is_true, message_of, wait_reason};
 
 const TOKENS_NS: &str = "fly-tokens";
 
@@ -326,6 +326,137 @@ async fn organization_members_and_tokens_converge_and_drift_is_repaired() {
     // deletionPolicy Delete: the organization goes at Fly.
     delete_and_wait(&orgs, &name, WAIT).await;
     assert!(org_at_fly(&name).await.is_none(), "deleted at Fly");
+}
+
+/// The Events about Organization `name` with `reason`, as their notes.
+async fn event_notes(client: &Client, name: &str, reason: &str) -> Vec<String> {
+    all_events(client)
+        .await
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                && e.reason.as_deref() == Some(reason)
+        })
+        .filter_map(|e| e.note)
+        .collect()
+}
+
+/// A token two thirds through its life is replaced before it expires: the
+/// new one is in its Secret before the old one is revoked at Fly, status
+/// shows the new times, and Events say what happened.
+#[tokio::test]
+async fn a_token_due_for_rotation_is_replaced_before_it_expires_and_the_old_one_revoked() {
+    let (_cp, client) = support::fly::setup(&[TOKENS_NS]).await;
+    let _faults = FAULTS.read().await;
+    let orgs: Api<Organization> = Api::all(client.clone());
+    let name = format!("rotate-{}", unique());
+    let secret = format!("{name}-ci");
+    fly_org(&name, CREDENTIALS)
+        .spec("tokens", json!([token_spec("ci", &secret)]))
+        .spec("deletionPolicy", json!("Delete"))
+        .create(&orgs)
+        .await;
+    let org = wait_for(
+        &orgs,
+        &name,
+        WAIT,
+        "Ready with its token",
+        |o: &Organization| is_ready(o) && o.status.as_ref().is_some_and(|s| s.tokens.len() == 1),
+    )
+    .await;
+    let first = org.status.unwrap_or_default().tokens.remove(0);
+    let (token, token_id) = token_in(&client, &secret).await.expect("token Secret");
+    assert_eq!(
+        event_notes(&client, &name, "TokenMinted").await.len(),
+        1,
+        "one TokenMinted Event for the first token"
+    );
+
+    // The 2 h token aged by 90 min: 30 min left, under a third of its
+    // lifetime, and still valid.
+    let aged = control(
+        reqwest::Method::POST,
+        "/_emulator/drift/age-token",
+        Some(json!({ "token_id": token_id, "seconds": 5400 })),
+    )
+    .await;
+    assert_eq!(aged["aged"], token_id.as_str(), "{aged}");
+    assert!(
+        authenticates(&token, &name).await,
+        "the aged token is still valid: rotation comes before expiry"
+    );
+
+    let (new_token, new_id) = poll("a rotated token in the Secret", || async {
+        token_in(&client, &secret)
+            .await
+            .filter(|(_, id)| *id != token_id)
+    })
+    .await;
+    assert!(
+        authenticates(&new_token, &name).await,
+        "the new token authenticates"
+    );
+    wait_until("the replaced token revoked at Fly", || async {
+        token_state(&state().await, &token_id).is_some_and(|t| !t["revoked_at"].is_null())
+    })
+    .await;
+    assert!(
+        !authenticates(&token, &name).await,
+        "the replaced token no longer authenticates"
+    );
+    let org = wait_for(
+        &orgs,
+        &name,
+        WAIT,
+        "status shows the new token",
+        |o: &Organization| {
+            o.status
+                .as_ref()
+                .and_then(|s| s.tokens.first())
+                .is_some_and(|t| t.issued_at != first.issued_at)
+        },
+    )
+    .await;
+    let now = org.status.unwrap_or_default().tokens.remove(0);
+    let (issued, expires) = (
+        now.issued_at.expect("issuedAt").0,
+        now.expires_at.expect("expiresAt").0,
+    );
+    assert_eq!(
+        expires.as_second() - issued.as_second(),
+        7200,
+        "the new token has the spec's full 2 h"
+    );
+
+    // Events name the token and its Secret, never its value.
+    let minted = event_notes(&client, &name, "TokenMinted").await;
+    assert!(
+        minted.iter().any(|n| n.starts_with(&format!(
+            "minted a new token ci into Secret {TOKENS_NS}/{secret}"
+        ))),
+        "{minted:?}"
+    );
+    let revoked = event_notes(&client, &name, "TokenRevoked").await;
+    assert!(
+        revoked.iter().any(|n| n.contains("token ci it replaces")),
+        "{revoked:?}"
+    );
+
+    // Rotated once, not again: one live token of this name at Fly.
+    let fly_name = format!("bulkhead:{name}:ci");
+    let live = |state: &Value| -> Vec<String> {
+        state["tokens"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["revoked_at"].is_null() && t["name"] == fly_name.as_str())
+            .filter_map(|t| t["id"].as_str().map(String::from))
+            .collect()
+    };
+    assert_eq!(live(&state().await), vec![new_id.clone()], "one live token");
+
+    assert_no_secret_leaked(&client, &[token, new_token]).await;
+    delete_and_wait(&orgs, &name, WAIT).await;
 }
 
 #[tokio::test]

@@ -218,6 +218,7 @@ pub fn router() -> Router<Arc<Emulator>> {
         .route("/invitations/{id}/accept", post(accept_invitation))
         .route("/drift/remove-member", post(remove_member))
         .route("/drift/revoke-token", post(revoke_token))
+        .route("/drift/age-token", post(age_token))
         .route("/drift/destroy-machine", post(destroy_machine))
         .route("/postgres/{id}/ready", put(postgres_ready))
 }
@@ -401,6 +402,37 @@ async fn revoke_token(AxumState(emu): Shared, body: Bytes) -> Result<Response, R
     token.revoked_at.get_or_insert(now);
     token.revoked_by = Some("emulator drift".into());
     Ok(Json(json!({"revoked": token.id})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgeToken {
+    token_id: String,
+    /// How far back its issue and expiry times move.
+    seconds: u32,
+}
+
+/// Moves a token's `created_at` and `expires_at` back, as if it had been
+/// issued `seconds` earlier: how a test shows rotation before expiry
+/// without waiting hours (Fly's shortest token lives one hour).
+async fn age_token(AxumState(emu): Shared, body: Bytes) -> Result<Response, Refusal> {
+    let change: AgeToken = parse(&body, "age-token")?;
+    let by = chrono::Duration::seconds(i64::from(change.seconds));
+    let mut state = lock_state(&emu)?;
+    let Some(token) = state.tokens.iter_mut().find(|t| t.id == change.token_id) else {
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            format!("no token {:?}", change.token_id),
+        ));
+    };
+    token.created_at -= by;
+    token.expires_at -= by;
+    Ok(Json(json!({
+        "aged": token.id,
+        "created_at": token.created_at,
+        "expires_at": token.expires_at,
+    }))
+    .into_response())
 }
 
 #[derive(Deserialize)]

@@ -254,6 +254,30 @@ async fn minted_tokens_are_scoped_and_die_when_revoked_or_expired() {
         .await;
     assert_error_mentions(&body, "expired");
 
+    // Aged past its expiry through the control API → 401; its times moved.
+    let (aged_id, aged_header) = mint(
+        &emu,
+        &org_id,
+        "deploy_organization",
+        Value::Null,
+        Some("1h"),
+    )
+    .await;
+    emu.get_as(&aged_header, tok_app, StatusCode::OK).await;
+    let aged = emu
+        .control_expect(
+            Method::POST,
+            "/drift/age-token",
+            Some(json!({"token_id": aged_id, "seconds": 3601})),
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!(aged["aged"], aged_id.as_str());
+    let body = emu
+        .get_as(&aged_header, tok_app, StatusCode::UNAUTHORIZED)
+        .await;
+    assert_error_mentions(&body, "expired");
+
     // Unknown tokens and a bad expiry.
     emu.get_as("FlyV1 fm2_nonsense", tok_app, StatusCode::UNAUTHORIZED)
         .await;

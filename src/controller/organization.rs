@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use futures::Stream;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
@@ -11,15 +13,15 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use super::{Context, owner_of, related_stream, related_trigger, run_controller, trigger_stream};
-use crate::api::organization::Member;
+use crate::api::organization::{Member, TokenStatus};
 use crate::api::{ANNOTATION_CREATE_PENDING, ANNOTATION_EXTERNAL_NAME};
 use crate::api::{Environment, ManagementPolicy, Organization};
 use crate::provider::kubernetes::cache::OwnerScope;
 use crate::provider::{DesiredOrganization, ObservedOrganization, OrganizationClient};
 use crate::reasons;
 use crate::reconcile::managed::{
-    Policies, ReconcileError, converge, finalize, finish, publish, reconcile_managed,
-    set_converged_conditions, wait_until,
+    Policies, ReconcileError, converge, finalize, finish, publish, publish_about,
+    reconcile_managed, set_converged_conditions, wait_until,
 };
 
 const KIND: &str = "Organization";
@@ -209,6 +211,102 @@ fn check_token_secrets(org: &Organization, ctx: &Context) -> Result<(), Reconcil
     Ok(())
 }
 
+/// An Event about a token: its reason, its action, the Secret it is about
+/// and its note.
+#[derive(Debug)]
+struct TokenEvent {
+    reason: &'static str,
+    action: &'static str,
+    secret: String,
+    note: String,
+}
+
+impl TokenEvent {
+    /// The token's Secret (`namespace/name` in status) as the Event's
+    /// related object, so each Secret keeps its own Event series.
+    fn related(&self) -> Option<ObjectReference> {
+        let (namespace, name) = self.secret.split_once('/')?;
+        Some(ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Secret".into()),
+            namespace: Some(namespace.into()),
+            name: Some(name.into()),
+            ..Default::default()
+        })
+    }
+}
+
+/// What changed between the tokens status showed and the tokens now held,
+/// as Events: a token minted (new, or replacing one that was due for
+/// rotation, revoked or changed, which is then revoked) and a token
+/// revoked because it left the spec. Built from status alone (names,
+/// Secrets and times), so no note can carry a token.
+fn token_events(before: &[TokenStatus], after: &[TokenStatus]) -> Vec<TokenEvent> {
+    let time = |t: &Option<Time>| t.as_ref().map_or("unknown".into(), |t| t.0.to_string());
+    let event = |reason, action, t: &TokenStatus, note| TokenEvent {
+        reason,
+        action,
+        secret: t.secret.clone(),
+        note,
+    };
+    let mut events = Vec::new();
+    for now in after {
+        match before.iter().find(|b| b.name == now.name) {
+            None => events.push(event(
+                reasons::TOKEN_MINTED,
+                "MintToken",
+                now,
+                format!(
+                    "minted token {} into Secret {}; it expires at {}",
+                    now.name,
+                    now.secret,
+                    time(&now.expires_at)
+                ),
+            )),
+            Some(was) if was.issued_at != now.issued_at => {
+                events.push(event(
+                    reasons::TOKEN_MINTED,
+                    "RotateToken",
+                    now,
+                    format!(
+                        "minted a new token {} into Secret {}; it expires at {}",
+                        now.name,
+                        now.secret,
+                        time(&now.expires_at)
+                    ),
+                ));
+                events.push(event(
+                    reasons::TOKEN_REVOKED,
+                    "RotateToken",
+                    was,
+                    format!(
+                        "revoked the token {} it replaces, issued at {} (due to expire at {})",
+                        was.name,
+                        time(&was.issued_at),
+                        time(&was.expires_at)
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    for was in before
+        .iter()
+        .filter(|b| !after.iter().any(|a| a.name == b.name))
+    {
+        events.push(event(
+            reasons::TOKEN_REVOKED,
+            "RevokeToken",
+            was,
+            format!(
+                "revoked token {} at the provider: it left spec.tokens",
+                was.name
+            ),
+        ));
+    }
+    events
+}
+
 fn policies(org: &Organization) -> Policies {
     Policies {
         deletion: org.spec.deletion_policy,
@@ -263,6 +361,20 @@ async fn apply(
         Ok((desired, converged, next_expiry))
     }
     .await;
+    if let Ok((_, converged, _)) = &result {
+        for e in token_events(&status.tokens, &converged.observed.tokens) {
+            publish_about(
+                &ctx.recorder,
+                org.as_ref(),
+                e.related(),
+                EventType::Normal,
+                e.reason,
+                e.action,
+                e.note,
+            )
+            .await;
+        }
+    }
     let result = result.map(|(desired, converged, next_expiry)| {
         let ObservedOrganization {
             external_id,
@@ -324,7 +436,6 @@ async fn cleanup(org: Arc<Organization>, ctx: &Context) -> Result<Action, Reconc
 mod tests {
     use super::*;
     use crate::api::organization::MemberRole;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn org(name: &str, slug: &str, created: i64) -> Arc<Organization> {
         let mut o: Organization = serde_json::from_value(serde_json::json!({
@@ -335,6 +446,68 @@ mod tests {
         o.metadata.uid = Some(format!("uid-{name}"));
         o.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).expect("ts")));
         Arc::new(o)
+    }
+
+    fn token(name: &str, issued: i64) -> TokenStatus {
+        let at = |s: i64| Timestamp::from_second(s).ok().map(Time);
+        TokenStatus {
+            name: name.into(),
+            secret: format!("ci/{name}"),
+            issued_at: at(issued),
+            expires_at: at(issued + 7_200),
+        }
+    }
+
+    #[test]
+    fn token_events_name_what_was_minted_replaced_and_revoked() {
+        let before = [
+            token("kept", 1_000),
+            token("rotated", 1_000),
+            token("gone", 1_000),
+        ];
+        let after = [
+            token("kept", 1_000),
+            token("rotated", 6_000),
+            token("new", 6_000),
+        ];
+        let events = token_events(&before, &after);
+        let of = |reason: &str| -> Vec<String> {
+            events
+                .iter()
+                .filter(|e| e.reason == reason)
+                .map(|e| format!("{} {} {}", e.action, e.secret, e.note))
+                .collect()
+        };
+        let minted = of("TokenMinted");
+        assert_eq!(minted.len(), 2, "{events:?}");
+        assert!(minted.iter().any(|n| n.starts_with(
+            "RotateToken ci/rotated minted a new token rotated into Secret ci/rotated"
+        )));
+        assert!(
+            minted
+                .iter()
+                .any(|n| n.starts_with("MintToken ci/new minted token new into Secret ci/new"))
+        );
+        let revoked = of("TokenRevoked");
+        assert_eq!(revoked.len(), 2, "{events:?}");
+        assert!(revoked.iter().any(|n| {
+            n.starts_with("RotateToken ci/rotated revoked the token rotated it replaces")
+        }));
+        assert!(
+            revoked
+                .iter()
+                .any(|n| n.starts_with("RevokeToken ci/gone revoked token gone at the provider"))
+        );
+        let related = events[0].related().expect("a Secret reference");
+        assert_eq!(
+            (
+                related.kind.as_deref(),
+                related.namespace.as_deref(),
+                related.name.as_deref()
+            ),
+            (Some("Secret"), Some("ci"), Some("rotated"))
+        );
+        assert!(token_events(&after, &after).is_empty());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Kubernetes Events about reconciled objects.
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use tracing::warn;
@@ -18,12 +19,28 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
     action: &str,
     note: String,
 ) {
+    publish_about(recorder, obj, None, type_, reason, action, note).await;
+}
+
+/// [`publish`] with the object the Event is also about (`related`), such as
+/// the Secret a token went into. The recorder folds Events with the same
+/// reason, action and objects into one series that keeps the first note,
+/// so naming the related object keeps one Event per object.
+pub async fn publish_about<K: Resource<DynamicType = ()>>(
+    recorder: &Recorder,
+    obj: &K,
+    related: Option<ObjectReference>,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
     let event = Event {
         type_,
         reason: reason.to_string(),
         note: Some(truncate(note, 1000)),
         action: action.to_string(),
-        secondary: None,
+        secondary: related,
     };
     if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
         warn!(error = %e, reason, "could not record event");

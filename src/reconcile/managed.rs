@@ -39,7 +39,7 @@ use crate::reasons;
 
 pub use super::decision::Policies;
 pub use super::errors::{Backoff, ErrorCategory, ReconcileError, error_action};
-pub use super::events::{publish, publish_failure};
+pub use super::events::{publish, publish_about, publish_failure};
 pub use super::status::{
     ManagedResource, annotate, has_finalizer, patch_status, record, set_converged_conditions,
     set_error_conditions, wait_until, write_status,
