@@ -497,6 +497,24 @@ async fn rotation_has_fly_issue_a_new_password_and_the_secret_follows() {
     tear_down(&client, &name).await;
 }
 
+/// The value of app secret `name` at Fly, read as an admin would
+/// (`show_secrets`).
+async fn app_secret(app: &str, name: &str) -> String {
+    let secret: Value = http()
+        .get(format!(
+            "{}/v1/apps/{app}/secrets/{name}?show_secrets=true",
+            emulator()
+        ))
+        .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .expect("Secret_get")
+        .json()
+        .await
+        .expect("JSON");
+    secret["value"].as_str().unwrap_or_default().to_string()
+}
+
 /// `fly.postgres: Flex`: the cluster `fly postgres create` builds, from an
 /// app on the Environment's Fly network, a Flycast address, the secrets
 /// postgres-flex boots with, and one volume and machine per node. A node
@@ -559,8 +577,26 @@ async fn a_flex_cluster_is_built_from_machines_on_the_environments_network() {
             "FLY_CONSUL_URL",
             "OPERATOR_PASSWORD",
             "REPL_PASSWORD",
+            "SSH_CERT",
+            "SSH_KEY",
             "SU_PASSWORD"
         ]
+    );
+    // SSH_CERT holds the one certificate Fly issued in this org, for this
+    // app and flyctl's principals (the emulator records it by digest).
+    let state_now = state().await;
+    let issued: Vec<&Value> = state_now["ssh_certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["app_names"] == json!([app_name]))
+        .collect();
+    assert_eq!(issued.len(), 1, "one certificate issued: {issued:?}");
+    assert_eq!(Some(&issued[0]["org_id"]), org_id.as_ref());
+    assert_eq!(issued[0]["principals"], json!(["root", "fly", "postgres"]));
+    assert_eq!(
+        issued[0]["digest"], at_fly["secrets"]["SSH_CERT"]["digest"],
+        "SSH_CERT is the issued certificate"
     );
     let machines: Vec<Value> = at_fly["machines"]
         .as_object()
@@ -596,25 +632,21 @@ async fn a_flex_cluster_is_built_from_machines_on_the_environments_network() {
         secrets_api.get_opt("ledger-conn").await.ok().flatten()
     })
     .await;
-    let su: Value = http()
-        .get(format!(
-            "{}/v1/apps/{app_name}/secrets/SU_PASSWORD?show_secrets=true",
-            emulator()
-        ))
-        .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .send()
-        .await
-        .expect("Secret_get")
-        .json()
-        .await
-        .expect("JSON");
     let password = secret_value(&conn, "password");
     assert!(!password.is_empty());
     assert_eq!(
-        su["value"],
-        password.as_str(),
+        app_secret(app_name, "SU_PASSWORD").await,
+        password,
         "SU_PASSWORD is the published one"
     );
+    // SSH_KEY is the private half of the key the certificate is for.
+    let ssh_key = app_secret(app_name, "SSH_KEY").await;
+    let fingerprint = ssh_key::PrivateKey::from_openssh(&ssh_key)
+        .expect("SSH_KEY is an OpenSSH private key")
+        .public_key()
+        .fingerprint(ssh_key::HashAlg::Sha256)
+        .to_string();
+    assert_eq!(issued[0]["key_fingerprint"], fingerprint.as_str());
     assert_eq!(
         (
             secret_value(&conn, "host"),
@@ -627,7 +659,7 @@ async fn a_flex_cluster_is_built_from_machines_on_the_environments_network() {
             "postgres".into()
         )
     );
-    assert_no_secret_leaked(&client, &[password]).await;
+    assert_no_secret_leaked(&client, &[password, ssh_key]).await;
 
     // A node destroyed at Fly: made again, on the volume it left.
     let victim = machines[0]["id"].as_str().expect("machine id").to_string();

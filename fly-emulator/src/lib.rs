@@ -206,11 +206,18 @@ impl Emulator {
     ) {
         let Some(log) = &self.request_log else { return };
         let text = self.redact(&String::from_utf8_lossy(body));
-        let body_value = if text.is_empty() {
+        let mut body_value = if text.is_empty() {
             Value::Null
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
+        // App secrets (passwords, SSH keys) are set by value: the log keeps
+        // their names only.
+        if let Some(values) = body_value.get_mut("values").and_then(Value::as_object_mut) {
+            for value in values.values_mut() {
+                *value = Value::String("[redacted]".into());
+            }
+        }
         let line = json!({
             "time": self.now().to_rfc3339(),
             "method": method.as_str(),

@@ -11,7 +11,8 @@ use crate::auth::{Principal, parse_go_duration};
 use crate::graphql::{FieldError, RootResolver};
 use crate::ids;
 use crate::state::{
-    App, Invitation, Membership, OrgType, Organization, Role, State, Token, TokenScope, User,
+    App, Invitation, Membership, OrgType, Organization, Role, SshCertificate, State, Token,
+    TokenScope, User,
 };
 
 /// Fly's default lifetime of a limited-access token when no `expiry` is
@@ -335,6 +336,7 @@ impl<'s> Resolver<'s> {
             "createLimitedAccessToken" => ("CreateLimitedAccessTokenPayload", Self::create_token),
             "deleteLimitedAccessToken" => ("DeleteLimitedAccessTokenPayload", Self::delete_token),
             "enablePostgresConsul" => ("EnablePostgresConsulPayload", Self::enable_postgres_consul),
+            "issueCertificate" => ("IssueCertificatePayload", Self::issue_certificate),
             _ => return None,
         };
         Some(mutation)
@@ -794,6 +796,128 @@ impl<'s> Resolver<'s> {
             app.consul_url = Some(url.clone());
         }
         Ok(json!({"consulUrl": url}))
+    }
+}
+
+/// Fly's default for `issueCertificate` without `validHours` (as
+/// `fly ssh issue`'s default).
+const DEFAULT_CERTIFICATE_HOURS: i64 = 24;
+
+fn string_list(input: &Map<String, Value>, name: &str) -> Vec<String> {
+    input
+        .get(name)
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn ssh_error(what: &str, e: ssh_key::Error) -> FieldError {
+    FieldError::new("VALIDATION", format!("{what}: {e}"))
+}
+
+impl Resolver<'_> {
+    /// A user certificate for `publicKey` (an OpenSSH Ed25519 key) signed
+    /// by the organization's SSH authority; without a key, a new key pair
+    /// whose private half is answered as the deprecated `key`.
+    fn issue_certificate(&mut self, input: &Map<String, Value>) -> Result<Value, FieldError> {
+        use ssh_key::certificate::{Builder, CertType};
+        use ssh_key::rand_core::OsRng;
+        use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey};
+
+        let org_id = self.org_id_for(required(input, "organizationId")?)?;
+        let app_names = string_list(input, "appNames");
+        for app in &app_names {
+            if app_by_ref(self.state, app)?.org_id != org_id {
+                return Err(FieldError::new(
+                    "VALIDATION",
+                    format!("app {app:?} is not in this organization"),
+                ));
+            }
+        }
+        let mut principals = string_list(input, "principals");
+        if principals.is_empty() {
+            principals = vec!["root".into(), "fly".into()];
+        }
+        let hours = input
+            .get("validHours")
+            .and_then(Value::as_i64)
+            .unwrap_or(DEFAULT_CERTIFICATE_HOURS);
+        if hours <= 0 {
+            return Err(FieldError::new("VALIDATION", "validHours must be positive"));
+        }
+        let (public, generated) = match str_arg(input, "publicKey") {
+            Some(openssh) => {
+                let key = PublicKey::from_openssh(openssh.trim())
+                    .map_err(|e| ssh_error("publicKey is not an OpenSSH public key", e))?;
+                if key.algorithm() != Algorithm::Ed25519 {
+                    return Err(FieldError::new(
+                        "VALIDATION",
+                        "publicKey must be an ED25519 key",
+                    ));
+                }
+                (key, None)
+            }
+            None => {
+                let key = PrivateKey::random(&mut OsRng, Algorithm::Ed25519)
+                    .map_err(|e| ssh_error("generating a key", e))?;
+                (key.public_key().clone(), Some(key))
+            }
+        };
+        let authority = match self.state.ssh_authorities.get(&org_id) {
+            Some(ca) => ca.clone(),
+            None => {
+                let ca = PrivateKey::random(&mut OsRng, Algorithm::Ed25519)
+                    .map_err(|e| ssh_error("generating the organization's authority", e))?;
+                self.state
+                    .ssh_authorities
+                    .insert(org_id.clone(), ca.clone());
+                ca
+            }
+        };
+        let valid_before = self.now + chrono::Duration::hours(hours);
+        let serial = self.state.ssh_certificates.len() as u64 + 1;
+        let unix = |t: DateTime<Utc>| u64::try_from(t.timestamp()).unwrap_or_default();
+        let certificate = (|| {
+            let mut builder = Builder::new_with_random_nonce(
+                &mut OsRng,
+                public.key_data().clone(),
+                unix(self.now),
+                unix(valid_before),
+            )?;
+            builder.serial(serial)?;
+            builder.key_id(format!("{org_id}:{serial}"))?;
+            builder.cert_type(CertType::User)?;
+            for p in &principals {
+                builder.valid_principal(p.clone())?;
+            }
+            builder.sign(&authority)?.to_openssh()
+        })()
+        .map_err(|e| ssh_error("signing the certificate", e))?;
+        self.state.ssh_certificates.push(SshCertificate {
+            serial,
+            org_id,
+            principals,
+            app_names,
+            key_fingerprint: public.fingerprint(HashAlg::Sha256).to_string(),
+            digest: crate::rest::digest(&certificate),
+            valid_before,
+            created_at: self.now,
+        });
+        let key = match generated {
+            Some(k) => Value::String(
+                k.to_openssh(LineEnding::LF)
+                    .map_err(|e| ssh_error("encoding the key", e))?
+                    .to_string(),
+            ),
+            None => Value::Null,
+        };
+        Ok(json!({"certificate": certificate, "key": key}))
     }
 }
 

@@ -147,7 +147,7 @@ fn ts(t: DateTime<Utc>) -> String {
 
 /// FNV-1a: a stable digest of a secret value (Fly shows a digest, never
 /// the value, in listings; it only has to change when the value does).
-fn digest(value: &str) -> String {
+pub(crate) fn digest(value: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in value.as_bytes() {
         hash ^= u64::from(*byte);

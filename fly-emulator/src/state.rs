@@ -231,6 +231,22 @@ impl PostgresCluster {
     }
 }
 
+/// An SSH certificate `issueCertificate` signed (its fingerprint and
+/// digest, never a key).
+#[derive(Debug, Clone, Serialize)]
+pub struct SshCertificate {
+    pub serial: u64,
+    pub org_id: String,
+    pub principals: Vec<String>,
+    pub app_names: Vec<String>,
+    /// SHA256 fingerprint of the certified public key.
+    pub key_fingerprint: String,
+    /// The certificate's digest, as an app secret holding it shows.
+    pub digest: String,
+    pub valid_before: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct State {
     pub users: BTreeMap<String, User>,
@@ -238,6 +254,11 @@ pub struct State {
     pub tokens: Vec<Token>,
     pub apps: BTreeMap<String, App>,
     pub postgres_clusters: BTreeMap<String, PostgresCluster>,
+    pub ssh_certificates: Vec<SshCertificate>,
+    /// Each organization's SSH certificate authority, made on first use;
+    /// never serialized.
+    #[serde(skip)]
+    pub ssh_authorities: BTreeMap<String, ssh_key::PrivateKey>,
     /// The user the bootstrap token authenticates as.
     pub admin_user_id: String,
     pub next_numeric_id: i64,

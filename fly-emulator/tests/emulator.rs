@@ -362,7 +362,7 @@ async fn rest_bodies_are_validated_against_the_openapi_schemas() {
 #[tokio::test]
 async fn postgres_flex_steps_and_machines() {
     let emu = start(config()).await;
-    let (_, slug) = emu.create_org("Flex").await;
+    let (org_id, slug) = emu.create_org("Flex").await;
     let app = json!({"app_name": "pg-flex", "org_slug": slug, "app_role_id": "postgres_cluster"});
     emu.post("/v1/apps", app, StatusCode::CREATED).await;
     let data = emu
@@ -390,12 +390,78 @@ async fn postgres_flex_steps_and_machines() {
             .as_str()
             .is_some_and(|u| u.starts_with("https://"))
     );
-    let values =
-        json!({"values": {"SU_PASSWORD": "a", "REPL_PASSWORD": "b", "OPERATOR_PASSWORD": "c"}});
+
+    // An SSH certificate for a key of our own: a real OpenSSH user
+    // certificate for that key and those principals, signed by the
+    // organization's one authority.
+    let key =
+        ssh_key::PrivateKey::random(&mut ssh_key::rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+            .expect("a key");
+    let public = key.public_key().to_openssh().expect("openssh public key");
+    let issue = |key: Option<String>| json!({"org": org_id, "principals": ["root", "fly", "postgres"], "apps": ["pg-flex"], "key": key});
+    let data = emu
+        .gql_ok(ops::ISSUE_CERT, issue(Some(public.clone())))
+        .await;
+    let cert_text = string(&data["issueCertificate"]["certificate"], "certificate");
+    assert!(
+        data["issueCertificate"]["key"].is_null(),
+        "no key for a given public key"
+    );
+    let cert = ssh_key::Certificate::from_openssh(&cert_text).expect("an OpenSSH certificate");
+    assert_eq!(cert.public_key(), key.public_key().key_data());
+    assert_eq!(cert.valid_principals(), ["root", "fly", "postgres"]);
+    assert_eq!(cert.cert_type(), ssh_key::certificate::CertType::User);
+    let authority = cert.signature_key().fingerprint(ssh_key::HashAlg::Sha256);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    cert.validate_at(now, [&authority])
+        .expect("signed by the authority, valid now");
+    // Without a key, one is made and answered; the same authority signs.
+    let data = emu.gql_ok(ops::ISSUE_CERT, issue(None)).await;
+    let made = ssh_key::PrivateKey::from_openssh(string(&data["issueCertificate"]["key"], "key"))
+        .expect("an OpenSSH private key");
+    let second = ssh_key::Certificate::from_openssh(&string(
+        &data["issueCertificate"]["certificate"],
+        "certificate",
+    ))
+    .expect("a certificate");
+    assert_eq!(second.public_key(), made.public_key().key_data());
+    assert_eq!(
+        second.signature_key().fingerprint(ssh_key::HashAlg::Sha256),
+        authority
+    );
+    // A key that is not OpenSSH Ed25519 is refused.
+    emu.admin_gql_error(
+        ops::ISSUE_CERT,
+        issue(Some("ssh-rsa AAAA nope".into())),
+        "VALIDATION",
+    )
+    .await;
+
+    let values = json!({"values": {
+        "SU_PASSWORD": "a", "REPL_PASSWORD": "b", "OPERATOR_PASSWORD": "c", "SSH_CERT": cert_text,
+    }});
     let secrets = emu
         .post("/v1/apps/pg-flex/secrets", values, StatusCode::OK)
         .await;
-    assert_eq!(secrets["secrets"].as_array().map(Vec::len), Some(3));
+    assert_eq!(secrets["secrets"].as_array().map(Vec::len), Some(4));
+    // The state records the certificate by fingerprint and digest, the
+    // digest the app's SSH_CERT secret shows.
+    let (_, state) = emu.control(Method::GET, "/state", None).await;
+    let issued = &state["ssh_certificates"][0];
+    assert_eq!(
+        issued["key_fingerprint"],
+        key.public_key()
+            .fingerprint(ssh_key::HashAlg::Sha256)
+            .to_string()
+    );
+    assert_eq!(issued["app_names"], json!(["pg-flex"]));
+    assert_eq!(
+        issued["digest"],
+        state["apps"]["pg-flex"]["secrets"]["SSH_CERT"]["digest"]
+    );
     assert!(
         secrets["secrets"][0].get("value").is_none(),
         "values are not echoed"
@@ -726,12 +792,22 @@ async fn the_request_log_carries_no_token() {
         None,
     )
     .await;
+    // App secret values (passwords, SSH keys) are logged by name only.
+    let password = "a-logged-password-value";
+    emu.post(
+        "/v1/apps/logged-app/secrets",
+        json!({"values": {"SU_PASSWORD": password}}),
+        StatusCode::OK,
+    )
+    .await;
     emu.server.shutdown().await;
 
     let log = std::fs::read_to_string(&log_path).expect("request log written");
     let _ = std::fs::remove_file(&log_path);
     assert!(!log.contains(ADMIN_TOKEN), "admin token leaked");
     assert!(!log.contains(&secret), "minted token leaked");
+    assert!(!log.contains(password), "app secret value leaked");
+    assert!(log.contains("SU_PASSWORD"), "the secret's name is kept");
     assert!(
         !log.contains(deploy_header.trim_start_matches("FlyV1 ")),
         "deploy token leaked"

@@ -93,6 +93,10 @@ fragment OrgFields on Organization { orgId: id slug }";
   enablePostgresConsul(input: {appId: $app}) { consulUrl }
 }";
 
+    pub const ISSUE_CERT: &str = "mutation IssueCert($org: ID!, $principals: [String!], $apps: [String!], $key: String) {
+  issueCertificate(input: {organizationId: $org, principals: $principals, appNames: $apps, publicKey: $key}) { certificate key }
+}";
+
     pub const ORG_TOKENS: &str = "query OrgTokens($slug: String!) {
   organization(slug: $slug) { limitedAccessTokens { totalCount nodes { id name profile } } }
 }";
@@ -114,6 +118,7 @@ fragment OrgFields on Organization { orgId: id slug }";
         ("DELETE_TOKEN", DELETE_TOKEN),
         ("LATEST_IMAGE", LATEST_IMAGE),
         ("ENABLE_CONSUL", ENABLE_CONSUL),
+        ("ISSUE_CERT", ISSUE_CERT),
         ("ORG_TOKENS", ORG_TOKENS),
     ];
 }

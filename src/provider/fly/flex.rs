@@ -12,8 +12,11 @@
 //!    reached: `<app>.flycast:5432`;
 //! 3. the app's secrets: `SU_PASSWORD` (the superuser password bulkhead
 //!    generated and keeps in the credentials Secret), `REPL_PASSWORD` and
-//!    `OPERATOR_PASSWORD` (generated once, set at Fly, never read back) and
-//!    `FLY_CONSUL_URL` (`enablePostgresConsul`);
+//!    `OPERATOR_PASSWORD` (generated once, set at Fly, never read back),
+//!    `FLY_CONSUL_URL` (`enablePostgresConsul`), and `SSH_KEY`/`SSH_CERT`
+//!    for `fly ssh` into a node: an Ed25519 key made here and the user
+//!    certificate Fly's `issueCertificate` signs for it (principals `root`,
+//!    `fly`, `postgres`; the app named), set as a pair;
 //! 4. per node, a volume `pg_data` (encrypted, one per zone) and a machine
 //!    `pg-<n>` mounting it at `/data`, running
 //!    `flyio/postgres-flex:<latestImageTag>` with flyctl's checks (5500:
@@ -31,8 +34,7 @@
 //! Not built, and said so: databases and users (a flex server takes them
 //! over SQL on Fly's private network, which bulkhead does not reach) and
 //! password rotation (postgres-flex reads `SU_PASSWORD` only on first
-//! boot) are a terminal `Unsupported`, before anything is created; the
-//! `SSH_KEY`/`SSH_CERT` secrets flyctl adds for `fly ssh` are not set.
+//! boot) are a terminal `Unsupported`, before anything is created.
 
 use async_trait::async_trait;
 use http::Method;
@@ -41,12 +43,14 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use super::database_cluster::DEFAULT_REGION;
-use super::operations::{ENABLE_POSTGRES_CONSUL, LATEST_IMAGE_TAG};
+use super::operations::{
+    ENABLE_POSTGRES_CONSUL, ISSUE_CERTIFICATE, LATEST_IMAGE_TAG, ORGANIZATION_ID,
+};
 use super::{CallError, FlySession};
 use crate::api::database_cluster::Endpoint;
 use crate::provider::{
     DatabaseClusterClient, DesiredDatabaseCluster, ExternalClient, Observation, Observed,
-    ObservedDatabaseCluster, ProviderError, Readiness, SUPERUSER, generate_password,
+    ObservedDatabaseCluster, ProviderError, Readiness, SUPERUSER, Secret, generate_password,
 };
 use crate::reasons;
 
@@ -55,11 +59,13 @@ pub const IMAGE_REPOSITORY: &str = "flyio/postgres-flex";
 /// The volume every node mounts at `/data`.
 pub const VOLUME_NAME: &str = "pg_data";
 /// The secrets a flex cluster's machines read at boot.
-pub const SECRET_NAMES: [&str; 4] = [
+pub const SECRET_NAMES: [&str; 6] = [
     "SU_PASSWORD",
     "REPL_PASSWORD",
     "OPERATOR_PASSWORD",
     "FLY_CONSUL_URL",
+    "SSH_KEY",
+    "SSH_CERT",
 ];
 /// Fly's bound on a volume's size.
 const VOLUME_GB_MAX: i32 = 500;
@@ -491,6 +497,61 @@ impl FlyFlexPostgres {
         Ok(created.id)
     }
 
+    /// A new Ed25519 key (OpenSSH private key format, as `SSH_KEY`) and
+    /// the user certificate Fly issues for it in the cluster's
+    /// organization (`SSH_CERT`), as flyctl makes the pair for `fly ssh`
+    /// into a flex node. The key is made here and sent only as the secret.
+    async fn ssh_pair(
+        &self,
+        d: &DesiredDatabaseCluster,
+    ) -> Result<(Secret, String), ProviderError> {
+        use ssh_key::rand_core::OsRng;
+        use ssh_key::{Algorithm, LineEnding, PrivateKey};
+        let local = |what: &str, e: ssh_key::Error| {
+            ProviderError::transient(reasons::PROVIDER_ERROR, format!("{what}: {e}"))
+        };
+        let key = PrivateKey::random(&mut OsRng, Algorithm::Ed25519)
+            .map_err(|e| local("generating the SSH key", e))?;
+        let public = key
+            .public_key()
+            .to_openssh()
+            .map_err(|e| local("encoding the SSH public key", e))?;
+        let slug = super::database_cluster::org_slug(d)?;
+        let org = self
+            .fly
+            .graphql(&ORGANIZATION_ID, json!({ "slug": slug }))
+            .await?;
+        let org_id = org["organization"]["id"].as_str().ok_or_else(|| {
+            ProviderError::terminal(
+                reasons::UNEXPECTED_RESPONSE,
+                format!("Fly organization {slug}: answer without an id"),
+            )
+        })?;
+        let issued = self
+            .fly
+            .graphql(
+                &ISSUE_CERTIFICATE,
+                json!({
+                    "organizationId": org_id,
+                    "appNames": [d.external_name],
+                    "publicKey": public,
+                }),
+            )
+            .await?;
+        let certificate = issued["issueCertificate"]["certificate"]
+            .as_str()
+            .ok_or_else(|| {
+                ProviderError::terminal(
+                    reasons::UNEXPECTED_RESPONSE,
+                    "Fly issueCertificate: answer without a certificate",
+                )
+            })?;
+        let key = key
+            .to_openssh(LineEnding::LF)
+            .map_err(|e| local("encoding the SSH key", e))?;
+        Ok((Secret::new(key.as_str()), certificate.to_string()))
+    }
+
     /// Sets the secrets the app lacks; values are sent and never kept.
     async fn set_missing_secrets(
         &self,
@@ -530,6 +591,11 @@ impl FlyFlexPostgres {
                     )
                 })?;
             values.insert("FLY_CONSUL_URL".into(), json!(url));
+        }
+        if missing("SSH_KEY") || missing("SSH_CERT") {
+            let (key, certificate) = self.ssh_pair(d).await?;
+            values.insert("SSH_KEY".into(), json!(key.expose()));
+            values.insert("SSH_CERT".into(), json!(certificate));
         }
         if values.is_empty() {
             return Ok(());
@@ -740,6 +806,8 @@ mod tests {
                 "secret REPL_PASSWORD missing",
                 "secret OPERATOR_PASSWORD missing",
                 "secret FLY_CONSUL_URL missing",
+                "secret SSH_KEY missing",
+                "secret SSH_CERT missing",
                 "2 of 3 nodes",
                 "machine pg-1 is stopped",
             ]

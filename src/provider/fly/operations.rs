@@ -151,7 +151,31 @@ pub const ENABLE_POSTGRES_CONSUL: Operation = Operation {
     idempotent: true,
 };
 
-pub const ALL: [Operation; 11] = [
+/// An organization's node ID by slug (what `issueCertificate` takes).
+pub const ORGANIZATION_ID: Operation = Operation {
+    name: "BulkheadOrganizationId",
+    document: r#"query BulkheadOrganizationId($slug: String!) {
+  organization(slug: $slug) {
+    id
+  }
+}"#,
+    idempotent: true,
+};
+
+/// An SSH user certificate for a flex cluster's own key (the `SSH_CERT`
+/// secret beside `SSH_KEY`), with flyctl's principals and the app named.
+/// Not retried: a repeat would leave a second, unused certificate.
+pub const ISSUE_CERTIFICATE: Operation = Operation {
+    name: "BulkheadIssueCertificate",
+    document: r#"mutation BulkheadIssueCertificate($organizationId: ID!, $appNames: [String!], $publicKey: String) {
+  issueCertificate(input: { organizationId: $organizationId, principals: ["root", "fly", "postgres"], appNames: $appNames, publicKey: $publicKey }) {
+    certificate
+  }
+}"#,
+    idempotent: false,
+};
+
+pub const ALL: [Operation; 13] = [
     ORGANIZATION,
     CREATE_ORGANIZATION,
     DELETE_ORGANIZATION,
@@ -163,6 +187,8 @@ pub const ALL: [Operation; 11] = [
     DELETE_TOKEN,
     LATEST_IMAGE_TAG,
     ENABLE_POSTGRES_CONSUL,
+    ORGANIZATION_ID,
+    ISSUE_CERTIFICATE,
 ];
 
 #[cfg(test)]
@@ -191,7 +217,13 @@ mod tests {
                 op.name,
                 doc.err().map(|e| e.errors.to_string())
             );
-            let kind = if [ORGANIZATION.name, LATEST_IMAGE_TAG.name].contains(&op.name) {
+            let kind = if [
+                ORGANIZATION.name,
+                LATEST_IMAGE_TAG.name,
+                ORGANIZATION_ID.name,
+            ]
+            .contains(&op.name)
+            {
                 "query"
             } else {
                 "mutation"
