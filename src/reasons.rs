@@ -180,6 +180,9 @@ pub const PROVIDER_ERROR: &str = "ProviderError";
 pub const UNSUPPORTED_VERSION: &str = "UnsupportedVersion";
 /// Fly reports the Managed Postgres cluster failed.
 pub const PROVISIONING_FAILED: &str = "ProvisioningFailed";
+/// Managed and flex: the cluster runs another PostgreSQL major than
+/// `spec.version`; Fly has no in-place major upgrade.
+pub const MAJOR_VERSION_FIXED: &str = "MajorVersionFixed";
 /// Flex: the app exists on another network than the Environment names.
 pub const NETWORK_FIXED: &str = "NetworkFixed";
 /// Flex: the app name is held by another Fly organization.

@@ -17,7 +17,7 @@ use support::fly::{
     emulator, fly_org, http, inject_faults, poll, provider, put_credentials, state, wait_until,
 };
 use support::objects::{
-    Build, WAIT, database_cluster, environment, is_ready, message_of, wait_reason,
+    Build, WAIT, database_cluster, environment, is_ready, is_true, message_of, wait_reason,
 };
 
 /// The emulator's live (not deleted) Managed Postgres clusters named
@@ -51,7 +51,9 @@ async fn the_cluster(slug: &str, name: &str) -> Value {
 }
 
 /// The password Fly issued to `user`, as its owner reads it from Fly
-/// (`Postgres_users_credentials`); None while the user does not exist.
+/// (`Postgres_users_credentials`); None while the user does not exist or
+/// the read is rate limited (the operator reads the same bucket), so
+/// callers `poll` it.
 async fn issued_password(cluster: &Value, user: &str) -> Option<String> {
     let id = cluster["id"].as_str()?;
     let resp = http()
@@ -154,6 +156,35 @@ async fn tear_down(client: &Client, name: &str) {
     wait_gone(&orgs, name, WAIT).await;
 }
 
+/// `spec.version` moved from major `running` to `other`: a terminal
+/// `MajorVersionFixed` that names both (Fly upgrades neither form in
+/// place); set back, the cluster is Synced again.
+async fn a_major_change_is_refused(
+    dbcs: &Api<DatabaseCluster>,
+    name: &str,
+    running: &str,
+    other: &str,
+) {
+    let version = |v: &str| Patch::Merge(json!({ "spec": { "version": v } }));
+    dbcs.patch(name, &PatchParams::default(), &version(other))
+        .await
+        .expect("ask for another major");
+    let dbc = wait_reason(dbcs, name, "Synced", "False", "MajorVersionFixed").await;
+    let message = message_of(&dbc, "Synced");
+    assert!(
+        message.contains(&format!("runs PostgreSQL {running}"))
+            && message.contains(&format!("asks for {other}")),
+        "{message}"
+    );
+    dbcs.patch(name, &PatchParams::default(), &version(running))
+        .await
+        .expect("back to the running major");
+    wait_for(dbcs, name, WAIT, "Synced again", |d: &DatabaseCluster| {
+        is_true(d, "Synced") && is_ready(d)
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_managed_cluster_is_created_for_the_stage_converged_and_deleted() {
     let (_cp, client) = support::fly::setup(&[]).await;
@@ -213,9 +244,10 @@ async fn a_managed_cluster_is_created_for_the_stage_converged_and_deleted() {
 
     // The connection Secret carries the password Fly issued to app_rw.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let issued = issued_password(&cluster, "app_rw")
-        .await
-        .expect("Fly issued a password");
+    let issued = poll("Fly issued a password", || {
+        issued_password(&cluster, "app_rw")
+    })
+    .await;
     let conn = poll("the connection Secret", || async {
         secrets
             .get_opt("orders-conn")
@@ -277,6 +309,10 @@ async fn a_managed_cluster_is_created_for_the_stage_converged_and_deleted() {
             .all(|(_, role)| role == "writer")
     })
     .await;
+    // Another major: refused, nothing changed at Fly.
+    a_major_change_is_refused(&dbcs, "orders", "17", "16").await;
+    let cluster = the_cluster(&slug, "orders-stage").await;
+    assert_eq!(cluster["pg_major_version"], "17");
     assert_eq!(
         clusters_named(&slug, "orders-stage").await.len(),
         1,
@@ -287,7 +323,7 @@ async fn a_managed_cluster_is_created_for_the_stage_converged_and_deleted() {
     let cluster = the_cluster(&slug, "orders-stage").await;
     let mut passwords = Vec::new();
     for user in ["app_rw", "app_ro"] {
-        let issued = issued_password(&cluster, user).await.expect("issued");
+        let issued = poll("Fly issued a password", || issued_password(&cluster, user)).await;
         let stored = poll("the issued password stored", || async {
             secrets
                 .get_opt("orders-credentials")
@@ -681,6 +717,23 @@ async fn a_flex_cluster_is_built_from_machines_on_the_environments_network() {
         a["volumes"].as_object().map(|v| v.len()),
         Some(2),
         "the left volume was mounted again, none made"
+    );
+
+    // Another major: refused, the nodes untouched.
+    a_major_change_is_refused(&dbcs, "ledger", "16", "17").await;
+    let a = app(&state().await);
+    let majors: Vec<&Value> = a["machines"]
+        .as_object()
+        .map(|m| {
+            m.values()
+                .map(|n| &n["config"]["metadata"]["postgres_major"])
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        majors,
+        [&json!("16"), &json!("16")],
+        "both nodes still on 16"
     );
 
     // The Environment's network changed: the app cannot move.

@@ -8,6 +8,9 @@
 //! - Region: the first of `spec.regions`, else [`DEFAULT_REGION`].
 //! - `pg_major_version`: the major of `spec.version`; Fly offers only
 //!   [`SUPPORTED_MAJORS`], anything else is a terminal `UnsupportedVersion`.
+//!   Fly has no in-place major upgrade, so a cluster running another major
+//!   than the spec's is a terminal `MajorVersionFixed` (both forms), never
+//!   a re-create that would lose the data.
 //! - `disk_size_gb`: `size.storageGiB` clamped to Fly's 10..=1000.
 //! - Plan, the smallest whose CPUs and memory cover `size` (Fly's plan
 //!   sizes): `basic` 1 CPU/1 GiB, `starter` 2/2 GiB, `launch` 4/8 GiB,
@@ -70,6 +73,26 @@ pub fn role_for(privileges: Privileges) -> &'static str {
         Privileges::Owner => "schema_admin",
         Privileges::ReadWrite => "writer",
         Privileges::ReadOnly => "reader",
+    }
+}
+
+/// Refuses a major other than the one the cluster runs (`running`, when
+/// Fly says): Fly upgrades neither form in place, and a re-create would
+/// lose the data.
+pub fn check_major_unchanged(
+    form: &str,
+    name: &str,
+    running: Option<&str>,
+    wanted: &str,
+) -> Result<(), ProviderError> {
+    match running {
+        Some(running) if running != wanted => Err(ProviderError::terminal(
+            reasons::MAJOR_VERSION_FIXED,
+            format!(
+                "{form} {name} runs PostgreSQL {running}; spec.version asks for {wanted}, and Fly has no in-place major upgrade: nothing was changed. Set spec.version back to {running}, or make a new DatabaseCluster on {wanted} and move the data"
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -391,7 +414,7 @@ impl ExternalClient for FlyManagedPostgres {
     type Observed = ObservedDatabaseCluster;
 
     async fn observe(&self, d: &DesiredDatabaseCluster) -> Observed<Self> {
-        major_version(&d.version)?;
+        let major = major_version(&d.version)?;
         let Some(id) = self.find(d).await? else {
             return Ok(Observation::Missing);
         };
@@ -400,6 +423,12 @@ impl ExternalClient for FlyManagedPostgres {
             self.remember(None);
             return Ok(Observation::Missing);
         };
+        check_major_unchanged(
+            "Fly Managed Postgres cluster",
+            &d.external_name,
+            cluster.pg_major_version.as_deref(),
+            major,
+        )?;
         let endpoint = cluster
             .endpoints
             .and_then(|e| e.primary)
@@ -691,6 +720,21 @@ mod tests {
         assert_eq!(disk_size_for(&size(1, 1, 1)), 10);
         assert_eq!(disk_size_for(&size(1, 1, 40)), 40);
         assert_eq!(disk_size_for(&size(1, 1, 5000)), 1000);
+    }
+
+    #[test]
+    fn a_major_other_than_the_running_one_is_refused() {
+        assert!(check_major_unchanged("c", "db", Some("16"), "16").is_ok());
+        assert!(check_major_unchanged("c", "db", None, "17").is_ok());
+        let err = check_major_unchanged("Fly Managed Postgres cluster", "db", Some("16"), "17")
+            .expect_err("16 → 17");
+        assert_eq!(err.reason(), "MajorVersionFixed");
+        assert!(err.is_terminal());
+        let message = err.to_string();
+        assert!(
+            message.contains("runs PostgreSQL 16") && message.contains("asks for 17"),
+            "{message}"
+        );
     }
 
     #[test]

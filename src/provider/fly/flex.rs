@@ -29,7 +29,9 @@
 //! shared CPU, 256 MB, 1 GB; production 3 nodes, 2 CPUs, 4 GB, 40 GB), all
 //! in the first of `spec.regions` (else [`DEFAULT_REGION`]). A machine
 //! destroyed or stopped behind bulkhead's back is made or started again;
-//! nodes above `replicas` are destroyed with their volumes.
+//! nodes above `replicas` are destroyed with their volumes. Nodes record
+//! the major they were made for (metadata `postgres_major`); another major
+//! in the spec is a terminal `MajorVersionFixed`, as for Managed Postgres.
 //!
 //! Not built, and said so: databases and users (a flex server takes them
 //! over SQL on Fly's private network, which bulkhead does not reach) and
@@ -630,6 +632,18 @@ impl ExternalClient for FlyFlexPostgres {
             return Ok(Observation::Missing);
         }
         let cluster = self.cluster(d).await?;
+        let version = cluster
+            .nodes
+            .iter()
+            .find_map(|m| m.config.pointer(&format!("/metadata/{MAJOR_METADATA}")))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        super::database_cluster::check_major_unchanged(
+            "flex Postgres",
+            &d.external_name,
+            version.as_deref(),
+            major(d),
+        )?;
         let drift = drift(d, &cluster);
         let started = cluster
             .nodes
@@ -651,12 +665,6 @@ impl ExternalClient for FlyFlexPostgres {
                 ),
             )
         };
-        let version = cluster
-            .nodes
-            .iter()
-            .find_map(|m| m.config.pointer(&format!("/metadata/{MAJOR_METADATA}")))
-            .and_then(Value::as_str)
-            .map(str::to_string);
         Ok(Observation::Exists {
             up_to_date: drift.is_empty(),
             drift,
