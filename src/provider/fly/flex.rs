@@ -76,6 +76,11 @@ const MAJOR_METADATA: &str = "postgres_major";
 
 pub struct FlyFlexPostgres {
     fly: FlySession,
+    /// What `observe` listed, handed to the `update` that follows it in
+    /// the same reconcile (a client lives for one reconcile), so a drift
+    /// repair does not list the app's addresses, secrets, volumes and
+    /// machines a second time.
+    observed: std::sync::Mutex<Option<Cluster>>,
 }
 
 #[derive(Deserialize)]
@@ -153,6 +158,7 @@ impl MachineEntry {
 }
 
 /// What Fly holds of one flex cluster.
+#[derive(Clone)]
 struct Cluster {
     private_ip: bool,
     secrets: Vec<String>,
@@ -274,7 +280,10 @@ fn drift(d: &DesiredDatabaseCluster, c: &Cluster) -> Vec<String> {
 
 impl FlyFlexPostgres {
     pub fn new(fly: FlySession) -> Self {
-        FlyFlexPostgres { fly }
+        FlyFlexPostgres {
+            fly,
+            observed: std::sync::Mutex::new(None),
+        }
     }
 
     async fn call(
@@ -665,12 +674,16 @@ impl ExternalClient for FlyFlexPostgres {
                 ),
             )
         };
+        let private_ip = cluster.private_ip;
+        if let Ok(mut observed) = self.observed.lock() {
+            *observed = Some(cluster);
+        }
         Ok(Observation::Exists {
             up_to_date: drift.is_empty(),
             drift,
             readiness,
             observed: ObservedDatabaseCluster {
-                endpoint: cluster.private_ip.then(|| Endpoint {
+                endpoint: private_ip.then(|| Endpoint {
                     host: format!("{}.flycast", d.external_name),
                     port: 5432,
                 }),
@@ -725,7 +738,11 @@ impl ExternalClient for FlyFlexPostgres {
         d: &DesiredDatabaseCluster,
         _observed: &ObservedDatabaseCluster,
     ) -> Result<(), ProviderError> {
-        let cluster = self.cluster(d).await?;
+        let listed = self.observed.lock().ok().and_then(|mut o| o.take());
+        let cluster = match listed {
+            Some(cluster) => cluster,
+            None => self.cluster(d).await?,
+        };
         self.converge(d, cluster).await
     }
 
