@@ -17,7 +17,7 @@ use crate::api::organization::{Member, TokenStatus};
 use crate::api::{ANNOTATION_CREATE_PENDING, ANNOTATION_EXTERNAL_NAME};
 use crate::api::{Environment, ManagementPolicy, Organization};
 use crate::provider::kubernetes::cache::OwnerScope;
-use crate::provider::{DesiredOrganization, ObservedOrganization, OrganizationClient};
+use crate::provider::{DesiredOrganization, ObservedOrganization};
 use crate::reasons;
 use crate::reconcile::managed::{
     Policies, ReconcileError, converge, finalize, finish, publish, publish_about,
@@ -167,21 +167,6 @@ fn check_slug(org: &Organization, all: &[Arc<Organization>]) -> Result<(), Recon
             ),
         )),
         _ => Ok(()),
-    }
-}
-
-/// The name `converge` looks under and records: the spec's slug where
-/// bulkhead picks names; where the provider picks them, the one recorded
-/// after the create (the spec's slug until then, as Fly makes the slug from
-/// the name bulkhead gives it, which is the spec's slug).
-fn external_name(desired: &DesiredOrganization, client: &dyn OrganizationClient) -> String {
-    if client.deterministic_names() {
-        desired.slug.clone()
-    } else {
-        desired
-            .external_name
-            .clone()
-            .unwrap_or_else(|| desired.slug.clone())
     }
 }
 
@@ -347,14 +332,14 @@ async fn apply(
                 .await;
             }
         }
-        let external_name = external_name(&desired, client.as_ref());
+        // Fly makes the slug from the name bulkhead gives it: the spec's.
         let converged = converge(
             &ctx.managed(),
             api,
             org.as_ref(),
             client.as_ref(),
             &desired,
-            &external_name,
+            &desired.slug,
             policies(&org),
         )
         .await?;
@@ -419,13 +404,12 @@ async fn cleanup(org: Arc<Organization>, ctx: &Context) -> Result<Action, Reconc
         Err(e) => return Err(e),
     };
     let (desired, _, _) = desired(&org, ctx, Timestamp::now()).await?;
-    let external_name = external_name(&desired, client.as_ref());
     finalize(
         &ctx.managed(),
         org.as_ref(),
         client.as_ref(),
         &desired,
-        &external_name,
+        &desired.slug,
         policies(&org),
         || async { Ok(()) },
     )

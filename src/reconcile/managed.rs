@@ -75,20 +75,37 @@ pub struct Converged<O> {
     pub updated: bool,
 }
 
-/// Observes the external object and creates or updates it as policy allows.
+/// The name the external object is found under: `proposed` (the name
+/// bulkhead gives it) where bulkhead picks names; where the provider picks
+/// them, the one recorded in `bulkhead.dev/external-name` after the create,
+/// and `proposed` until then (the provider makes its name from it).
+pub fn external_name_of<K: Resource>(obj: &K, proposed: &str, deterministic: bool) -> String {
+    if deterministic {
+        return proposed.to_string();
+    }
+    obj.annotations()
+        .get(ANNOTATION_EXTERNAL_NAME)
+        .filter(|n| !n.is_empty())
+        .cloned()
+        .unwrap_or_else(|| proposed.to_string())
+}
+
+/// Observes the external object and creates or updates it as policy allows,
+/// under [`external_name_of`] the name bulkhead proposes.
 pub async fn converge<K, C>(
     managed: &Managed<'_>,
     api: &Api<K>,
     obj: &K,
     client: &C,
     desired: &C::Desired,
-    external_name: &str,
+    proposed_name: &str,
     policies: Policies,
 ) -> Result<Converged<C::Observed>, ReconcileError>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
     C: ExternalClient + ?Sized,
 {
+    let external_name = &external_name_of(obj, proposed_name, client.deterministic_names());
     let name = obj.name_any();
     let observation = client.observe(desired).await?;
     let input = DecisionInput::from_annotations(
@@ -317,7 +334,7 @@ pub async fn finalize<K, C, F, Fut>(
     obj: &K,
     client: &C,
     desired: &C::Desired,
-    external_name: &str,
+    proposed_name: &str,
     policies: Policies,
     orphan: F,
 ) -> Result<Action, ReconcileError>
@@ -327,6 +344,7 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<(), ReconcileError>>,
 {
+    let external_name = &external_name_of(obj, proposed_name, client.deterministic_names());
     let step = decide_deletion(policies);
     execute_deletion(step, client, desired, orphan).await?;
     let (reason, note) = deletion_event(step, external_name);
@@ -505,6 +523,32 @@ mod tests {
 
     use super::*;
     use crate::api::{DeletionPolicy, ManagementPolicy};
+
+    #[test]
+    fn the_recorded_name_is_used_only_where_the_provider_picks_names() {
+        let mut org: crate::api::Organization = serde_json::from_value(serde_json::json!({
+            "apiVersion": "bulkhead.dev/v1alpha1", "kind": "Organization",
+            "metadata": {"name": "acme"}, "spec": {"slug": "acme"},
+        }))
+        .expect("organization");
+        assert_eq!(
+            external_name_of(&org, "acme", false),
+            "acme",
+            "until the create"
+        );
+        org.annotations_mut()
+            .insert(ANNOTATION_EXTERNAL_NAME.into(), "acme-42".into());
+        assert_eq!(
+            external_name_of(&org, "acme", false),
+            "acme-42",
+            "Fly's slug"
+        );
+        assert_eq!(
+            external_name_of(&org, "acme", true),
+            "acme",
+            "bulkhead's name"
+        );
+    }
 
     /// Calls the fake client saw, by kind.
     #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
