@@ -56,17 +56,21 @@ async fn the_cluster(slug: &str, name: &str) -> Value {
 /// callers `poll` it.
 async fn issued_password(cluster: &Value, user: &str) -> Option<String> {
     let id = cluster["id"].as_str()?;
-    let resp = http()
-        .get(format!(
-            "{}/v1/postgres/{id}/users/{user}/credentials",
-            emulator()
-        ))
+    let body = as_admin(&format!("/v1/postgres/{id}/users/{user}/credentials")).await?;
+    body["data"]["password"].as_str().map(str::to_string)
+}
+
+/// GET `path` of Fly's API as the admin; None when it does not answer JSON.
+async fn as_admin(path: &str) -> Option<Value> {
+    http()
+        .get(format!("{}{path}", emulator()))
         .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
         .send()
         .await
-        .ok()?;
-    let body: Value = resp.json().await.ok()?;
-    body["data"]["password"].as_str().map(str::to_string)
+        .ok()?
+        .json()
+        .await
+        .ok()
 }
 
 /// The Fly role of each user of a cluster.
@@ -536,18 +540,9 @@ async fn rotation_has_fly_issue_a_new_password_and_the_secret_follows() {
 /// The value of app secret `name` at Fly, read as an admin would
 /// (`show_secrets`).
 async fn app_secret(app: &str, name: &str) -> String {
-    let secret: Value = http()
-        .get(format!(
-            "{}/v1/apps/{app}/secrets/{name}?show_secrets=true",
-            emulator()
-        ))
-        .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .send()
+    let secret = as_admin(&format!("/v1/apps/{app}/secrets/{name}?show_secrets=true"))
         .await
-        .expect("Secret_get")
-        .json()
-        .await
-        .expect("JSON");
+        .expect("Secret_get answers JSON");
     secret["value"].as_str().unwrap_or_default().to_string()
 }
 

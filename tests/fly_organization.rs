@@ -123,6 +123,36 @@ fn token_state(state: &Value, id: &str) -> Option<Value> {
         .cloned()
 }
 
+/// Waits for Secret `secret` to hold another token than `old_id`, and
+/// checks the new one authenticates for `slug` while the old one, revoked
+/// at Fly, no longer does. Returns the new token and its Fly ID.
+async fn replaced_token(
+    client: &Client,
+    secret: &str,
+    slug: &str,
+    (old, old_id): (&str, &str),
+) -> (String, String) {
+    let (new_token, new_id) = poll("a new token in the Secret", || async {
+        token_in(client, secret)
+            .await
+            .filter(|(_, id)| id != old_id)
+    })
+    .await;
+    assert!(
+        authenticates(&new_token, slug).await,
+        "the new token authenticates"
+    );
+    wait_until("the old token revoked at Fly", || async {
+        token_state(&state().await, old_id).is_some_and(|t| !t["revoked_at"].is_null())
+    })
+    .await;
+    assert!(
+        !authenticates(old, slug).await,
+        "the old token no longer authenticates"
+    );
+    (new_token, new_id)
+}
+
 #[tokio::test]
 async fn organization_members_and_tokens_converge_and_drift_is_repaired() {
     let (_cp, client) = support::fly::setup(&[TOKENS_NS]).await;
@@ -285,20 +315,7 @@ async fn organization_members_and_tokens_converge_and_drift_is_repaired() {
         Some(json!({ "token_id": token_id })),
     )
     .await;
-    let (new_token, new_id) = poll("a new token in the Secret", || async {
-        token_in(&client, &secret)
-            .await
-            .filter(|(_, id)| *id != token_id)
-    })
-    .await;
-    assert!(
-        authenticates(&new_token, &name).await,
-        "the new token authenticates"
-    );
-    assert!(
-        !authenticates(&token, &name).await,
-        "the revoked one does not"
-    );
+    let (new_token, new_id) = replaced_token(&client, &secret, &name, (&token, &token_id)).await;
 
     // The token leaves the spec: revoked at Fly.
     orgs.patch(
@@ -386,24 +403,7 @@ async fn a_token_due_for_rotation_is_replaced_before_it_expires_and_the_old_one_
         "the aged token is still valid: rotation comes before expiry"
     );
 
-    let (new_token, new_id) = poll("a rotated token in the Secret", || async {
-        token_in(&client, &secret)
-            .await
-            .filter(|(_, id)| *id != token_id)
-    })
-    .await;
-    assert!(
-        authenticates(&new_token, &name).await,
-        "the new token authenticates"
-    );
-    wait_until("the replaced token revoked at Fly", || async {
-        token_state(&state().await, &token_id).is_some_and(|t| !t["revoked_at"].is_null())
-    })
-    .await;
-    assert!(
-        !authenticates(&token, &name).await,
-        "the replaced token no longer authenticates"
-    );
+    let (new_token, new_id) = replaced_token(&client, &secret, &name, (&token, &token_id)).await;
     let org = wait_for(
         &orgs,
         &name,

@@ -383,6 +383,15 @@ async fn remove_member(AxumState(emu): Shared, body: Bytes) -> Result<Response, 
     Ok(Json(json!({"removed": user_id})).into_response())
 }
 
+/// Token `id`, or the 404 that names it.
+fn token_mut<'s>(state: &'s mut State, id: &str) -> Result<&'s mut crate::state::Token, Refusal> {
+    state
+        .tokens
+        .iter_mut()
+        .find(|t| t.id == id)
+        .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("no token {id:?}")))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RevokeToken {
@@ -393,12 +402,7 @@ async fn revoke_token(AxumState(emu): Shared, body: Bytes) -> Result<Response, R
     let change: RevokeToken = parse(&body, "revoke-token")?;
     let now = emu.now();
     let mut state = lock_state(&emu)?;
-    let Some(token) = state.tokens.iter_mut().find(|t| t.id == change.token_id) else {
-        return Err(Refusal::new(
-            StatusCode::NOT_FOUND,
-            format!("no token {:?}", change.token_id),
-        ));
-    };
+    let token = token_mut(&mut state, &change.token_id)?;
     token.revoked_at.get_or_insert(now);
     token.revoked_by = Some("emulator drift".into());
     Ok(Json(json!({"revoked": token.id})).into_response())
@@ -419,12 +423,7 @@ async fn age_token(AxumState(emu): Shared, body: Bytes) -> Result<Response, Refu
     let change: AgeToken = parse(&body, "age-token")?;
     let by = chrono::Duration::seconds(i64::from(change.seconds));
     let mut state = lock_state(&emu)?;
-    let Some(token) = state.tokens.iter_mut().find(|t| t.id == change.token_id) else {
-        return Err(Refusal::new(
-            StatusCode::NOT_FOUND,
-            format!("no token {:?}", change.token_id),
-        ));
-    };
+    let token = token_mut(&mut state, &change.token_id)?;
     token.created_at -= by;
     token.expires_at -= by;
     Ok(Json(json!({

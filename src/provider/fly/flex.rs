@@ -377,12 +377,7 @@ impl FlyFlexPostgres {
             .fly
             .graphql(&LATEST_IMAGE_TAG, json!({ "repository": IMAGE_REPOSITORY }))
             .await?;
-        let tag = data["latestImageTag"].as_str().ok_or_else(|| {
-            ProviderError::terminal(
-                reasons::UNEXPECTED_RESPONSE,
-                "Fly latestImageTag: answer without a tag",
-            )
-        })?;
+        let tag = answered(&data, "/latestImageTag", "latestImageTag")?;
         Ok(format!("{IMAGE_REPOSITORY}:{tag}"))
     }
 
@@ -532,12 +527,7 @@ impl FlyFlexPostgres {
             .fly
             .graphql(&ORGANIZATION_ID, json!({ "slug": slug }))
             .await?;
-        let org_id = org["organization"]["id"].as_str().ok_or_else(|| {
-            ProviderError::terminal(
-                reasons::UNEXPECTED_RESPONSE,
-                format!("Fly organization {slug}: answer without an id"),
-            )
-        })?;
+        let org_id = answered(&org, "/organization/id", "organization")?;
         let issued = self
             .fly
             .graphql(
@@ -549,14 +539,7 @@ impl FlyFlexPostgres {
                 }),
             )
             .await?;
-        let certificate = issued["issueCertificate"]["certificate"]
-            .as_str()
-            .ok_or_else(|| {
-                ProviderError::terminal(
-                    reasons::UNEXPECTED_RESPONSE,
-                    "Fly issueCertificate: answer without a certificate",
-                )
-            })?;
+        let certificate = answered(&issued, "/issueCertificate/certificate", "issueCertificate")?;
         let key = key
             .to_openssh(LineEnding::LF)
             .map_err(|e| local("encoding the SSH key", e))?;
@@ -593,14 +576,11 @@ impl FlyFlexPostgres {
                     json!({ "appId": d.external_name, "region": region(d) }),
                 )
                 .await?;
-            let url = data["enablePostgresConsul"]["consulUrl"]
-                .as_str()
-                .ok_or_else(|| {
-                    ProviderError::terminal(
-                        reasons::UNEXPECTED_RESPONSE,
-                        "Fly enablePostgresConsul: answer without consulUrl",
-                    )
-                })?;
+            let url = answered(
+                &data,
+                "/enablePostgresConsul/consulUrl",
+                "enablePostgresConsul",
+            )?;
             values.insert("FLY_CONSUL_URL".into(), json!(url));
         }
         if missing("SSH_KEY") || missing("SSH_CERT") {
@@ -621,6 +601,19 @@ impl FlyFlexPostgres {
         .await?;
         Ok(())
     }
+}
+
+/// The string at `pointer` in a GraphQL answer's data, or the terminal
+/// error that says which operation answered without it.
+fn answered<'v>(data: &'v Value, pointer: &str, operation: &str) -> Result<&'v str, ProviderError> {
+    data.pointer(pointer)
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            ProviderError::terminal(
+                reasons::UNEXPECTED_RESPONSE,
+                format!("Fly {operation}: answer without {pointer}"),
+            )
+        })
 }
 
 fn ignore_not_found(e: CallError) -> Result<Value, ProviderError> {
