@@ -220,20 +220,6 @@ impl FlyManagedPostgres {
         }
     }
 
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        query: &[(&str, &str)],
-        body: Option<&Value>,
-        operation: &'static str,
-        idempotent: bool,
-    ) -> Result<Value, CallError> {
-        self.fly
-            .rest(method, path, query, body, operation, idempotent)
-            .await
-    }
-
     fn remember(&self, id: Option<String>) {
         if let Ok(mut found) = self.found.lock() {
             *found = id;
@@ -247,7 +233,8 @@ impl FlyManagedPostgres {
         }
         let slug = org_slug(d)?;
         let data = self
-            .call(
+            .fly
+            .rest(
                 Method::GET,
                 "/v1/postgres",
                 &[("org_slug", slug)],
@@ -269,7 +256,8 @@ impl FlyManagedPostgres {
 
     async fn show(&self, id: &str) -> Result<Option<ClusterDetail>, ProviderError> {
         match self
-            .call(
+            .fly
+            .rest(
                 Method::GET,
                 &format!("/v1/postgres/{}", segment(id)),
                 &[],
@@ -291,7 +279,8 @@ impl FlyManagedPostgres {
 
     async fn databases(&self, id: &str) -> Result<Vec<String>, ProviderError> {
         let data = self
-            .call(
+            .fly
+            .rest(
                 Method::GET,
                 &format!("/v1/postgres/{}/databases", segment(id)),
                 &[],
@@ -307,7 +296,8 @@ impl FlyManagedPostgres {
 
     async fn users(&self, id: &str) -> Result<Vec<(String, String)>, ProviderError> {
         let data = self
-            .call(
+            .fly
+            .rest(
                 Method::GET,
                 &format!("/v1/postgres/{}/users", segment(id)),
                 &[],
@@ -510,7 +500,8 @@ impl ExternalClient for FlyManagedPostgres {
         // only a 429 is retried here; otherwise the next reconcile looks
         // the cluster up by name first.
         let created = self
-            .call(
+            .fly
+            .rest(
                 Method::POST,
                 "/v1/postgres",
                 &[],
@@ -544,15 +535,16 @@ impl ExternalClient for FlyManagedPostgres {
             if !databases.contains(&db.name) {
                 let body = json!({ "name": db.name });
                 tolerate(
-                    self.call(
-                        Method::POST,
-                        &format!("{base}/databases"),
-                        &[],
-                        Some(&body),
-                        "Postgres_databases_create",
-                        false,
-                    )
-                    .await,
+                    self.fly
+                        .rest(
+                            Method::POST,
+                            &format!("{base}/databases"),
+                            &[],
+                            Some(&body),
+                            "Postgres_databases_create",
+                            false,
+                        )
+                        .await,
                     true,
                 )?;
             }
@@ -563,29 +555,31 @@ impl ExternalClient for FlyManagedPostgres {
                 None => {
                     let body = json!({ "username": user.name, "role": role });
                     tolerate(
-                        self.call(
-                            Method::POST,
-                            &format!("{base}/users"),
-                            &[],
-                            Some(&body),
-                            "Postgres_users_create",
-                            false,
-                        )
-                        .await,
+                        self.fly
+                            .rest(
+                                Method::POST,
+                                &format!("{base}/users"),
+                                &[],
+                                Some(&body),
+                                "Postgres_users_create",
+                                false,
+                            )
+                            .await,
                         true,
                     )?;
                 }
                 Some((_, current)) if current != role => {
                     let body = json!({ "role": role });
-                    self.call(
-                        Method::PATCH,
-                        &format!("{base}/users/{}", segment(&user.name)),
-                        &[],
-                        Some(&body),
-                        "Postgres_users_update_role",
-                        true,
-                    )
-                    .await?;
+                    self.fly
+                        .rest(
+                            Method::PATCH,
+                            &format!("{base}/users/{}", segment(&user.name)),
+                            &[],
+                            Some(&body),
+                            "Postgres_users_update_role",
+                            true,
+                        )
+                        .await?;
                 }
                 Some(_) => {}
             }
@@ -595,15 +589,16 @@ impl ExternalClient for FlyManagedPostgres {
         for (name, _) in &users {
             if !d.users.iter().any(|u| &u.name == name) {
                 tolerate(
-                    self.call(
-                        Method::DELETE,
-                        &format!("{base}/users/{}", segment(name)),
-                        &[],
-                        None,
-                        "Postgres_users_delete",
-                        true,
-                    )
-                    .await,
+                    self.fly
+                        .rest(
+                            Method::DELETE,
+                            &format!("{base}/users/{}", segment(name)),
+                            &[],
+                            None,
+                            "Postgres_users_delete",
+                            true,
+                        )
+                        .await,
                     false,
                 )?;
             }
@@ -611,15 +606,16 @@ impl ExternalClient for FlyManagedPostgres {
         for name in &databases {
             if name != "postgres" && !d.databases.iter().any(|s| &s.name == name) {
                 tolerate(
-                    self.call(
-                        Method::DELETE,
-                        &format!("{base}/databases/{}", segment(name)),
-                        &[],
-                        None,
-                        "Postgres_databases_delete",
-                        true,
-                    )
-                    .await,
+                    self.fly
+                        .rest(
+                            Method::DELETE,
+                            &format!("{base}/databases/{}", segment(name)),
+                            &[],
+                            None,
+                            "Postgres_databases_delete",
+                            true,
+                        )
+                        .await,
                     false,
                 )?;
             }
@@ -633,15 +629,16 @@ impl ExternalClient for FlyManagedPostgres {
         };
         self.remember(None);
         tolerate(
-            self.call(
-                Method::DELETE,
-                &format!("/v1/postgres/{}", segment(&id)),
-                &[],
-                None,
-                "Postgres_delete",
-                true,
-            )
-            .await,
+            self.fly
+                .rest(
+                    Method::DELETE,
+                    &format!("/v1/postgres/{}", segment(&id)),
+                    &[],
+                    None,
+                    "Postgres_delete",
+                    true,
+                )
+                .await,
             false,
         )
     }
@@ -662,18 +659,20 @@ impl DatabaseClusterClient for FlyManagedPostgres {
         let id = self.require(d).await?;
         let base = format!("/v1/postgres/{}/users/{}", segment(&id), segment(user));
         if rotate {
-            self.call(
-                Method::POST,
-                &format!("{base}/rotate_password"),
-                &[],
-                Some(&json!({})),
-                "Postgres_users_rotate_password",
-                false,
-            )
-            .await?;
+            self.fly
+                .rest(
+                    Method::POST,
+                    &format!("{base}/rotate_password"),
+                    &[],
+                    Some(&json!({})),
+                    "Postgres_users_rotate_password",
+                    false,
+                )
+                .await?;
         }
         let data = self
-            .call(
+            .fly
+            .rest(
                 Method::GET,
                 &format!("{base}/credentials"),
                 &[],
