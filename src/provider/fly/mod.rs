@@ -374,37 +374,44 @@ impl FlyApi {
             "operationName": operation.name,
             "variables": variables,
         });
-        // Marked sensitive so that no debug output of the request shows it;
-        // a token that is not a valid header value is reported by where it
-        // came from, never by any part of it.
-        let mut auth = http::HeaderValue::from_str(&authorization(token)).map_err(|_| {
-            CallError::Provider(ProviderError::terminal(
-                crate::reasons::CREDENTIALS_UNAVAILABLE,
-                format!(
-                    "the Fly API token in {credentials} is not a valid HTTP header value \
-                     (control characters?); put a valid Fly API token there"
-                ),
-            ))
-        })?;
-        auth.set_sensitive(true);
-        let mut attempt = 0;
-        loop {
+        let auth = auth_header(token, credentials)?;
+        self.with_retries(operation.name, operation.idempotent, || async {
             self.limiter.until_ready().await;
-            match self.attempt(&body, &auth, operation, credentials).await {
-                Attempt::Done(data) => return Ok(data),
+            self.attempt(&body, &auth, operation, credentials).await
+        })
+        .await
+    }
+
+    /// Runs `attempt` until it is done or failed, or its retries run out:
+    /// a call is sent again only when idempotent or refused by the server,
+    /// after `Retry-After` or a jittered backoff.
+    async fn with_retries<F, Fut>(
+        &self,
+        operation: &str,
+        idempotent: bool,
+        mut attempt: F,
+    ) -> Result<Value, CallError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Attempt>,
+    {
+        let mut attempts = 0;
+        loop {
+            match attempt().await {
+                Attempt::Done(value) => return Ok(value),
                 Attempt::Failed(e) => return Err(e),
                 Attempt::Retry {
                     after,
                     error,
                     refused,
                 } => {
-                    attempt += 1;
-                    if attempt >= self.settings.attempts || !(operation.idempotent || refused) {
+                    attempts += 1;
+                    if attempts >= self.settings.attempts || !(idempotent || refused) {
                         return Err(CallError::Provider(error));
                     }
                     let wait =
-                        after.unwrap_or_else(|| jittered(self.settings.backoff, attempt - 1));
-                    debug!(operation = operation.name, attempt, wait_ms = wait.as_millis() as u64, error = %error, "retrying Fly call");
+                        after.unwrap_or_else(|| jittered(self.settings.backoff, attempts - 1));
+                    debug!(operation, attempt = attempts, wait_ms = wait.as_millis() as u64, error = %error, "retrying Fly call");
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -428,48 +435,16 @@ impl FlyApi {
             .await
         {
             Ok(r) => r,
-            Err(e) => {
-                // reqwest's message names the URL, never a header.
-                return Attempt::Retry {
-                    after: None,
-                    error: ProviderError::unavailable(format!("Fly {name}: {e}")),
-                    refused: false,
-                };
-            }
+            // reqwest's message names the URL, never a header.
+            Err(e) => return unavailable(name, e),
         };
         let status = response.status();
-        let after = retry_after(response.headers());
-        if status == StatusCode::UNAUTHORIZED {
-            return Attempt::Failed(credentials_rejected(name, credentials));
-        }
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            return Attempt::Retry {
-                after: after.or(Some(Duration::from_secs(1))),
-                error: ProviderError::transient(
-                    reasons::RATE_LIMITED,
-                    format!("Fly {name}: rate limited (HTTP 429)"),
-                ),
-                refused: true,
-            };
-        }
-        if status.is_server_error() {
-            return Attempt::Retry {
-                after,
-                error: ProviderError::unavailable(format!("Fly {name}: HTTP {status}")),
-                refused: false,
-            };
+        if let Some(outcome) = status_outcome(&response, FlyApiKind::Graphql, name, credentials) {
+            return outcome;
         }
         let value: Value = match response.json().await {
             Ok(v) => v,
-            Err(e) => {
-                return Attempt::Retry {
-                    after: None,
-                    error: ProviderError::unavailable(format!(
-                        "Fly {name}: HTTP {status}, unreadable answer: {e}"
-                    )),
-                    refused: false,
-                };
-            }
+            Err(e) => return unavailable(name, format!("HTTP {status}, unreadable answer: {e}")),
         };
         let errors = parse_errors(&value);
         if errors
@@ -516,16 +491,7 @@ impl FlyApi {
         idempotent: bool,
         credentials: &str,
     ) -> Result<Value, CallError> {
-        let mut auth = http::HeaderValue::from_str(&authorization(token)).map_err(|_| {
-            CallError::Provider(ProviderError::terminal(
-                crate::reasons::CREDENTIALS_UNAVAILABLE,
-                format!(
-                    "the Fly API token in {credentials} is not a valid HTTP header value \
-                     (control characters?); put a valid Fly API token there"
-                ),
-            ))
-        })?;
-        auth.set_sensitive(true);
+        let auth = auth_header(token, credentials)?;
         let mut url = format!(
             "{}{}",
             self.settings.machines_url.trim_end_matches('/'),
@@ -548,8 +514,7 @@ impl FlyApi {
         } else {
             &self.per_target
         };
-        let mut attempt = 0;
-        loop {
+        self.with_retries(operation, idempotent, || async {
             per_target.until_key_ready(&bucket).await;
             self.limiter.until_ready().await;
             let mut request = self
@@ -559,33 +524,12 @@ impl FlyApi {
             if let Some(body) = body {
                 request = request.json(body);
             }
-            let outcome = match request.send().await {
-                Err(e) => Attempt::Retry {
-                    after: None,
-                    error: ProviderError::unavailable(format!("Fly {operation}: {e}")),
-                    refused: false,
-                },
+            match request.send().await {
+                Err(e) => unavailable(operation, e),
                 Ok(response) => rest_outcome(response, operation, credentials).await,
-            };
-            match outcome {
-                Attempt::Done(value) => return Ok(value),
-                Attempt::Failed(e) => return Err(e),
-                Attempt::Retry {
-                    after,
-                    error,
-                    refused,
-                } => {
-                    attempt += 1;
-                    if attempt >= self.settings.attempts || !(idempotent || refused) {
-                        return Err(CallError::Provider(error));
-                    }
-                    let wait =
-                        after.unwrap_or_else(|| jittered(self.settings.backoff, attempt - 1));
-                    debug!(operation, attempt, wait_ms = wait.as_millis() as u64, error = %error, "retrying Fly call");
-                    tokio::time::sleep(wait).await;
-                }
             }
-        }
+        })
+        .await
     }
 }
 
@@ -607,38 +551,13 @@ pub fn percent_encode(value: &str) -> String {
 /// `{error, status}`; their text names resources, never a credential.
 async fn rest_outcome(response: reqwest::Response, operation: &str, credentials: &str) -> Attempt {
     let status = response.status();
-    let after = retry_after(response.headers());
-    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-        return Attempt::Failed(credentials_rejected(operation, credentials));
-    }
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        return Attempt::Retry {
-            after: after.or(Some(Duration::from_secs(1))),
-            error: ProviderError::transient(
-                reasons::RATE_LIMITED,
-                format!("Fly {operation}: rate limited (HTTP 429)"),
-            ),
-            refused: true,
-        };
-    }
-    if status.is_server_error() {
-        let refused = status == StatusCode::SERVICE_UNAVAILABLE && after.is_some();
-        return Attempt::Retry {
-            after,
-            error: ProviderError::unavailable(format!("Fly {operation}: HTTP {status}")),
-            refused,
-        };
+    if let Some(outcome) = status_outcome(&response, FlyApiKind::Machines, operation, credentials) {
+        return outcome;
     }
     let text = match response.text().await {
         Ok(t) => t,
         Err(e) => {
-            return Attempt::Retry {
-                after: None,
-                error: ProviderError::unavailable(format!(
-                    "Fly {operation}: HTTP {status}, unreadable answer: {e}"
-                )),
-                refused: false,
-            };
+            return unavailable(operation, format!("HTTP {status}, unreadable answer: {e}"));
         }
     };
     let value: Value = if text.trim().is_empty() {
@@ -679,6 +598,85 @@ async fn rest_outcome(response: reqwest::Response, operation: &str, credentials:
     )))
 }
 
+/// The `Authorization` header for `token`, marked sensitive so that no
+/// debug output of a request shows it; a token that is not a valid header
+/// value is reported by where it came from, never by any part of it.
+fn auth_header(token: &Secret, credentials: &str) -> Result<http::HeaderValue, CallError> {
+    let mut auth = http::HeaderValue::from_str(&authorization(token)).map_err(|_| {
+        CallError::Provider(ProviderError::terminal(
+            crate::reasons::CREDENTIALS_UNAVAILABLE,
+            format!(
+                "the Fly API token in {credentials} is not a valid HTTP header value \
+                 (control characters?); put a valid Fly API token there"
+            ),
+        ))
+    })?;
+    auth.set_sensitive(true);
+    Ok(auth)
+}
+
+/// Which of Fly's two APIs answered: they use statuses differently.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FlyApiKind {
+    /// GraphQL: 401 is the token; refusals of one field come as `errors`.
+    Graphql,
+    /// Machines REST: 401 and 403 are the token; a 503 with `Retry-After`
+    /// means the request was not processed (Managed Postgres not ready).
+    Machines,
+}
+
+/// What an answer's status alone says, before its body is read: the
+/// credentials refused, rate limited (refused by the server, so any call
+/// may be sent again), or a server error; `None` for any other status.
+fn status_outcome(
+    response: &reqwest::Response,
+    api: FlyApiKind,
+    operation: &str,
+    credentials: &str,
+) -> Option<Attempt> {
+    let status = response.status();
+    let after = retry_after(response.headers());
+    let token_refused = status == StatusCode::UNAUTHORIZED
+        || (api == FlyApiKind::Machines && status == StatusCode::FORBIDDEN);
+    if token_refused {
+        return Some(Attempt::Failed(credentials_rejected(
+            operation,
+            credentials,
+        )));
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return Some(Attempt::Retry {
+            after: after.or(Some(Duration::from_secs(1))),
+            error: ProviderError::transient(
+                reasons::RATE_LIMITED,
+                format!("Fly {operation}: rate limited (HTTP 429)"),
+            ),
+            refused: true,
+        });
+    }
+    if status.is_server_error() {
+        let refused = api == FlyApiKind::Machines
+            && status == StatusCode::SERVICE_UNAVAILABLE
+            && after.is_some();
+        return Some(Attempt::Retry {
+            after,
+            error: ProviderError::unavailable(format!("Fly {operation}: HTTP {status}")),
+            refused,
+        });
+    }
+    None
+}
+
+/// A call that got no usable answer (connection error, unreadable body):
+/// retried where the call allows it, after backoff.
+fn unavailable(operation: &str, detail: impl std::fmt::Display) -> Attempt {
+    Attempt::Retry {
+        after: None,
+        error: ProviderError::unavailable(format!("Fly {operation}: {detail}")),
+        refused: false,
+    }
+}
+
 fn credentials_rejected(operation: &str, credentials: &str) -> CallError {
     CallError::Provider(ProviderError::terminal(
         reasons::CREDENTIALS_REJECTED,
@@ -692,6 +690,64 @@ fn credentials_rejected(operation: &str, credentials: &str) -> CallError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One row per status rule: what each API's answer status alone means
+    /// (`None`: read the body).
+    #[test]
+    fn statuses_mean_what_each_fly_api_means_by_them() {
+        use FlyApiKind::{Graphql, Machines};
+        let outcome = |api, status: u16, retry_after: Option<&str>| {
+            let mut answer = http::Response::builder().status(status);
+            if let Some(after) = retry_after {
+                answer = answer.header(http::header::RETRY_AFTER, after);
+            }
+            let response = reqwest::Response::from(answer.body("").expect("response"));
+            match status_outcome(&response, api, "Op", "ns/creds") {
+                None => "read body".to_string(),
+                Some(Attempt::Done(_)) => "done".to_string(),
+                Some(Attempt::Failed(e)) => format!("failed {}", ProviderError::from(e).reason()),
+                Some(Attempt::Retry { after, refused, .. }) => {
+                    format!("retry after={after:?} refused={refused}")
+                }
+            }
+        };
+        let rows = [
+            (Graphql, 200, None, "read body"),
+            (Graphql, 401, None, "failed CredentialsRejected"),
+            (Graphql, 403, None, "read body"),
+            (Machines, 403, None, "failed CredentialsRejected"),
+            (Machines, 404, None, "read body"),
+            (Graphql, 429, None, "retry after=Some(1s) refused=true"),
+            (
+                Machines,
+                429,
+                Some("7"),
+                "retry after=Some(7s) refused=true",
+            ),
+            (
+                Graphql,
+                503,
+                Some("2"),
+                "retry after=Some(2s) refused=false",
+            ),
+            (
+                Machines,
+                503,
+                Some("2"),
+                "retry after=Some(2s) refused=true",
+            ),
+            (Machines, 503, None, "retry after=None refused=false"),
+            (
+                Machines,
+                500,
+                Some("2"),
+                "retry after=Some(2s) refused=false",
+            ),
+        ];
+        for (api, status, after, expected) in rows {
+            assert_eq!(outcome(api, status, after), expected, "{status} {after:?}");
+        }
+    }
 
     #[test]
     fn calls_are_limited_per_machine_app_cluster_or_organization_as_fly_counts_them() {
