@@ -110,6 +110,26 @@ fn path_str(p: &Path) -> &str {
     p.to_str().expect("temporary paths are UTF-8")
 }
 
+/// `openssl req` making a new P-256 key into `key` and its request (or,
+/// with `-x509` in `mode`, a self-signed certificate) into `out`.
+fn new_p256_key(dir: &Path, mode: &[&str], key: &Path, out: &Path, rest: &[&str]) {
+    let mut args = vec!["req"];
+    args.extend_from_slice(mode);
+    args.extend_from_slice(&[
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        path_str(key),
+        "-out",
+        path_str(out),
+    ]);
+    args.extend_from_slice(rest);
+    openssl(dir, &args);
+}
+
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)
@@ -163,20 +183,12 @@ impl TestPostgres {
         let ca_key = self.dir.join(format!("{name}.key"));
         let ca = self.dir.join(format!("{name}.pem"));
         let subject = format!("/CN=bulkhead test {name}");
-        openssl(
+        new_p256_key(
             &self.dir,
+            &["-x509"],
+            &ca_key,
+            &ca,
             &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                path_str(&ca_key),
-                "-out",
-                path_str(&ca),
                 "-days",
                 "2",
                 "-subj",
@@ -204,23 +216,7 @@ impl TestPostgres {
             "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
         )
         .map_err(|e| format!("write {}: {e}", ext.display()))?;
-        openssl(
-            &self.dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                path_str(&key),
-                "-out",
-                path_str(&csr),
-                "-subj",
-                "/CN=127.0.0.1",
-            ],
-        );
+        new_p256_key(&self.dir, &[], &key, &csr, &["-subj", "/CN=127.0.0.1"]);
         openssl(
             &self.dir,
             &[

@@ -808,21 +808,36 @@ mod tests {
         assert!(classify_errors("op", &[], "x").is_none());
     }
 
-    #[tokio::test]
-    async fn a_token_that_is_no_header_value_is_reported_without_any_of_it() {
-        let (server, api) = faulty_emulator(json!({})).await;
+    /// The provider error an organization lookup with `token` ends in.
+    async fn organization_lookup_error(
+        api: &FlyApi,
+        token: &str,
+        credentials: &str,
+    ) -> ProviderError {
         let e = api
             .graphql(
-                &Secret::new("fm2_secretpart\nrest"),
+                &Secret::new(token),
                 &operations::ORGANIZATION,
                 json!({ "slug": "x" }),
-                "Secret bulkhead-system/fly key token",
+                credentials,
             )
             .await
-            .expect_err("not a header value");
+            .expect_err("the lookup fails");
         let CallError::Provider(e) = e else {
             panic!("not a provider error")
         };
+        e
+    }
+
+    #[tokio::test]
+    async fn a_token_that_is_no_header_value_is_reported_without_any_of_it() {
+        let (server, api) = faulty_emulator(json!({})).await;
+        let e = organization_lookup_error(
+            &api,
+            "fm2_secretpart\nrest",
+            "Secret bulkhead-system/fly key token",
+        )
+        .await;
         assert_eq!(e.reason(), crate::reasons::CREDENTIALS_UNAVAILABLE);
         let message = e.to_string();
         assert!(
@@ -906,18 +921,7 @@ mod tests {
         let (server, api) =
             faulty_emulator(json!({ "rate_limit_fraction": 1.0, "retry_after_secs": 1 })).await;
         let started = std::time::Instant::now();
-        let e = api
-            .graphql(
-                &Secret::new("admin"),
-                &operations::ORGANIZATION,
-                json!({ "slug": "x" }),
-                "creds",
-            )
-            .await
-            .expect_err("always rate limited");
-        let CallError::Provider(e) = e else {
-            panic!("not a provider error")
-        };
+        let e = organization_lookup_error(&api, "admin", "creds").await;
         assert_eq!(e.reason(), reasons::RATE_LIMITED);
         assert_eq!(graphql_requests(&server), 3, "one request per attempt");
         assert!(
