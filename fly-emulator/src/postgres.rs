@@ -318,6 +318,7 @@ pub fn sub_resource(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
                 PostgresUser {
                     role: role.clone(),
                     password,
+                    rotations: 0,
                 },
             );
             Reply::json(
@@ -358,6 +359,7 @@ pub fn sub_resource(ctx: &mut Ctx<'_>, req: &Request<'_>) -> Reply {
             match cluster.users.get_mut(&username) {
                 Some(user) => {
                     user.password = password;
+                    user.rotations += 1;
                     Reply::json(
                         StatusCode::OK,
                         json!({"data": {"username": username, "password": user.password}}),

@@ -198,6 +198,9 @@ pub struct PostgresUser {
     pub role: String,
     #[serde(skip)]
     pub password: String,
+    /// How many times its password was rotated, so a test can watch for a
+    /// rotation in the state dump without reading the credentials.
+    pub rotations: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
