@@ -220,6 +220,38 @@ impl FlyManagedPostgres {
         }
     }
 
+    /// Creates a sub-resource (a database, a user) by POSTing `body` to
+    /// `path`; one that already exists counts as made. Sent as not
+    /// idempotent, so the client repeats it only when Fly refused it (429);
+    /// a later reconcile's repeat meets "already exists", which is done.
+    async fn create_sub(
+        &self,
+        path: &str,
+        body: &Value,
+        operation: &'static str,
+    ) -> Result<(), ProviderError> {
+        tolerate(
+            self.fly
+                .rest(Method::POST, path, &[], Some(body), operation, false)
+                .await,
+            true,
+        )
+    }
+
+    /// DELETEs `path`; what is already gone counts as deleted.
+    async fn delete_gone_ok(
+        &self,
+        path: &str,
+        operation: &'static str,
+    ) -> Result<(), ProviderError> {
+        tolerate(
+            self.fly
+                .rest(Method::DELETE, path, &[], None, operation, true)
+                .await,
+            false,
+        )
+    }
+
     fn remember(&self, id: Option<String>) {
         if let Ok(mut found) = self.found.lock() {
             *found = id;
@@ -534,19 +566,12 @@ impl ExternalClient for FlyManagedPostgres {
         for db in &d.databases {
             if !databases.contains(&db.name) {
                 let body = json!({ "name": db.name });
-                tolerate(
-                    self.fly
-                        .rest(
-                            Method::POST,
-                            &format!("{base}/databases"),
-                            &[],
-                            Some(&body),
-                            "Postgres_databases_create",
-                            false,
-                        )
-                        .await,
-                    true,
-                )?;
+                self.create_sub(
+                    &format!("{base}/databases"),
+                    &body,
+                    "Postgres_databases_create",
+                )
+                .await?;
             }
         }
         for user in &d.users {
@@ -554,19 +579,8 @@ impl ExternalClient for FlyManagedPostgres {
             match users.iter().find(|(name, _)| *name == user.name) {
                 None => {
                     let body = json!({ "username": user.name, "role": role });
-                    tolerate(
-                        self.fly
-                            .rest(
-                                Method::POST,
-                                &format!("{base}/users"),
-                                &[],
-                                Some(&body),
-                                "Postgres_users_create",
-                                false,
-                            )
-                            .await,
-                        true,
-                    )?;
+                    self.create_sub(&format!("{base}/users"), &body, "Postgres_users_create")
+                        .await?;
                 }
                 Some((_, current)) if current != role => {
                     let body = json!({ "role": role });
@@ -588,36 +602,20 @@ impl ExternalClient for FlyManagedPostgres {
         // roles and databases no longer declared.
         for (name, _) in &users {
             if !d.users.iter().any(|u| &u.name == name) {
-                tolerate(
-                    self.fly
-                        .rest(
-                            Method::DELETE,
-                            &format!("{base}/users/{}", segment(name)),
-                            &[],
-                            None,
-                            "Postgres_users_delete",
-                            true,
-                        )
-                        .await,
-                    false,
-                )?;
+                self.delete_gone_ok(
+                    &format!("{base}/users/{}", segment(name)),
+                    "Postgres_users_delete",
+                )
+                .await?;
             }
         }
         for name in &databases {
             if name != "postgres" && !d.databases.iter().any(|s| &s.name == name) {
-                tolerate(
-                    self.fly
-                        .rest(
-                            Method::DELETE,
-                            &format!("{base}/databases/{}", segment(name)),
-                            &[],
-                            None,
-                            "Postgres_databases_delete",
-                            true,
-                        )
-                        .await,
-                    false,
-                )?;
+                self.delete_gone_ok(
+                    &format!("{base}/databases/{}", segment(name)),
+                    "Postgres_databases_delete",
+                )
+                .await?;
             }
         }
         Ok(())
@@ -628,19 +626,8 @@ impl ExternalClient for FlyManagedPostgres {
             return Ok(());
         };
         self.remember(None);
-        tolerate(
-            self.fly
-                .rest(
-                    Method::DELETE,
-                    &format!("/v1/postgres/{}", segment(&id)),
-                    &[],
-                    None,
-                    "Postgres_delete",
-                    true,
-                )
-                .await,
-            false,
-        )
+        self.delete_gone_ok(&format!("/v1/postgres/{}", segment(&id)), "Postgres_delete")
+            .await
     }
 }
 
