@@ -183,7 +183,9 @@ pub const PROVISIONING_FAILED: &str = "ProvisioningFailed";
 /// Managed and flex: the cluster runs another PostgreSQL major than
 /// `spec.version`; Fly has no in-place major upgrade.
 pub const MAJOR_VERSION_FIXED: &str = "MajorVersionFixed";
-/// Flex: the app exists on another network than the Environment names.
+/// Fly: an Environment's `spec.network.name` differs from the network it
+/// was bound to, or a flex app exists on another network than its
+/// Environment's; Fly cannot move an app between networks.
 pub const NETWORK_FIXED: &str = "NetworkFixed";
 /// Flex: the app name is held by another Fly organization.
 pub const APP_NAME_TAKEN: &str = "AppNameTaken";

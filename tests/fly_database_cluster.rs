@@ -555,7 +555,7 @@ async fn app_secret(app: &str, name: &str) -> String {
 /// app on the Environment's Fly network, a Flycast address, the secrets
 /// postgres-flex boots with, and one volume and machine per node. A node
 /// destroyed behind bulkhead's back is made again on its volume; a network
-/// changed later is `NetworkFixed`, never a second app.
+/// changed later is `NetworkFixed` on the Environment, never a second app.
 #[tokio::test]
 async fn a_flex_cluster_is_built_from_machines_on_the_environments_network() {
     let (_cp, client) = support::fly::setup(&[]).await;
@@ -736,28 +736,93 @@ async fn a_flex_cluster_is_built_from_machines_on_the_environments_network() {
         "both nodes still on 16"
     );
 
-    // The Environment's network changed: the app cannot move.
-    Api::<Environment>::all(client.clone())
-        .patch(
-            &ns,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "network": { "name": "another-net" } } })),
-        )
-        .await
-        .expect("change the network");
-    let dbc = wait_reason(&dbcs, "ledger", "Synced", "False", "NetworkFixed").await;
-    let message = message_of(&dbc, "Synced");
+    // The Environment's network changed: its apps cannot move, so the
+    // Environment refuses the change and names both networks.
+    let envs = Api::<Environment>::all(client.clone());
+    let set_network = |name: &str| {
+        let envs = envs.clone();
+        let patch = json!({ "spec": { "network": { "name": name } } });
+        let ns = ns.clone();
+        async move {
+            envs.patch(&ns, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .expect("change the network")
+        }
+    };
+    set_network("another-net").await;
+    let env = wait_reason(&envs, &ns, "Synced", "False", "NetworkFixed").await;
+    let message = message_of(&env, "Synced");
     assert!(
-        message.contains(&network) && message.contains("another-net"),
+        message.contains(&format!("network {network}")) && message.contains("another-net"),
         "{message}"
     );
     assert_eq!(
-        state().await["apps"]
-            .as_object()
-            .map(|m| m.keys().filter(|k| k.starts_with("ledger")).count()),
-        Some(1),
-        "no second app"
+        env.status.and_then(|s| s.network).and_then(|n| n.name),
+        Some(network.clone()),
+        "still bound to the network it was created on"
     );
+    let ledger_apps = |state: &Value| {
+        state["apps"]
+            .as_object()
+            .map(|m| m.keys().filter(|k| k.starts_with("ledger")).count())
+    };
+    let now = state().await;
+    assert_eq!(ledger_apps(&now), Some(1), "no second app");
+    assert_eq!(
+        app(&now)["network"],
+        network.as_str(),
+        "the app did not move"
+    );
+
+    // Set back: the Environment and its database converge again.
+    set_network(&network).await;
+    wait_for(&envs, &ns, WAIT, "Ready", is_ready).await;
+    wait_for(&dbcs, "ledger", WAIT, "Ready", is_ready).await;
+
+    // An app of the same name made at Fly on another network (by hand,
+    // say) is not taken over: the DatabaseCluster says why and builds
+    // nothing on it. Orphan, so its deletion leaves that app alone.
+    let made = http()
+        .post(format!("{}/v1/apps", emulator()))
+        .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .json(&json!({ "name": "stray-stage", "org_slug": slug, "network": "elsewhere" }))
+        .send()
+        .await
+        .expect("make an app at Fly");
+    assert!(made.status().is_success(), "{}", made.status());
+    database_cluster("stray", &ns)
+        .without_users()
+        .spec("databases", json!([]))
+        .spec("deletionPolicy", json!("Orphan"))
+        .create(&dbcs)
+        .await;
+    let stray = wait_reason(&dbcs, "stray", "Synced", "False", "NetworkFixed").await;
+    let message = message_of(&stray, "Synced");
+    assert!(
+        message.contains("network elsewhere") && message.contains(&format!("network {network}")),
+        "{message}"
+    );
+    let now = state().await;
+    assert_eq!(now["apps"]["stray-stage"]["network"], "elsewhere");
+    assert!(
+        now["apps"]["stray-stage"]["machines"]
+            .as_object()
+            .is_none_or(|m| m.is_empty()),
+        "no machine on an app bulkhead did not take over"
+    );
+    delete_and_wait(&dbcs, "stray", WAIT).await;
+    assert!(
+        !state().await["apps"]["stray-stage"].is_null(),
+        "orphaned: the app is still at Fly"
+    );
+    // Fly deletes no organization that still has apps.
+    let gone = http()
+        .delete(format!("{}/v1/apps/stray-stage", emulator()))
+        .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .expect("delete the app at Fly");
+    assert!(gone.status().is_success(), "{}", gone.status());
 
     // Delete: the app goes, with its machines and volumes.
     delete_and_wait(&dbcs, "ledger", WAIT).await;

@@ -243,10 +243,13 @@ pub struct AccessGrant {
 pub struct NetworkSpec {
     /// The provider network the environment's apps and databases join.
     /// Fly: a custom network of the organization (isolating these apps
-    /// from the org's others); an app's network is fixed when it is
-    /// created, so a change reaches only apps created after it, and a
-    /// DatabaseCluster already on another network reports
-    /// `NetworkFixed`. Unset: the organization's default network. Other
+    /// from the org's others). Fly fixes an app's network when the app is
+    /// created, and apps on different custom networks cannot reach each
+    /// other, so the environment's network is fixed too: bound at its
+    /// first reconcile (`status.network`), and a later change is a
+    /// terminal `Synced=False NetworkFixed` on the Environment, never a
+    /// move. Flex DatabaseClusters join it; Fly's Managed Postgres API
+    /// takes no network. Unset: the organization's default network. Other
     /// providers ignore it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
@@ -346,6 +349,15 @@ pub struct Isolation {
 }
 
 impl Environment {
+    /// The network the environment's apps join: the bound one once bound,
+    /// else the one the spec names.
+    pub fn network_name(&self) -> Option<String> {
+        match self.status.as_ref().and_then(|s| s.network.as_ref()) {
+            Some(bound) => bound.name.clone(),
+            None => self.spec.network.as_ref().and_then(|n| n.name.clone()),
+        }
+    }
+
     /// The namespaces this environment owns (spec, else its own name).
     pub fn namespaces(&self) -> Vec<String> {
         if self.spec.namespaces.is_empty() {
@@ -396,4 +408,20 @@ pub struct EnvironmentStatus {
     /// Access grants removed because they expired.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expired_access: Vec<String>,
+    /// The provider network this environment's apps and databases join,
+    /// bound at the environment's first reconcile in a Fly organization
+    /// and fixed from then on (see `spec.network.name`). Unset: not bound
+    /// (another provider, or not reconciled yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<BoundNetwork>,
+}
+
+/// The network an environment was bound to.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BoundNetwork {
+    /// The custom network's name; unset: the organization's default
+    /// network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }

@@ -16,13 +16,13 @@ use super::{
     Context, is_ready, owner_of, related_stream, related_trigger, run_controller, trigger_stream,
 };
 use crate::api::environment::{
-    AccessGrant, CONDITION_ISOLATED, CONDITION_ORGANIZATION_READY, IsolationMode,
+    AccessGrant, BoundNetwork, CONDITION_ISOLATED, CONDITION_ORGANIZATION_READY, IsolationMode,
     LABEL_ADOPTABLE_BY, Tier,
 };
 use crate::api::{
     CONDITION_READY, CONDITION_SYNCED, ConditionStatus, DeletionPolicy, Environment,
-    EnvironmentStatus, ManagementPolicy, Organization, find_condition, is_condition_true,
-    set_condition,
+    EnvironmentStatus, ManagementPolicy, Organization, ProviderType, find_condition,
+    is_condition_true, set_condition,
 };
 use crate::provider::kubernetes::cache::OwnerScope;
 use crate::provider::{DesiredEnvironment, OperatorGrant};
@@ -280,6 +280,35 @@ async fn isolation(env: &Environment, all: &[Arc<Environment>], ctx: &Context) -
 /// An Environment never claims `default`, `kube-*`, the operator's own
 /// namespace, the credentials namespace or the deny-list. Checked before
 /// anything is written.
+/// Binds a Fly environment to the network its spec names on first sight,
+/// and refuses a different one later: Fly fixes an app's network when the
+/// app is created, and apps on different custom networks cannot reach each
+/// other, so a change would split the environment rather than move it.
+fn bind_network(
+    bound: Option<&BoundNetwork>,
+    wanted: Option<&str>,
+) -> Result<BoundNetwork, ReconcileError> {
+    fn say(name: Option<&str>) -> String {
+        name.map_or("the organization's default network".to_string(), |n| {
+            format!("network {n}")
+        })
+    }
+    match bound {
+        None => Ok(BoundNetwork {
+            name: wanted.map(str::to_string),
+        }),
+        Some(b) if b.name.as_deref() == wanted => Ok(b.clone()),
+        Some(b) => Err(ReconcileError::invalid(
+            reasons::NETWORK_FIXED,
+            format!(
+                "spec.network.name asks for {} but this Environment was bound to {} when it was first reconciled; Fly fixes an app's network when the app is created and apps on different networks cannot reach each other, so nothing is moved: set spec.network.name back, or create a new Environment for the other network",
+                say(wanted),
+                say(b.name.as_deref()),
+            ),
+        )),
+    }
+}
+
 fn check_namespaces(env: &Environment, ctx: &Context) -> Result<(), ReconcileError> {
     let forbidden: Vec<String> = env
         .namespaces()
@@ -488,7 +517,12 @@ async fn provision(
     );
     status.organization_slug = Some(org.provider_slug());
 
-    // Validate: namespaces it may claim, isolation policy, promotion path.
+    // Validate: the network it was bound to, namespaces it may claim,
+    // isolation policy, promotion path.
+    if org.spec.provider.type_ == ProviderType::Fly {
+        let wanted = env.spec.network.as_ref().and_then(|n| n.name.as_deref());
+        status.network = Some(bind_network(status.network.as_ref(), wanted)?);
+    }
     check_namespaces(env, ctx)?;
     let all = ctx.all_environments().await?;
     let violations = isolation(env, &all, ctx).await;
@@ -673,6 +707,29 @@ mod tests {
             isolation_violations(&stage, &all, &none)[0].reason,
             "SharedOrganization"
         );
+    }
+
+    #[test]
+    fn a_fly_network_is_bound_once_and_a_different_one_refused() {
+        let bound = bind_network(None, Some("stage-net")).expect("first sight binds");
+        assert_eq!(bound.name.as_deref(), Some("stage-net"));
+        assert_eq!(
+            bind_network(Some(&bound), Some("stage-net")).ok(),
+            Some(bound.clone()),
+            "the same network again"
+        );
+        for other in [Some("other-net"), None] {
+            let refused = bind_network(Some(&bound), other).expect_err("a change");
+            assert_eq!(refused.reason(), reasons::NETWORK_FIXED);
+            let message = refused.to_string();
+            assert!(message.contains("network stage-net"), "{message}");
+            assert!(
+                message.contains(other.unwrap_or("the organization's default network")),
+                "{message}"
+            );
+        }
+        let default = bind_network(None, None).expect("the default network binds too");
+        assert!(bind_network(Some(&default), Some("stage-net")).is_err());
     }
 
     #[test]

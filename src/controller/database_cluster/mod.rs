@@ -187,7 +187,7 @@ fn desired_for(
             .status
             .as_ref()
             .and_then(|s| s.organization_slug.clone()),
-        network: env.spec.network.as_ref().and_then(|n| n.name.clone()),
+        network: env.network_name(),
         rotates_passwords: dbc.spec.password_rotation.is_some(),
         version: dbc.spec.version.clone(),
         regions: dbc.spec.regions.clone(),
