@@ -358,6 +358,79 @@ async fn event_notes(client: &Client, name: &str, reason: &str) -> Vec<String> {
         .collect()
 }
 
+/// A member whose `expiresAt` passes is removed at Fly (after accepting,
+/// with the role they were given), drops out of status, and an Event says
+/// why; the other member stays.
+#[tokio::test]
+async fn an_expired_member_is_removed_at_fly_and_the_others_stay() {
+    let (_cp, client) = support::fly::setup(&[TOKENS_NS]).await;
+    let _faults = FAULTS.read().await;
+    let orgs: Api<Organization> = Api::all(client.clone());
+    let name = format!("expiry-{}", unique());
+    let (owner, contractor) = (
+        format!("owner@{name}.example"),
+        format!("contractor@{name}.example"),
+    );
+    let ends =
+        k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(20);
+    fly_org(&name, CREDENTIALS)
+        .spec(
+            "members",
+            json!([
+                { "email": owner, "role": "admin" },
+                { "email": contractor, "role": "member", "expiresAt": ends.to_string() },
+            ]),
+        )
+        .create(&orgs)
+        .await;
+    wait_until("both invited at Fly", || async {
+        org_at_fly(&name)
+            .await
+            .is_some_and(|o| pending_invitations(&o).len() == 2)
+    })
+    .await;
+    let at_fly = org_at_fly(&name).await.expect("the organization at Fly");
+    for (invitation, _) in pending_invitations(&at_fly) {
+        control(
+            reqwest::Method::POST,
+            &format!("/_emulator/invitations/{invitation}/accept"),
+            None,
+        )
+        .await;
+    }
+    wait_until("the contractor is a MEMBER at Fly", || async {
+        role_at_fly(&name, &contractor).await.as_deref() == Some("MEMBER")
+    })
+    .await;
+
+    // Their access ends: removed at Fly, gone from status, an Event says so.
+    wait_until("the contractor removed at Fly", || async {
+        role_at_fly(&name, &contractor).await.is_none()
+    })
+    .await;
+    assert!(
+        k8s_openapi::jiff::Timestamp::now() >= ends,
+        "removed only once access ended"
+    );
+    assert_eq!(role_at_fly(&name, &owner).await.as_deref(), Some("ADMIN"));
+    let org = wait_for(
+        &orgs,
+        &name,
+        WAIT,
+        "only the owner in status",
+        |o: &Organization| {
+            o.status
+                .as_ref()
+                .is_some_and(|s| s.members.iter().map(|m| &m.email).eq([&owner]))
+        },
+    )
+    .await;
+    assert!(is_ready(&org), "still Ready");
+    let notes = event_notes(&client, &name, "MemberExpired").await;
+    assert!(notes.iter().any(|n| n.contains(&contractor)), "{notes:?}");
+    delete_and_wait(&orgs, &name, WAIT).await;
+}
+
 /// A token two thirds through its life is replaced before it expires: the
 /// new one is in its Secret before the old one is revoked at Fly, status
 /// shows the new times, and Events say what happened.
