@@ -81,6 +81,19 @@ fn pending_invitations(org: &Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// Every pending invitation of `org` (as the emulator dumped it) accepted,
+/// as the invitee would.
+async fn accept_invitations(org: &Value) {
+    for (invitation, _) in pending_invitations(org) {
+        control(
+            reqwest::Method::POST,
+            &format!("/_emulator/invitations/{invitation}/accept"),
+            None,
+        )
+        .await;
+    }
+}
+
 fn token_spec(name: &str, secret: &str) -> Value {
     json!({
         "name": name, "scope": "org", "expiry": "2h",
@@ -241,14 +254,7 @@ async fn organization_members_and_tokens_converge_and_drift_is_repaired() {
     );
 
     // Alice and Bob accept: their roles are set (invitations carry none).
-    for (invitation, _) in pending_invitations(&at_fly) {
-        control(
-            reqwest::Method::POST,
-            &format!("/_emulator/invitations/{invitation}/accept"),
-            None,
-        )
-        .await;
-    }
+    accept_invitations(&at_fly).await;
     wait_until("alice is ADMIN at Fly", || async {
         role_at_fly(&name, &alice).await.as_deref() == Some("ADMIN")
     })
@@ -390,14 +396,7 @@ async fn an_expired_member_is_removed_at_fly_and_the_others_stay() {
     })
     .await;
     let at_fly = org_at_fly(&name).await.expect("the organization at Fly");
-    for (invitation, _) in pending_invitations(&at_fly) {
-        control(
-            reqwest::Method::POST,
-            &format!("/_emulator/invitations/{invitation}/accept"),
-            None,
-        )
-        .await;
-    }
+    accept_invitations(&at_fly).await;
     wait_until("the contractor is a MEMBER at Fly", || async {
         role_at_fly(&name, &contractor).await.as_deref() == Some("MEMBER")
     })

@@ -26,12 +26,11 @@
 //! and its databases and users can only be made once it is.
 
 use async_trait::async_trait;
-use http::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::info;
 
-use super::{CallError, FlySession};
+use super::{CallError, FlySession, Rest};
 use crate::api::database_cluster::{Endpoint, Privileges, ResolvedSize};
 use crate::provider::{
     DatabaseClusterClient, DesiredDatabaseCluster, ExternalClient, Observation, Observed,
@@ -231,9 +230,7 @@ impl FlyManagedPostgres {
         operation: &'static str,
     ) -> Result<(), ProviderError> {
         tolerate(
-            self.fly
-                .rest(Method::POST, path, &[], Some(body), operation, false)
-                .await,
+            self.fly.rest(Rest::post(path, Some(body), operation)).await,
             true,
         )
     }
@@ -244,12 +241,7 @@ impl FlyManagedPostgres {
         path: &str,
         operation: &'static str,
     ) -> Result<(), ProviderError> {
-        tolerate(
-            self.fly
-                .rest(Method::DELETE, path, &[], None, operation, true)
-                .await,
-            false,
-        )
+        tolerate(self.fly.rest(Rest::delete(path, operation)).await, false)
     }
 
     fn remember(&self, id: Option<String>) {
@@ -266,14 +258,7 @@ impl FlyManagedPostgres {
         let slug = org_slug(d)?;
         let data = self
             .fly
-            .rest(
-                Method::GET,
-                "/v1/postgres",
-                &[("org_slug", slug)],
-                None,
-                "Postgres_list",
-                true,
-            )
+            .rest(Rest::get("/v1/postgres", "Postgres_list").query(&[("org_slug", slug)]))
             .await?;
         let list: ListAnswer =
             serde_json::from_value(data).map_err(|e| unexpected("Postgres_list", e))?;
@@ -289,14 +274,10 @@ impl FlyManagedPostgres {
     async fn show(&self, id: &str) -> Result<Option<ClusterDetail>, ProviderError> {
         match self
             .fly
-            .rest(
-                Method::GET,
+            .rest(Rest::get(
                 &format!("/v1/postgres/{}", segment(id)),
-                &[],
-                None,
                 "Postgres_show",
-                true,
-            )
+            ))
             .await
         {
             Ok(data) => Ok(Some(
@@ -312,14 +293,10 @@ impl FlyManagedPostgres {
     async fn databases(&self, id: &str) -> Result<Vec<String>, ProviderError> {
         let data = self
             .fly
-            .rest(
-                Method::GET,
+            .rest(Rest::get(
                 &format!("/v1/postgres/{}/databases", segment(id)),
-                &[],
-                None,
                 "Postgres_databases_list",
-                true,
-            )
+            ))
             .await?;
         let list: NamedList<DatabaseEntry> =
             serde_json::from_value(data).map_err(|e| unexpected("Postgres_databases_list", e))?;
@@ -329,14 +306,10 @@ impl FlyManagedPostgres {
     async fn users(&self, id: &str) -> Result<Vec<(String, String)>, ProviderError> {
         let data = self
             .fly
-            .rest(
-                Method::GET,
+            .rest(Rest::get(
                 &format!("/v1/postgres/{}/users", segment(id)),
-                &[],
-                None,
                 "Postgres_users_list",
-                true,
-            )
+            ))
             .await?;
         let list: NamedList<UserEntry> =
             serde_json::from_value(data).map_err(|e| unexpected("Postgres_users_list", e))?;
@@ -533,14 +506,7 @@ impl ExternalClient for FlyManagedPostgres {
         // the cluster up by name first.
         let created = self
             .fly
-            .rest(
-                Method::POST,
-                "/v1/postgres",
-                &[],
-                Some(&body),
-                "Postgres_create",
-                false,
-            )
+            .rest(Rest::post("/v1/postgres", Some(&body), "Postgres_create"))
             .await?;
         // The answer is the cluster (`data.id`); without one the next
         // lookup by name finds it.
@@ -585,14 +551,11 @@ impl ExternalClient for FlyManagedPostgres {
                 Some((_, current)) if current != role => {
                     let body = json!({ "role": role });
                     self.fly
-                        .rest(
-                            Method::PATCH,
+                        .rest(Rest::patch(
                             &format!("{base}/users/{}", segment(&user.name)),
-                            &[],
                             Some(&body),
                             "Postgres_users_update_role",
-                            true,
-                        )
+                        ))
                         .await?;
                 }
                 Some(_) => {}
@@ -647,26 +610,19 @@ impl DatabaseClusterClient for FlyManagedPostgres {
         let base = format!("/v1/postgres/{}/users/{}", segment(&id), segment(user));
         if rotate {
             self.fly
-                .rest(
-                    Method::POST,
+                .rest(Rest::post(
                     &format!("{base}/rotate_password"),
-                    &[],
                     Some(&json!({})),
                     "Postgres_users_rotate_password",
-                    false,
-                )
+                ))
                 .await?;
         }
         let data = self
             .fly
-            .rest(
-                Method::GET,
+            .rest(Rest::get(
                 &format!("{base}/credentials"),
-                &[],
-                None,
                 "Postgres_users_credentials",
-                true,
-            )
+            ))
             .await?;
         // Parsed into a Secret at once; the error names no field value.
         let answer: CredentialsAnswer = serde_json::from_value(data).map_err(|_| {

@@ -39,7 +39,6 @@
 //! boot) are a terminal `Unsupported`, before anything is created.
 
 use async_trait::async_trait;
-use http::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::info;
@@ -48,7 +47,7 @@ use super::database_cluster::DEFAULT_REGION;
 use super::operations::{
     ENABLE_POSTGRES_CONSUL, ISSUE_CERTIFICATE, LATEST_IMAGE_TAG, ORGANIZATION_ID,
 };
-use super::{CallError, FlySession};
+use super::{CallError, FlySession, Rest};
 use crate::api::database_cluster::Endpoint;
 use crate::provider::{
     DatabaseClusterClient, DesiredDatabaseCluster, ExternalClient, Observation, Observed,
@@ -286,19 +285,6 @@ impl FlyFlexPostgres {
         }
     }
 
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-        operation: &'static str,
-        idempotent: bool,
-    ) -> Result<Value, CallError> {
-        self.fly
-            .rest(method, path, &[], body, operation, idempotent)
-            .await
-    }
-
     fn app_path(d: &DesiredDatabaseCluster, rest: &str) -> String {
         format!("/v1/apps/{}{rest}", super::percent_encode(&d.external_name))
     }
@@ -307,7 +293,8 @@ impl FlyFlexPostgres {
     /// Environment's network.
     async fn app(&self, d: &DesiredDatabaseCluster) -> Result<Option<AppAnswer>, ProviderError> {
         let app = match self
-            .call(Method::GET, &Self::app_path(d, ""), None, "Apps_show", true)
+            .fly
+            .rest(Rest::get(&Self::app_path(d, ""), "Apps_show"))
             .await
         {
             Ok(v) => parse::<AppAnswer>("Apps_show", v)?,
@@ -350,7 +337,7 @@ impl FlyFlexPostgres {
     async fn cluster(&self, d: &DesiredDatabaseCluster) -> Result<Cluster, ProviderError> {
         let get = |rest: &str, operation: &'static str| {
             let path = Self::app_path(d, rest);
-            async move { self.call(Method::GET, &path, None, operation, true).await }
+            async move { self.fly.rest(Rest::get(&path, operation)).await }
         };
         let ips: IpsAnswer = parse(
             "App_IPAssignments_list",
@@ -389,28 +376,29 @@ impl FlyFlexPostgres {
             if let Some(network) = &d.network {
                 body["network"] = json!(network);
             }
-            self.call(
-                Method::POST,
-                &Self::app_path(d, "/ip_assignments"),
-                Some(&body),
-                "App_IPAssignments_create",
-                false,
-            )
-            .await?;
+            self.fly
+                .rest(Rest::post(
+                    &Self::app_path(d, "/ip_assignments"),
+                    Some(&body),
+                    "App_IPAssignments_create",
+                ))
+                .await?;
         }
         self.set_missing_secrets(d, &c.secrets).await?;
         let wanted = nodes(d);
         // Stopped nodes are started; missing ones made, on a volume left
         // unattached first.
         for m in c.nodes.iter().filter(|m| m.state == "stopped") {
-            self.call(
-                Method::POST,
-                &Self::app_path(d, &format!("/machines/{}/start", m.id)),
-                None,
-                "Machines_start",
-                true,
-            )
-            .await?;
+            self.fly
+                .rest(
+                    Rest::post(
+                        &Self::app_path(d, &format!("/machines/{}/start", m.id)),
+                        None,
+                        "Machines_start",
+                    )
+                    .retry_safe(),
+                )
+                .await?;
         }
         if c.nodes.len() < wanted {
             let image = self.image().await?;
@@ -441,14 +429,13 @@ impl FlyFlexPostgres {
                     "region": region(d),
                     "config": machine_config(d, &image, &volume, major(d)),
                 });
-                self.call(
-                    Method::POST,
-                    &Self::app_path(d, "/machines"),
-                    Some(&body),
-                    "Machines_create",
-                    false,
-                )
-                .await?;
+                self.fly
+                    .rest(Rest::post(
+                        &Self::app_path(d, "/machines"),
+                        Some(&body),
+                        "Machines_create",
+                    ))
+                    .await?;
                 info!(app = %d.external_name, machine = %name, "created flex Postgres node");
             }
         }
@@ -457,25 +444,21 @@ impl FlyFlexPostgres {
         let mut extra: Vec<&MachineEntry> = c.nodes.iter().collect();
         extra.sort_by(|a, b| b.name.cmp(&a.name));
         for m in extra.into_iter().take(c.nodes.len().saturating_sub(wanted)) {
-            self.call(
-                Method::DELETE,
-                &Self::app_path(d, &format!("/machines/{}?force=true", m.id)),
-                None,
-                "Machines_delete",
-                true,
-            )
-            .await
-            .or_else(ignore_not_found)?;
-            if let Some(volume) = m.volume() {
-                self.call(
-                    Method::DELETE,
-                    &Self::app_path(d, &format!("/volumes/{volume}")),
-                    None,
-                    "Volume_delete",
-                    true,
-                )
+            self.fly
+                .rest(Rest::delete(
+                    &Self::app_path(d, &format!("/machines/{}?force=true", m.id)),
+                    "Machines_delete",
+                ))
                 .await
                 .or_else(ignore_not_found)?;
+            if let Some(volume) = m.volume() {
+                self.fly
+                    .rest(Rest::delete(
+                        &Self::app_path(d, &format!("/volumes/{volume}")),
+                        "Volume_delete",
+                    ))
+                    .await
+                    .or_else(ignore_not_found)?;
             }
         }
         Ok(())
@@ -491,14 +474,13 @@ impl FlyFlexPostgres {
         });
         let created: VolumeEntry = parse(
             "Volumes_create",
-            self.call(
-                Method::POST,
-                &Self::app_path(d, "/volumes"),
-                Some(&body),
-                "Volumes_create",
-                false,
-            )
-            .await?,
+            self.fly
+                .rest(Rest::post(
+                    &Self::app_path(d, "/volumes"),
+                    Some(&body),
+                    "Volumes_create",
+                ))
+                .await?,
         )?;
         Ok(created.id)
     }
@@ -591,14 +573,16 @@ impl FlyFlexPostgres {
         if values.is_empty() {
             return Ok(());
         }
-        self.call(
-            Method::POST,
-            &Self::app_path(d, "/secrets"),
-            Some(&json!({ "values": values })),
-            "Secrets_update",
-            true,
-        )
-        .await?;
+        self.fly
+            .rest(
+                Rest::post(
+                    &Self::app_path(d, "/secrets"),
+                    Some(&json!({ "values": values })),
+                    "Secrets_update",
+                )
+                .retry_safe(),
+            )
+            .await?;
         Ok(())
     }
 }
@@ -702,7 +686,7 @@ impl ExternalClient for FlyFlexPostgres {
                 // app the first one made.
                 "idempotency_key": format!("bulkhead-{}", d.owner.uid),
             });
-            self.call(Method::POST, "/v1/apps", Some(&body), "Apps_create", true)
+            self.fly.rest(Rest::post("/v1/apps", Some(&body), "Apps_create").retry_safe())
                 .await
                 .map_err(|e| match e {
                     CallError::Provider(ProviderError::Terminal { message, .. })
@@ -743,13 +727,8 @@ impl ExternalClient for FlyFlexPostgres {
     /// with it.
     async fn delete(&self, d: &DesiredDatabaseCluster) -> Result<(), ProviderError> {
         match self
-            .call(
-                Method::DELETE,
-                &Self::app_path(d, ""),
-                None,
-                "Apps_delete",
-                true,
-            )
+            .fly
+            .rest(Rest::delete(&Self::app_path(d, ""), "Apps_delete"))
             .await
         {
             Ok(_) | Err(CallError::NotFound(_)) => Ok(()),

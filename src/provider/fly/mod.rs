@@ -262,27 +262,70 @@ impl FlySession {
     }
 
     /// [`FlyApi::rest`] with this session's token.
-    pub async fn rest(
-        &self,
+    pub async fn rest(&self, call: Rest<'_>) -> Result<Value, CallError> {
+        self.api.rest(&self.token, &self.credentials, call).await
+    }
+}
+
+/// One Machines REST call: method, path and query, body, its OpenAPI
+/// `operationId` (for rate limits and messages), and whether repeating it
+/// after a lost answer is safe. GET, DELETE and PATCH are; a POST only when
+/// marked [`Rest::retry_safe`] (it carries an idempotency key, or sets
+/// rather than adds).
+pub struct Rest<'a> {
+    method: http::Method,
+    path: &'a str,
+    query: &'a [(&'a str, &'a str)],
+    body: Option<&'a Value>,
+    operation: &'static str,
+    idempotent: bool,
+}
+
+impl<'a> Rest<'a> {
+    fn new(
         method: http::Method,
-        path: &str,
-        query: &[(&str, &str)],
-        body: Option<&Value>,
+        path: &'a str,
+        body: Option<&'a Value>,
         operation: &'static str,
-        idempotent: bool,
-    ) -> Result<Value, CallError> {
-        self.api
-            .rest(
-                &self.token,
-                method,
-                path,
-                query,
-                body,
-                operation,
-                idempotent,
-                &self.credentials,
-            )
-            .await
+    ) -> Self {
+        let idempotent = method != http::Method::POST;
+        Rest {
+            method,
+            path,
+            query: &[],
+            body,
+            operation,
+            idempotent,
+        }
+    }
+
+    pub fn get(path: &'a str, operation: &'static str) -> Self {
+        Rest::new(http::Method::GET, path, None, operation)
+    }
+
+    pub fn delete(path: &'a str, operation: &'static str) -> Self {
+        Rest::new(http::Method::DELETE, path, None, operation)
+    }
+
+    pub fn post(path: &'a str, body: Option<&'a Value>, operation: &'static str) -> Self {
+        Rest::new(http::Method::POST, path, body, operation)
+    }
+
+    pub fn patch(path: &'a str, body: Option<&'a Value>, operation: &'static str) -> Self {
+        Rest::new(http::Method::PATCH, path, body, operation)
+    }
+
+    pub fn query(self, query: &'a [(&'a str, &'a str)]) -> Self {
+        Rest { query, ..self }
+    }
+
+    /// A POST that may be repeated: retried on 5xx and connection errors
+    /// like the other methods.
+    pub fn retry_safe(self) -> Self {
+        Rest {
+            idempotent: true,
+            ..self
+        }
     }
 }
 
@@ -479,18 +522,20 @@ impl FlyApi {
     /// call is retried after a 429, and after a 503 that carries
     /// `Retry-After` (Managed Postgres answers so while a cluster is not
     /// ready: the request was not processed), honouring `Retry-After`.
-    #[allow(clippy::too_many_arguments)]
     pub async fn rest(
         &self,
         token: &Secret,
-        method: http::Method,
-        path: &str,
-        query: &[(&str, &str)],
-        body: Option<&Value>,
-        operation: &'static str,
-        idempotent: bool,
         credentials: &str,
+        call: Rest<'_>,
     ) -> Result<Value, CallError> {
+        let Rest {
+            method,
+            path,
+            query,
+            body,
+            operation,
+            idempotent,
+        } = call;
         let auth = auth_header(token, credentials)?;
         let mut url = format!(
             "{}{}",
