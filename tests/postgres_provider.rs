@@ -72,6 +72,41 @@ async fn sql_as(
         .await
 }
 
+/// Whether user `user` of `from` may log in to database `db` of `to`.
+async fn connect(
+    pg: &TestPostgres,
+    from: &DesiredDatabaseCluster,
+    user: &str,
+    to: &DesiredDatabaseCluster,
+    db: &str,
+) -> Result<(), tokio_postgres::Error> {
+    pg.sql_as(
+        &phys(from, user),
+        &password(from, user),
+        &phys(to, db),
+        "SELECT 1",
+    )
+    .await
+}
+
+/// Runs each `(user, database, SQL, allowed)` in cluster `d`: allowed ones
+/// must succeed, the others be refused for want of a privilege.
+async fn assert_rights(
+    pg: &TestPostgres,
+    d: &DesiredDatabaseCluster,
+    rights: &[(&str, &str, &str, bool)],
+) {
+    for (user, db, sql, allowed) in rights {
+        let what = format!("{user} in {db}: {sql}");
+        let result = sql_as(pg, d, user, db, sql).await;
+        if *allowed {
+            assert_allowed(result, &what);
+        } else {
+            assert_denied(result, &what);
+        }
+    }
+}
+
 fn assert_denied(result: Result<(), tokio_postgres::Error>, what: &str) {
     match result {
         Ok(()) => panic!("{what}: expected permission denied, but it succeeded"),
@@ -251,84 +286,51 @@ async fn create_gives_each_user_exactly_its_privileges() {
         .get(0);
     assert_eq!(owner, "lp_app_owner");
 
-    // readOnly: reads the table created after its grants (default privileges), nothing else.
-    assert_allowed(
-        sql_as(pg, &d, "ro", "main", "SELECT * FROM items").await,
-        "readOnly SELECT",
-    );
-    assert_denied(
-        sql_as(
-            pg,
-            &d,
-            "ro",
-            "main",
-            "INSERT INTO items (name) VALUES ('x')",
-        )
-        .await,
-        "readOnly INSERT",
-    );
-    assert_denied(
-        sql_as(pg, &d, "ro", "main", "UPDATE items SET name = 'y'").await,
-        "readOnly UPDATE",
-    );
-    assert_denied(
-        sql_as(pg, &d, "ro", "main", "CREATE TABLE ro_t (a int)").await,
-        "readOnly CREATE TABLE",
-    );
-
-    // readWrite: DML including sequences, no DDL.
-    assert_allowed(
-        sql_as(pg, &d, "rw", "main", "INSERT INTO items (name) VALUES ('b'); UPDATE items SET name = 'c' WHERE name = 'b'; DELETE FROM items WHERE name = 'c'").await,
-        "readWrite DML",
-    );
-    assert_denied(
-        sql_as(pg, &d, "rw", "main", "CREATE TABLE rw_t (a int)").await,
-        "readWrite CREATE TABLE",
-    );
-    assert_denied(
-        sql_as(pg, &d, "rw", "main", "DROP TABLE items").await,
-        "readWrite DROP TABLE",
-    );
-    assert_denied(
-        sql_as(pg, &d, "rw", "main", "TRUNCATE items").await,
-        "readWrite TRUNCATE",
-    );
-    assert_denied(
-        sql_as(pg, &d, "rw", "main", "CREATE SCHEMA rw_s").await,
-        "readWrite CREATE SCHEMA",
-    );
+    // readOnly reads the table created after its grants (default
+    // privileges), nothing else; readWrite: DML including sequences, no
+    // DDL.
+    assert_rights(
+        pg,
+        &d,
+        &[
+            ("ro", "main", "SELECT * FROM items", true),
+            ("ro", "main", "INSERT INTO items (name) VALUES ('x')", false),
+            ("ro", "main", "UPDATE items SET name = 'y'", false),
+            ("ro", "main", "CREATE TABLE ro_t (a int)", false),
+            (
+                "rw",
+                "main",
+                "INSERT INTO items (name) VALUES ('b'); UPDATE items SET name = 'c' WHERE name = 'b'; DELETE FROM items WHERE name = 'c'",
+                true,
+            ),
+            ("rw", "main", "CREATE TABLE rw_t (a int)", false),
+            ("rw", "main", "DROP TABLE items", false),
+            ("rw", "main", "TRUNCATE items", false),
+            ("rw", "main", "CREATE SCHEMA rw_s", false),
+        ],
+    )
+    .await;
 
     // Connections: only listed databases of the own cluster.
-    assert_denied(
-        pg.sql_as(
-            &phys(&d, "ro"),
-            &password(&d, "ro"),
-            &phys(&d, "side"),
-            "SELECT 1",
-        )
-        .await,
-        "ro connects to a database it is not listed for",
-    );
-    assert_denied(
-        pg.sql_as(
-            &phys(&d, "own"),
-            &password(&d, "own"),
-            &phys(&other, "main"),
-            "SELECT 1",
-        )
-        .await,
-        "a user connects to another cluster's database",
-    );
-    assert_denied(
-        pg.sql_as(
-            &phys(&other, "x"),
-            &password(&other, "x"),
-            &phys(&d, "main"),
-            "SELECT 1",
-        )
-        .await,
-        "another cluster's owner connects to this cluster's database",
-    );
+    for ((from, user), (to, db), what) in [
+        (
+            (&d, "ro"),
+            (&d, "side"),
+            "ro connects to a database it is not listed for",
+        ),
+        (
+            (&d, "own"),
+            (&other, "main"),
+            "a user connects to another cluster's database",
+        ),
+        (
+            (&other, "x"),
+            (&d, "main"),
+            "another cluster's owner connects to this cluster's database",
+        ),
+    ] {
+        assert_denied(connect(pg, from, user, to, db).await, what);
+    }
     // PUBLIC cannot connect: any other login role is refused.
     admin
         .batch_execute(
@@ -408,13 +410,7 @@ async fn explicit_owner_owns_its_database_alone() {
         "explicit owner DDL",
     );
     assert_denied(
-        pg.sql_as(
-            &phys(&d, "alice"),
-            &password(&d, "alice"),
-            &phys(&d, "shared"),
-            "SELECT 1",
-        )
-        .await,
+        connect(pg, &d, "alice", &d, "shared").await,
         "explicit owner connects to the other database",
     );
     let member: bool = admin
@@ -846,23 +842,11 @@ async fn hostile_names_are_quoted_or_refused() {
     .await;
     assert_eq!(postgres_role, 1);
     assert_allowed(
-        pg.sql_as(
-            &phys(&d, evil_user),
-            &password(&d, evil_user),
-            &phys(&d, evil_db),
-            "CREATE TABLE t (a int)",
-        )
-        .await,
+        sql_as(pg, &d, evil_user, evil_db, "CREATE TABLE t (a int)").await,
         "the hostile user works as an owner",
     );
     assert_allowed(
-        pg.sql_as(
-            &phys(&d, "Ünïcode ' \""),
-            &password(&d, "Ünïcode ' \""),
-            &phys(&d, evil_db2),
-            "SELECT 1",
-        )
-        .await,
+        connect(pg, &d, "Ünïcode ' \"", &d, evil_db2).await,
         "unicode user logs in",
     );
     assert_up_to_date(&p, &d).await;
@@ -1094,6 +1078,38 @@ fn copy_request(
     }
 }
 
+/// A copy's two ends, created on `p`: see [`prod_and_stage`].
+async fn created_prod_and_stage(
+    p: &PostgresDatabaseClusters,
+    name: &str,
+    with_reader: bool,
+) -> (DesiredDatabaseCluster, DesiredDatabaseCluster) {
+    let (source, target) = prod_and_stage(name, with_reader);
+    p.create(&source).await.expect("create source");
+    p.create(&target).await.expect("create target");
+    (source, target)
+}
+
+/// A copy's two ends: `<name>-prod` and `<name>-stage`, each with one
+/// database `app` and its owner `own`; the target also with a readOnly
+/// user `ro` when `with_reader`.
+fn prod_and_stage(
+    name: &str,
+    with_reader: bool,
+) -> (DesiredDatabaseCluster, DesiredDatabaseCluster) {
+    let owner: (&str, &[&str], Privileges) = ("own", &["app"], Privileges::Owner);
+    let reader: (&str, &[&str], Privileges) = ("ro", &["app"], Privileges::ReadOnly);
+    let target_users = if with_reader {
+        vec![owner, reader]
+    } else {
+        vec![owner]
+    };
+    (
+        cluster(&format!("{name}-prod"), &[("app", None)], &[owner]),
+        cluster(&format!("{name}-stage"), &[("app", None)], &target_users),
+    )
+}
+
 /// A source holding people (`users`, with sensitive-looking columns), their
 /// `orders`, an `audit_log` and views over them; an empty target with an
 /// owner and a readOnly user.
@@ -1102,21 +1118,7 @@ async fn people_fixture(
     p: &PostgresDatabaseClusters,
     name: &str,
 ) -> (DesiredDatabaseCluster, DesiredDatabaseCluster) {
-    let source = cluster(
-        &format!("{name}-prod"),
-        &[("app", None)],
-        &[("own", &["app"], Privileges::Owner)],
-    );
-    let target = cluster(
-        &format!("{name}-stage"),
-        &[("app", None)],
-        &[
-            ("own", &["app"], Privileges::Owner),
-            ("ro", &["app"], Privileges::ReadOnly),
-        ],
-    );
-    p.create(&source).await.expect("create source");
-    p.create(&target).await.expect("create target");
+    let (source, target) = created_prod_and_stage(p, name, true).await;
     sql_as(
         pg,
         &source,
@@ -1431,19 +1433,7 @@ async fn sanitized_copy_across_servers() {
     let source_pg = TestPostgres::start_new().await;
     let target_p = provider(target_pg);
     let source_p = provider(&source_pg);
-    let source = cluster(
-        "xs-prod",
-        &[("app", None)],
-        &[("own", &["app"], Privileges::Owner)],
-    );
-    let target = cluster(
-        "xs-stage",
-        &[("app", None)],
-        &[
-            ("own", &["app"], Privileges::Owner),
-            ("ro", &["app"], Privileges::ReadOnly),
-        ],
-    );
+    let (source, target) = prod_and_stage("xs", true);
     source_p.create(&source).await.expect("create the source");
     target_p.create(&target).await.expect("create the target");
     sql_as(
@@ -1627,18 +1617,7 @@ async fn sensitive_fixture(
     p: &PostgresDatabaseClusters,
     name: &str,
 ) -> (DesiredDatabaseCluster, DesiredDatabaseCluster) {
-    let source = cluster(
-        &format!("{name}-prod"),
-        &[("app", None)],
-        &[("own", &["app"], Privileges::Owner)],
-    );
-    let target = cluster(
-        &format!("{name}-stage"),
-        &[("app", None)],
-        &[("own", &["app"], Privileges::Owner)],
-    );
-    p.create(&source).await.expect("create source");
-    p.create(&target).await.expect("create target");
+    let (source, target) = created_prod_and_stage(p, name, false).await;
     sql_as(
         pg,
         &source,
@@ -1812,18 +1791,7 @@ async fn sensitive_columns_pass_once_masked_or_declared_safe() {
 async fn domains_arrays_and_inet_columns_are_classified() {
     let pg = shared().await;
     let p = provider(pg);
-    let source = cluster(
-        "sens-types-prod",
-        &[("app", None)],
-        &[("own", &["app"], Privileges::Owner)],
-    );
-    let target = cluster(
-        "sens-types-stage",
-        &[("app", None)],
-        &[("own", &["app"], Privileges::Owner)],
-    );
-    p.create(&source).await.expect("create source");
-    p.create(&target).await.expect("create target");
+    let (source, target) = created_prod_and_stage(&p, "sens-types", false).await;
     sql_as(
         pg,
         &source,
