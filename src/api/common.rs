@@ -12,6 +12,16 @@ pub const GROUP: &str = "bulkhead.dev";
 /// The one served and stored version.
 pub const VERSION: &str = "v1alpha1";
 
+/// An RFC 1123 label (namespaces, most object names). This and the
+/// patterns below are what the CRD schemas check names against.
+pub const DNS_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// An RFC 1123 subdomain: Secret names.
+pub const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$";
+/// A key of a Secret's data.
+pub const SECRET_KEY: &str = r"^[-._a-zA-Z0-9]+$";
+/// A PostgreSQL identifier bulkhead never needs to quote.
+pub const SQL_IDENTIFIER: &str = r"^[a-z_][a-z0-9_]*$";
+
 /// Finalizer the controllers put on every object they manage.
 pub const FINALIZER: &str = "bulkhead.dev/finalizer";
 /// Annotation naming the external object (adopt an existing one; written after create).
@@ -125,11 +135,11 @@ pub struct CredentialsSecretRef {
     /// Name of the Secret, in the operator's namespace.
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+        regex(pattern = DNS_SUBDOMAIN)
     )]
     pub name: String,
     /// Key within the Secret's data.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY))]
     pub key: String,
 }
 
@@ -140,18 +150,18 @@ pub struct SecretWriteRef {
     /// Namespace of the Secret; it must exist.
     #[schemars(
         length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        regex(pattern = DNS_LABEL)
     )]
     pub namespace: String,
     /// Name of the Secret; created if missing, owned by bulkhead.
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+        regex(pattern = DNS_SUBDOMAIN)
     )]
     pub name: String,
     /// Key the value is written under.
     #[serde(default = "default_token_key")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY))]
     pub key: String,
 }
 
@@ -166,7 +176,7 @@ pub struct LocalObjectReference {
     /// Name of the referenced object.
     #[schemars(
         length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        regex(pattern = DNS_LABEL)
     )]
     pub name: String,
 }

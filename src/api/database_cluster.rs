@@ -9,7 +9,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    DURATION_MESSAGE, DURATION_RULE, DeletionPolicy, LocalObjectReference, ManagementPolicy,
+    DNS_LABEL, DURATION_MESSAGE, DURATION_RULE, DeletionPolicy, LocalObjectReference,
+    ManagementPolicy, SQL_IDENTIFIER,
 };
 
 /// Condition types a DatabaseCluster reports besides Ready and Synced.
@@ -190,11 +191,11 @@ impl SizePreset {
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSpec {
     /// Database name.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = SQL_IDENTIFIER))]
     pub name: String,
     /// Owning role (one of spec.users, or the cluster's owner role when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = SQL_IDENTIFIER))]
     pub owner: Option<String>,
 }
 
@@ -215,11 +216,11 @@ pub enum Privileges {
 #[serde(rename_all = "camelCase")]
 pub struct UserSpec {
     /// Role name.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = SQL_IDENTIFIER))]
     pub name: String,
     /// Databases (of this cluster) the user may connect to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 100), inner(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]*$")), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(length(max = 100), inner(length(min = 1, max = 63), regex(pattern = SQL_IDENTIFIER)), extend("x-kubernetes-list-type" = "set"))]
     pub databases: Vec<String>,
     /// readOnly, readWrite or owner.
     pub privileges: Privileges,
@@ -284,7 +285,7 @@ pub struct CopyPolicy {
     /// Environments (by name) whose DatabaseClusters may copy from this one.
     /// Empty: nobody.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 50), inner(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(length(max = 50), inner(length(min = 1, max = 63), regex(pattern = DNS_LABEL)), extend("x-kubernetes-list-type" = "set"))]
     pub allowed_environments: Vec<String>,
     /// Rules every Sanitized copy applies, whatever the consumer asks: its
     /// excluded tables are always excluded, its masked columns always

@@ -7,7 +7,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    DURATION_MESSAGE, DURATION_RULE, DeletionPolicy, ManagementPolicy, ProviderSpec, SecretWriteRef,
+    DNS_LABEL, DURATION_MESSAGE, DURATION_RULE, DeletionPolicy, ManagementPolicy, ProviderSpec,
+    SecretWriteRef,
 };
 
 /// An Organization is one isolated tenancy at a provider: its own members
@@ -191,7 +192,7 @@ pub struct TokenSpec {
     /// Name of the token (unique in the organization).
     #[schemars(
         length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        regex(pattern = DNS_LABEL)
     )]
     pub name: String,
     /// org or deploy.
@@ -200,7 +201,7 @@ pub struct TokenSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        regex(pattern = DNS_LABEL)
     )]
     pub app: Option<String>,
     /// Lifetime of each minted token, as a Go duration (e.g. 720h). The token
