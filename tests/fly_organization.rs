@@ -166,11 +166,42 @@ async fn replaced_token(
     (new_token, new_id)
 }
 
+/// What each test starts from: the shared control plane, operator and
+/// emulator; the client and the Organizations API; a hold on the fault
+/// switch (shared, or for a test that injects faults, exclusive), which a
+/// test binds as `_faults` so that it is held to the test's end.
+struct Start {
+    client: Client,
+    orgs: Api<Organization>,
+    _faults: FaultHold,
+}
+
+enum FaultHold {
+    Shared(#[allow(dead_code)] tokio::sync::RwLockReadGuard<'static, ()>),
+    Exclusive(#[allow(dead_code)] tokio::sync::RwLockWriteGuard<'static, ()>),
+}
+
+async fn start(injects_faults: bool) -> Start {
+    let (_cp, client) = support::fly::setup(&[TOKENS_NS]).await;
+    let _faults = if injects_faults {
+        FaultHold::Exclusive(FAULTS.write().await)
+    } else {
+        FaultHold::Shared(FAULTS.read().await)
+    };
+    Start {
+        orgs: Api::all(client.clone()),
+        client,
+        _faults,
+    }
+}
+
 #[tokio::test]
 async fn organization_members_and_tokens_converge_and_drift_is_repaired() {
-    let (_cp, client) = support::fly::setup(&[TOKENS_NS]).await;
-    let _faults = FAULTS.read().await;
-    let orgs: Api<Organization> = Api::all(client.clone());
+    let Start {
+        client,
+        orgs,
+        _faults,
+    } = start(false).await;
     let name = format!("acme-{}", unique());
     let (alice, bob) = (
         format!("alice@{name}.example"),
@@ -369,9 +400,11 @@ async fn event_notes(client: &Client, name: &str, reason: &str) -> Vec<String> {
 /// why; the other member stays.
 #[tokio::test]
 async fn an_expired_member_is_removed_at_fly_and_the_others_stay() {
-    let (_cp, client) = support::fly::setup(&[TOKENS_NS]).await;
-    let _faults = FAULTS.read().await;
-    let orgs: Api<Organization> = Api::all(client.clone());
+    let Start {
+        client,
+        orgs,
+        _faults,
+    } = start(false).await;
     let name = format!("expiry-{}", unique());
     let (owner, contractor) = (
         format!("owner@{name}.example"),
@@ -435,9 +468,11 @@ async fn an_expired_member_is_removed_at_fly_and_the_others_stay() {
 /// shows the new times, and Events say what happened.
 #[tokio::test]
 async fn a_token_due_for_rotation_is_replaced_before_it_expires_and_the_old_one_revoked() {
-    let (_cp, client) = support::fly::setup(&[TOKENS_NS]).await;
-    let _faults = FAULTS.read().await;
-    let orgs: Api<Organization> = Api::all(client.clone());
+    let Start {
+        client,
+        orgs,
+        _faults,
+    } = start(false).await;
     let name = format!("rotate-{}", unique());
     let secret = format!("{name}-ci");
     fly_org(&name, CREDENTIALS)
@@ -533,9 +568,11 @@ async fn a_token_due_for_rotation_is_replaced_before_it_expires_and_the_old_one_
 
 #[tokio::test]
 async fn wrong_credentials_are_reported_by_secret_name_and_nothing_is_created() {
-    let (_cp, client) = support::fly::setup(&[TOKENS_NS]).await;
-    let _faults = FAULTS.read().await;
-    let orgs: Api<Organization> = Api::all(client.clone());
+    let Start {
+        client,
+        orgs,
+        _faults,
+    } = start(false).await;
     let name = format!("wrong-{}", unique());
     let bad = format!("bad-{name}");
     let bad_token = format!("not-a-valid-token-{name}");
@@ -563,9 +600,7 @@ async fn wrong_credentials_are_reported_by_secret_name_and_nothing_is_created() 
 
 #[tokio::test]
 async fn deletion_policy_orphan_leaves_the_organization_at_fly() {
-    let (_cp, client) = support::fly::setup(&[TOKENS_NS]).await;
-    let _faults = FAULTS.read().await;
-    let orgs: Api<Organization> = Api::all(client.clone());
+    let Start { orgs, _faults, .. } = start(false).await;
     let name = format!("orphan-{}", unique());
     fly_org(&name, CREDENTIALS).create(&orgs).await;
     wait_for(&orgs, &name, WAIT, "Ready", is_ready).await;
@@ -575,9 +610,7 @@ async fn deletion_policy_orphan_leaves_the_organization_at_fly() {
 
 #[tokio::test]
 async fn observe_only_adopts_by_external_name_and_never_writes() {
-    let (_cp, client) = support::fly::setup(&[TOKENS_NS]).await;
-    let _faults = FAULTS.read().await;
-    let orgs: Api<Organization> = Api::all(client.clone());
+    let Start { orgs, _faults, .. } = start(false).await;
     let name = format!("adopt-{}", unique());
     // Made at Fly by someone else, with a member bulkhead's spec lacks.
     let at_fly = create_org_at_fly(&format!("Legacy {name}")).await;
@@ -618,9 +651,11 @@ async fn observe_only_adopts_by_external_name_and_never_writes() {
 /// own rate limiter never made the emulator refuse it.
 #[tokio::test]
 async fn converges_under_injected_5xx_and_429_with_exactly_one_organization() {
-    let (_cp, client) = support::fly::setup(&[TOKENS_NS]).await;
-    let _faults = FAULTS.write().await;
-    let orgs: Api<Organization> = Api::all(client.clone());
+    let Start {
+        client,
+        orgs,
+        _faults,
+    } = start(true).await;
     let name = format!("faulty-{}", unique());
     let secret = format!("{name}-deploy");
     let before = counters().await;
@@ -669,9 +704,7 @@ async fn converges_under_injected_5xx_and_429_with_exactly_one_organization() {
 /// guard cleared, with no second organization.
 #[tokio::test]
 async fn a_create_left_pending_is_resolved_by_lookup_or_refused() {
-    let (_cp, client) = support::fly::setup(&[TOKENS_NS]).await;
-    let _faults = FAULTS.read().await;
-    let orgs: Api<Organization> = Api::all(client.clone());
+    let Start { orgs, _faults, .. } = start(false).await;
 
     let lost = format!("lost-{}", unique());
     fly_org(&lost, CREDENTIALS)
