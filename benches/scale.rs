@@ -1346,17 +1346,32 @@ impl Bench {
                 )
             })
             .collect();
-        let (baseline, fallbacks, objects) =
-            match Self::plan(&op_units, &templates, &bl_units, &tokens, &[]) {
-                Some((plan, fallbacks)) => {
-                    let run = self.baseline_phase(&plan).await;
-                    // Objects per run: the baseline's count is complete even
-                    // when the operator did not finish.
-                    (Some(run), fallbacks, plan.len())
-                }
-                None => (None, 0, objects),
-            };
+        let planned = Self::plan(&op_units, &templates, &bl_units, &tokens, &[]);
+        let compared = self.compare(n, op, planned, objects, cached).await;
         self.cleanup(&bl_run, &bl_units, &kinds).await;
+        compared
+    }
+
+    /// The operator's run against the baseline replaying `planned` (none
+    /// when nothing could be planned). Objects per run come from the plan:
+    /// the baseline's count is complete even when the operator did not
+    /// finish.
+    async fn compare(
+        &self,
+        n: usize,
+        op: OperatorRun,
+        planned: Option<(Vec<Template>, usize)>,
+        objects: usize,
+        cached: usize,
+    ) -> Compared {
+        let (baseline, fallbacks, objects) = match planned {
+            Some((plan, fallbacks)) => (
+                Some(self.baseline_phase(&plan).await),
+                fallbacks,
+                plan.len(),
+            ),
+            None => (None, 0, objects),
+        };
         Compared {
             n,
             objects,
@@ -1432,29 +1447,16 @@ impl Bench {
                 .map(|c| vec![c]),
         );
         let tokens: Vec<(String, String)> = (0..n).map(|i| (db_name(i), db_name(i))).collect();
-        let (baseline, fallbacks, objects) = match Self::plan(
+        let planned = Self::plan(
             &op_units[1..],
             &templates[1..],
             &bl_units[1..],
             &tokens,
             &global,
-        ) {
-            Some((plan, fallbacks)) => (
-                Some(self.baseline_phase(&plan).await),
-                fallbacks,
-                plan.len(),
-            ),
-            None => (None, 0, objects),
-        };
+        );
+        let compared = self.compare(n, op, planned, objects, cached).await;
         self.cleanup(&bl_run, &bl_units, &kinds).await;
-        Compared {
-            n,
-            objects,
-            cached,
-            op,
-            baseline,
-            fallbacks,
-        }
+        compared
     }
 
     /// N sets Ready under an operator at --resync-seconds 60, then a window
