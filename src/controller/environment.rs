@@ -277,9 +277,6 @@ async fn isolation(env: &Environment, all: &[Arc<Environment>], ctx: &Context) -
     isolation_violations(env, all, &servers)
 }
 
-/// An Environment never claims `default`, `kube-*`, the operator's own
-/// namespace, the credentials namespace or the deny-list. Checked before
-/// anything is written.
 /// Binds a Fly environment to the network its spec names on first sight,
 /// and refuses a different one later: Fly fixes an app's network when the
 /// app is created, and apps on different custom networks cannot reach each
@@ -309,6 +306,9 @@ fn bind_network(
     }
 }
 
+/// An Environment never claims `default`, `kube-*`, the operator's own
+/// namespace, the credentials namespace or the deny-list. Checked before
+/// anything is written.
 fn check_namespaces(env: &Environment, ctx: &Context) -> Result<(), ReconcileError> {
     let forbidden: Vec<String> = env
         .namespaces()
