@@ -461,7 +461,20 @@ async fn drive(
     config: watcher::Config,
     routes: Arc<Routes>,
 ) {
-    let events = watcher(api, config).default_backoff().modify(trim);
+    let api_version = kind.api_version();
+    let events = watcher(api, config).default_backoff().modify(move |obj| {
+        trim(obj);
+        // A LIST's items carry no apiVersion and kind, a watch event's do:
+        // without them a child created before the first LIST finished
+        // would look drifted (`.apiVersion` changed) at every reconcile,
+        // and a no-op apply never brings the watch event that fixes it.
+        if obj.types.is_none() {
+            obj.types = Some(kube::core::TypeMeta {
+                api_version: api_version.clone(),
+                kind: kind.kind.to_string(),
+            });
+        }
+    });
     futures::pin_mut!(events);
     let mut relisting: Option<OwnerIndex> = None;
     let mut warned = false;
