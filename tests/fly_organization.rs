@@ -81,6 +81,17 @@ fn pending_invitations(org: &Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// The organization at Fly once `count` invitations of it are pending.
+async fn invited_at_fly(name: &str, count: usize) -> Value {
+    wait_until("the invitations sent at Fly", || async {
+        org_at_fly(name)
+            .await
+            .is_some_and(|o| pending_invitations(&o).len() == count)
+    })
+    .await;
+    org_at_fly(name).await.expect("the organization at Fly")
+}
+
 /// Every pending invitation of `org` (as the emulator dumped it) accepted,
 /// as the invitee would.
 async fn accept_invitations(org: &Value) {
@@ -227,18 +238,12 @@ async fn organization_members_and_tokens_converge_and_drift_is_repaired() {
     )
     .await;
     let status = org.status.clone().unwrap_or_default();
-    wait_until("both invited at Fly", || async {
-        org_at_fly(&name)
-            .await
-            .is_some_and(|o| pending_invitations(&o).len() == 2)
-    })
-    .await;
+    let at_fly = invited_at_fly(&name, 2).await;
     assert_eq!(
         orgs_named(&name).await.len(),
         1,
         "exactly one organization at Fly"
     );
-    let at_fly = org_at_fly(&name).await.expect("the organization at Fly");
     assert_eq!(status.slug.as_deref(), Some(name.as_str()));
     assert_eq!(
         org.annotations().get("bulkhead.dev/external-name"),
@@ -422,13 +427,7 @@ async fn an_expired_member_is_removed_at_fly_and_the_others_stay() {
         )
         .create(&orgs)
         .await;
-    wait_until("both invited at Fly", || async {
-        org_at_fly(&name)
-            .await
-            .is_some_and(|o| pending_invitations(&o).len() == 2)
-    })
-    .await;
-    let at_fly = org_at_fly(&name).await.expect("the organization at Fly");
+    let at_fly = invited_at_fly(&name, 2).await;
     accept_invitations(&at_fly).await;
     wait_until("the contractor is a MEMBER at Fly", || async {
         role_at_fly(&name, &contractor).await.as_deref() == Some("MEMBER")

@@ -266,6 +266,15 @@ pub struct NetworkSpec {
     pub allowed_cidrs: Vec<Cidr>,
 }
 
+/// A network as messages name it: `network <name>`, or the organization's
+/// default network for none (Fly reports that as an empty name).
+pub fn describe_network(name: Option<&str>) -> String {
+    match name.filter(|n| !n.is_empty()) {
+        Some(n) => format!("network {n}"),
+        None => "the organization's default network".to_string(),
+    }
+}
+
 /// An IPv4 or IPv6 CIDR, checked by the apiserver (`isCIDR`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(transparent)]

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::api::environment::{
     AccessGrant, BoundNetwork, CONDITION_ISOLATED, CONDITION_ORGANIZATION_READY, IsolationMode,
-    LABEL_ADOPTABLE_BY, Tier,
+    LABEL_ADOPTABLE_BY, Tier, describe_network,
 };
 use crate::api::{
     CONDITION_READY, CONDITION_SYNCED, ConditionStatus, DeletionPolicy, Environment,
@@ -285,11 +285,6 @@ fn bind_network(
     bound: Option<&BoundNetwork>,
     wanted: Option<&str>,
 ) -> Result<BoundNetwork, ReconcileError> {
-    fn say(name: Option<&str>) -> String {
-        name.map_or("the organization's default network".to_string(), |n| {
-            format!("network {n}")
-        })
-    }
     match bound {
         None => Ok(BoundNetwork {
             name: wanted.map(str::to_string),
@@ -299,8 +294,8 @@ fn bind_network(
             reasons::NETWORK_FIXED,
             format!(
                 "spec.network.name asks for {} but this Environment was bound to {} when it was first reconciled; Fly fixes an app's network when the app is created and apps on different networks cannot reach each other, so nothing is moved: set spec.network.name back, or create a new Environment for the other network",
-                say(wanted),
-                say(b.name.as_deref()),
+                describe_network(wanted),
+                describe_network(b.name.as_deref()),
             ),
         )),
     }

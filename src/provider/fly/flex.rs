@@ -49,6 +49,7 @@ use super::operations::{
 };
 use super::{CallError, FlySession, Rest};
 use crate::api::database_cluster::Endpoint;
+use crate::api::environment::describe_network;
 use crate::provider::{
     DatabaseClusterClient, DesiredDatabaseCluster, ExternalClient, Observation, Observed,
     ObservedDatabaseCluster, ProviderError, Readiness, SUPERUSER, Secret, generate_password,
@@ -314,20 +315,13 @@ impl FlyFlexPostgres {
         }
         let wanted = d.network.as_deref().unwrap_or_default();
         if app.network != wanted {
-            let say = |n: &str| {
-                if n.is_empty() {
-                    "the organization's default network".to_string()
-                } else {
-                    format!("network {n}")
-                }
-            };
             return Err(ProviderError::terminal(
                 reasons::NETWORK_FIXED,
                 format!(
                     "Fly app {} is on {}, the Environment names {}; Fly fixes an app's network when it is created: delete and re-create the DatabaseCluster to move it",
                     d.external_name,
-                    say(&app.network),
-                    say(wanted)
+                    describe_network(Some(&app.network)),
+                    describe_network(Some(wanted))
                 ),
             ));
         }
