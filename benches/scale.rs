@@ -48,11 +48,10 @@ mod support;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use bulkhead::api::{DatabaseCluster, Environment, LABEL_MANAGED_BY, MANAGER, Organization};
-use bulkhead::provider::kubernetes::LABEL_OWNER_UID;
+use bulkhead::provider::kubernetes::{LABEL_OWNER_UID, merge};
 use bulkhead::reconcile::managed::FIELD_MANAGER;
 use futures::{StreamExt, stream};
 use kube::api::{
@@ -160,44 +159,6 @@ impl Sent {
     }
     fn snapshot(&self) -> Counts {
         self.0.lock().expect("request counter").clone()
-    }
-}
-
-/// Client middleware that counts every request it sends.
-struct CountLayer(Sent);
-
-impl<S> tower::Layer<S> for CountLayer {
-    type Service = CountService<S>;
-    fn layer(&self, inner: S) -> CountService<S> {
-        CountService {
-            inner,
-            sent: self.0.clone(),
-        }
-    }
-}
-
-struct CountService<S> {
-    inner: S,
-    sent: Sent,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for CountService<S>
-where
-    S: tower::Service<http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> S::Future {
-        if let Some(key) = classify(&req) {
-            self.sent.record(key);
-        }
-        self.inner.call(req)
     }
 }
 
@@ -395,23 +356,28 @@ fn condition_true(obj: &Value, type_: &str) -> bool {
         })
 }
 
+/// A condition as "status reason: message" (or "no <type> condition").
+fn condition_state(obj: &Value, type_: &str) -> String {
+    obj.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .map(|c| {
+            format!(
+                "{type_}={} {}: {}",
+                c["status"].as_str().unwrap_or("?"),
+                c["reason"].as_str().unwrap_or("?"),
+                c["message"].as_str().unwrap_or("")
+            )
+        })
+        .unwrap_or_else(|| format!("no {type_} condition"))
+}
+
 /// The condition that says a bulkhead object converged in this bench.
 fn done_condition(ar: &ApiResource) -> &'static str {
     if ar.kind == "DatabaseCluster" {
         "Synced"
     } else {
         "Ready"
-    }
-}
-
-fn merge(into: &mut Value, from: Value) {
-    match (into, from) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (slot, v) => *slot = v,
     }
 }
 
@@ -627,12 +593,35 @@ impl Window {
     }
 }
 
+/// How many slowest (and still waiting) objects a phase names.
+const LATEST: usize = 3;
+
+/// An object that became done late (or is still waiting): when, and its
+/// done condition as last seen before.
+#[derive(Debug, Clone)]
+struct Late {
+    at: Instant,
+    key: String,
+    was: String,
+}
+
+/// What one readiness watch saw.
+struct Watched {
+    done: usize,
+    at: Option<Instant>,
+    latest: Vec<Late>,
+    waiting: Vec<Late>,
+}
+
 /// What the operator did in one phase.
 #[derive(Debug)]
 struct OperatorRun {
     took: Option<Duration>,
     /// Per kind: how many were done, of how many.
     progress: Vec<(String, usize, usize)>,
+    /// The slowest objects to become done and those never done, by kind,
+    /// with the operator's log lines that name them.
+    late: Vec<String>,
     rss_kib: u64,
     cpu: f64,
     window: Window,
@@ -693,6 +682,7 @@ struct Started {
     started: Instant,
     done: Option<Instant>,
     progress: Vec<(String, usize, usize)>,
+    late: Vec<(String, Late, bool)>,
 }
 
 struct Bench {
@@ -708,13 +698,22 @@ struct Bench {
 }
 
 async fn counting_client(cp: &ControlPlane, sent: &Sent) -> Client {
+    let sent = sent.clone();
     let kubeconfig = Kubeconfig::read_from(cp.kubeconfig()).expect("read kubeconfig");
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .expect("kubeconfig to config");
     ClientBuilder::try_from(config)
         .expect("kube client stack")
-        .with_layer(&CountLayer(sent.clone()))
+        // Counts every request the client sends.
+        .with_layer(&tower::util::MapRequestLayer::new(
+            move |req: http::Request<kube::client::Body>| {
+                if let Some(key) = classify(&req) {
+                    sent.record(key);
+                }
+                req
+            },
+        ))
         .build()
 }
 
@@ -727,8 +726,12 @@ async fn watch_until_done(
     condition: &'static str,
     synced: tokio::sync::oneshot::Sender<()>,
     deadline: tokio::time::Instant,
-) -> (usize, Option<Instant>) {
+) -> Watched {
     let mut done: HashMap<String, bool> = HashMap::new();
+    // The done condition as last seen (for naming what the slowest waited
+    // on), and the newest LATEST objects to become done.
+    let mut state: HashMap<String, String> = HashMap::new();
+    let mut latest: Vec<Late> = Vec::new();
     let mut relisting: Option<HashMap<String, bool>> = None;
     let mut synced = Some(synced);
     let key = |o: &DynamicObject| {
@@ -739,20 +742,43 @@ async fn watch_until_done(
         )
     };
     let is_done = |o: &DynamicObject| condition_true(&o.data, condition);
+    let watched = |done: &HashMap<String, bool>,
+                   state: &HashMap<String, String>,
+                   latest: Vec<Late>,
+                   at: Option<Instant>| {
+        let mut waiting: Vec<Late> = done
+            .iter()
+            .filter(|(_, d)| !**d)
+            .take(LATEST)
+            .map(|(k, _)| Late {
+                at: Instant::now(),
+                key: k.clone(),
+                was: state.get(k).cloned().unwrap_or_default(),
+            })
+            .collect();
+        waiting.sort_by(|a, b| a.key.cmp(&b.key));
+        Watched {
+            done: done.values().filter(|d| **d).count(),
+            at,
+            latest,
+            waiting,
+        }
+    };
     let stream =
         watcher(api, watcher::Config::default().labels(&target_selector)).default_backoff();
     futures::pin_mut!(stream);
     loop {
         let count = done.values().filter(|d| **d).count();
         if synced.is_none() && count >= expected {
-            return (count, Some(Instant::now()));
+            return watched(&done, &state, latest, Some(Instant::now()));
         }
         let Ok(Some(event)) = tokio::time::timeout_at(deadline, stream.next()).await else {
-            return (count, None);
+            return watched(&done, &state, latest, None);
         };
         match event {
             Ok(watcher::Event::Init) => relisting = Some(HashMap::new()),
             Ok(watcher::Event::InitApply(o)) => {
+                state.insert(key(&o), condition_state(&o.data, condition));
                 if let Some(r) = relisting.as_mut() {
                     r.insert(key(&o), is_done(&o));
                 }
@@ -766,7 +792,20 @@ async fn watch_until_done(
                 }
             }
             Ok(watcher::Event::Apply(o)) => {
-                done.insert(key(&o), is_done(&o));
+                let k = key(&o);
+                let now_done = is_done(&o);
+                if now_done && done.get(&k) == Some(&false) {
+                    latest.push(Late {
+                        at: Instant::now(),
+                        key: k.clone(),
+                        was: state.get(&k).cloned().unwrap_or_default(),
+                    });
+                    if latest.len() > LATEST {
+                        latest.remove(0);
+                    }
+                }
+                state.insert(k.clone(), condition_state(&o.data, condition));
+                done.insert(k, now_done);
             }
             Ok(watcher::Event::Delete(o)) => {
                 done.remove(&key(&o));
@@ -875,6 +914,12 @@ impl Bench {
         args
     }
 
+    /// Creates Organization+Environment sets: one unit per set.
+    async fn create_sets(&self, bodies: Vec<Value>) -> Vec<Vec<Created>> {
+        let created = self.create(bodies).await;
+        created.chunks(2).map(<[Created]>::to_vec).collect()
+    }
+
     /// Creates bulkhead objects (8 at a time), in order.
     async fn create(&self, bodies: Vec<Value>) -> Vec<Created> {
         stream::iter(bodies)
@@ -935,19 +980,23 @@ impl Bench {
             .start_operator_as(self.cp.kubeconfig(), &Self::operator_args(extra));
         let mut done = Some(started);
         let mut progress = Vec::new();
+        let mut late = Vec::new();
         for (t, h) in targets.iter().zip(handles) {
-            let (n, at) = h.await.expect("readiness watch");
-            progress.push((t.ar.kind.clone(), n, t.expected));
-            done = match (done, at) {
+            let w = h.await.expect("readiness watch");
+            progress.push((t.ar.kind.clone(), w.done, t.expected));
+            done = match (done, w.at) {
                 (Some(d), Some(a)) => Some(d.max(a)),
                 _ => None,
             };
+            late.extend(w.latest.into_iter().map(|l| (t.ar.kind.clone(), l, true)));
+            late.extend(w.waiting.into_iter().map(|l| (t.ar.kind.clone(), l, false)));
         }
         Started {
             operator,
             started,
             done,
             progress,
+            late,
         }
     }
 
@@ -980,6 +1029,12 @@ impl Bench {
     async fn operator_phase(&self, targets: &[Target]) -> OperatorRun {
         let before = self.mark().await;
         let s = self.start_and_wait(targets, &[]).await;
+        let log = s.operator.log();
+        let late = s
+            .late
+            .iter()
+            .map(|(kind, l, done)| describe_late(kind, l, *done, s.started, &log))
+            .collect();
         let (cpu, rss_kib) = self.stop(s.operator).await;
         // Watches are counted when they end.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -987,6 +1042,7 @@ impl Bench {
         OperatorRun {
             took: s.done.map(|d| d - s.started),
             progress: s.progress,
+            late,
             rss_kib,
             cpu,
             window: self.window(&before, &after),
@@ -1319,12 +1375,7 @@ impl Bench {
         let phase = format!("s{n}");
         eprintln!("scale: {n} sets: operator");
         let (op_run, bodies) = self.set_bodies(&phase, "op", n);
-        let op_units: Vec<Vec<Created>> = self
-            .create(bodies)
-            .await
-            .chunks(2)
-            .map(<[Created]>::to_vec)
-            .collect();
+        let op_units: Vec<Vec<Created>> = self.create_sets(bodies).await;
         let op = self.operator_phase(&Self::set_targets(&op_run, n)).await;
         let (templates, kinds, cached) = self.templates(&op_units, &op_run).await;
         let objects = templates.iter().flatten().map(Vec::len).sum::<usize>();
@@ -1332,12 +1383,7 @@ impl Bench {
 
         eprintln!("scale: {n} sets: baseline");
         let (bl_run, bodies) = self.set_bodies(&phase, "bl", n);
-        let bl_units: Vec<Vec<Created>> = self
-            .create(bodies)
-            .await
-            .chunks(2)
-            .map(<[Created]>::to_vec)
-            .collect();
+        let bl_units: Vec<Vec<Created>> = self.create_sets(bodies).await;
         let tokens: Vec<(String, String)> = (0..n)
             .map(|i| {
                 (
@@ -1464,12 +1510,7 @@ impl Bench {
     async fn steady(&self, n: usize, seconds: u64) -> Steady {
         eprintln!("scale: steady state, {n} sets, {seconds} s");
         let (run, bodies) = self.set_bodies("st", "op", n);
-        let units: Vec<Vec<Created>> = self
-            .create(bodies)
-            .await
-            .chunks(2)
-            .map(<[Created]>::to_vec)
-            .collect();
+        let units: Vec<Vec<Created>> = self.create_sets(bodies).await;
         let s = self
             .start_and_wait(
                 &Self::set_targets(&run, n),
@@ -1504,6 +1545,25 @@ impl Bench {
 
 // ------------------------------------------------------------ reporting
 
+/// One late (or never done) object: when it became done, what its
+/// condition said before, and the operator's last log lines naming it.
+fn describe_late(kind: &str, l: &Late, done: bool, started: Instant, log: &str) -> String {
+    let name = l.key.rsplit('/').next().unwrap_or(&l.key);
+    let mentions: Vec<&str> = log.lines().filter(|line| line.contains(name)).collect();
+    let tail = &mentions[mentions.len().saturating_sub(4)..];
+    let when = if done {
+        format!("done at {}", secs(l.at.saturating_duration_since(started)))
+    } else {
+        "never done".to_string()
+    };
+    let mut out = format!("{kind} {} {when}; before: {}", l.key, l.was);
+    for line in tail {
+        out.push_str("\n      log: ");
+        out.push_str(line);
+    }
+    out
+}
+
 fn resync_seconds() -> f64 {
     RESYNC_STEADY.parse().unwrap_or(60.0)
 }
@@ -1532,28 +1592,25 @@ fn operator_time(op: &OperatorRun, timeout: Duration) -> String {
 
 /// The apiserver's own requests left out of a window, if any.
 fn apiserver_loops(w: &Window) -> String {
-    if w.apiserver_loops.is_empty() {
-        return String::new();
-    }
-    let list: Vec<String> = w
-        .apiserver_loops
-        .iter()
-        .map(|(k, n)| format!("{n} {}", k.describe()))
-        .collect();
-    format!("  left out as the apiserver's own: {}\n", list.join(", "))
+    listed(&w.apiserver_loops)
+        .map(|l| format!("  left out as the apiserver's own: {l}\n"))
+        .unwrap_or_default()
 }
 
 /// The 429s of a window, if any.
 fn throttled(w: &Window) -> String {
-    if w.throttled.is_empty() {
-        return String::new();
-    }
-    let list: Vec<String> = w
-        .throttled
+    listed(&w.throttled)
+        .map(|l| format!("; throttled (429, retried): {l}"))
+        .unwrap_or_default()
+}
+
+/// "N verb resource, …", or `None` for no requests.
+fn listed(counts: &Counts) -> Option<String> {
+    let list: Vec<String> = counts
         .iter()
         .map(|(k, n)| format!("{n} {}", k.describe()))
         .collect();
-    format!("; throttled (429, retried): {}", list.join(", "))
+    (!list.is_empty()).then(|| list.join(", "))
 }
 
 fn top_pairs(w: &Window, limit: usize) -> Vec<String> {
@@ -1618,6 +1675,9 @@ fn report(what: &str, unit: &str, c: &Compared, timeout: Duration) -> Row {
         throttled(&op.window)
     );
     println!("  most: {}", top_pairs(&op.window, 8).join(", "));
+    for late in &op.late {
+        println!("  last: {late}");
+    }
     print!("{}", apiserver_loops(&op.window));
     println!(
         "objects: {} ({:.1} per {unit}: children and bulkhead objects); operator caches {} objects",

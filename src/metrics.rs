@@ -298,41 +298,15 @@ fn request_kind(method: &http::Method, uri: &http::Uri) -> (String, String) {
 
 /// A tower layer for the kube client that counts every request in
 /// `bulkhead_apiserver_requests_total`.
-pub fn count_requests<S>(
+pub fn count_requests(
     metrics: Arc<Metrics>,
-) -> impl tower::Layer<S, Service = CountRequests<S>> {
-    tower::layer::layer_fn(move |inner| CountRequests {
-        inner,
-        metrics: metrics.clone(),
+) -> tower::util::MapRequestLayer<
+    impl Fn(http::Request<kube::client::Body>) -> http::Request<kube::client::Body> + Clone,
+> {
+    tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
+        metrics.apiserver_request(request.method(), request.uri());
+        request
     })
-}
-
-/// See [`count_requests`].
-pub struct CountRequests<S> {
-    inner: S,
-    metrics: Arc<Metrics>,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for CountRequests<S>
-where
-    S: tower::Service<http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        self.metrics
-            .apiserver_request(request.method(), request.uri());
-        self.inner.call(request)
-    }
 }
 
 /// `(type, status, reason)` of each entry of `status.conditions`, read

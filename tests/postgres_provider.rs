@@ -355,30 +355,29 @@ async fn create_gives_each_user_exactly_its_privileges() {
     assert!(!public_create);
 
     // Observe sees what it made, tables created since included.
-    match p.observe(&d).await.expect("observe") {
-        Observation::Exists {
-            up_to_date,
-            drift,
-            readiness,
-            observed,
-        } => {
-            assert!(up_to_date, "drift after create: {drift:#?}");
-            assert!(readiness.ready);
-            let endpoint = observed.endpoint.expect("endpoint");
-            assert_eq!(
-                (endpoint.host.as_str(), endpoint.port),
-                ("127.0.0.1", i32::from(pg.port()))
-            );
-            assert_eq!((observed.replicas_desired, observed.replicas_ready), (1, 1));
-            assert!(
-                observed
-                    .version
-                    .expect("version")
-                    .starts_with(char::is_numeric)
-            );
-        }
-        Observation::Missing => panic!("missing after create"),
-    }
+    let Observation::Exists {
+        up_to_date,
+        drift,
+        readiness,
+        observed,
+    } = p.observe(&d).await.expect("observe")
+    else {
+        panic!("missing after create");
+    };
+    assert!(up_to_date, "drift after create: {drift:#?}");
+    assert!(readiness.ready);
+    let endpoint = observed.endpoint.expect("endpoint");
+    assert_eq!(
+        (endpoint.host.as_str(), endpoint.port),
+        ("127.0.0.1", i32::from(pg.port()))
+    );
+    assert_eq!((observed.replicas_desired, observed.replicas_ready), (1, 1));
+    assert!(
+        observed
+            .version
+            .expect("version")
+            .starts_with(char::is_numeric)
+    );
 }
 
 #[tokio::test]

@@ -133,10 +133,7 @@ pub enum FlyPostgres {
 #[serde(rename_all = "camelCase")]
 pub struct CredentialsSecretRef {
     /// Name of the Secret, in the operator's namespace.
-    #[schemars(
-        length(min = 1, max = 253),
-        regex(pattern = DNS_SUBDOMAIN)
-    )]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
     pub name: String,
     /// Key within the Secret's data.
     #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY))]
@@ -148,16 +145,10 @@ pub struct CredentialsSecretRef {
 #[serde(rename_all = "camelCase")]
 pub struct SecretWriteRef {
     /// Namespace of the Secret; it must exist.
-    #[schemars(
-        length(min = 1, max = 63),
-        regex(pattern = DNS_LABEL)
-    )]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL))]
     pub namespace: String,
     /// Name of the Secret; created if missing, owned by bulkhead.
-    #[schemars(
-        length(min = 1, max = 253),
-        regex(pattern = DNS_SUBDOMAIN)
-    )]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
     pub name: String,
     /// Key the value is written under.
     #[serde(default = "default_token_key")]
@@ -174,10 +165,7 @@ fn default_token_key() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct LocalObjectReference {
     /// Name of the referenced object.
-    #[schemars(
-        length(min = 1, max = 63),
-        regex(pattern = DNS_LABEL)
-    )]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL))]
     pub name: String,
 }
 
@@ -292,22 +280,34 @@ pub fn is_condition_true(conditions: &[Condition], type_: &str) -> bool {
 mod tests {
     use super::*;
 
+    use ConditionStatus::{False, True};
+
     fn t(secs: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + secs).expect("valid timestamp")
+    }
+
+    /// (type, status, reason, message, generation, seconds after `t(0)`).
+    type Change<'a> = (&'a str, ConditionStatus, &'a str, &'a str, Option<i64>, i64);
+
+    fn set(
+        conds: &mut Vec<Condition>,
+        (type_, status, reason, message, generation, at): Change,
+    ) -> bool {
+        set_condition(conds, type_, status, reason, message, generation, t(at))
     }
 
     #[test]
     fn new_condition_is_added_with_transition_time_and_generation() {
         let mut conds = Vec::new();
-        let changed = set_condition(
-            &mut conds,
+        let creating = (
             CONDITION_READY,
-            ConditionStatus::False,
+            False,
             "Creating",
             "creating namespace",
             Some(3),
-            t(0),
+            0,
         );
+        let changed = set(&mut conds, creating);
         assert!(changed);
         assert_eq!(conds.len(), 1);
         let c = &conds[0];
@@ -320,24 +320,8 @@ mod tests {
     #[test]
     fn same_status_keeps_transition_time_but_refreshes_reason_and_generation() {
         let mut conds = Vec::new();
-        set_condition(
-            &mut conds,
-            "Ready",
-            ConditionStatus::False,
-            "A",
-            "a",
-            Some(1),
-            t(0),
-        );
-        let changed = set_condition(
-            &mut conds,
-            "Ready",
-            ConditionStatus::False,
-            "B",
-            "b",
-            Some(2),
-            t(60),
-        );
+        set(&mut conds, ("Ready", False, "A", "a", Some(1), 0));
+        let changed = set(&mut conds, ("Ready", False, "B", "b", Some(2), 60));
         assert!(changed);
         assert_eq!(conds[0].last_transition_time, Time(t(0)));
         assert_eq!(conds[0].reason, "B");
@@ -348,24 +332,8 @@ mod tests {
     #[test]
     fn status_change_moves_transition_time() {
         let mut conds = Vec::new();
-        set_condition(
-            &mut conds,
-            "Ready",
-            ConditionStatus::False,
-            "A",
-            "a",
-            Some(1),
-            t(0),
-        );
-        set_condition(
-            &mut conds,
-            "Ready",
-            ConditionStatus::True,
-            "Available",
-            "ok",
-            Some(1),
-            t(90),
-        );
+        set(&mut conds, ("Ready", False, "A", "a", Some(1), 0));
+        set(&mut conds, ("Ready", True, "Available", "ok", Some(1), 90));
         assert_eq!(conds[0].status, "True");
         assert_eq!(conds[0].last_transition_time, Time(t(90)));
         assert!(is_condition_true(&conds, "Ready"));
@@ -374,24 +342,9 @@ mod tests {
     #[test]
     fn identical_condition_reports_no_change() {
         let mut conds = Vec::new();
-        set_condition(
-            &mut conds,
-            "Synced",
-            ConditionStatus::True,
-            "ReconcileSuccess",
-            "",
-            Some(1),
-            t(0),
-        );
-        let changed = set_condition(
-            &mut conds,
-            "Synced",
-            ConditionStatus::True,
-            "ReconcileSuccess",
-            "",
-            Some(1),
-            t(5),
-        );
+        let synced = |at| ("Synced", True, "ReconcileSuccess", "", Some(1), at);
+        set(&mut conds, synced(0));
+        let changed = set(&mut conds, synced(5));
         assert!(!changed);
         assert_eq!(conds[0].last_transition_time, Time(t(0)));
     }
@@ -399,33 +352,9 @@ mod tests {
     #[test]
     fn conditions_are_keyed_by_type() {
         let mut conds = Vec::new();
-        set_condition(
-            &mut conds,
-            "Ready",
-            ConditionStatus::True,
-            "A",
-            "",
-            None,
-            t(0),
-        );
-        set_condition(
-            &mut conds,
-            "Synced",
-            ConditionStatus::False,
-            "B",
-            "",
-            None,
-            t(0),
-        );
-        set_condition(
-            &mut conds,
-            "Ready",
-            ConditionStatus::False,
-            "C",
-            "",
-            None,
-            t(1),
-        );
+        set(&mut conds, ("Ready", True, "A", "", None, 0));
+        set(&mut conds, ("Synced", False, "B", "", None, 0));
+        set(&mut conds, ("Ready", False, "C", "", None, 1));
         assert_eq!(conds.len(), 2);
         assert_eq!(
             find_condition(&conds, "Ready").map(|c| c.reason.as_str()),

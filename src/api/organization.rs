@@ -190,19 +190,13 @@ pub enum TokenScope {
 #[x_kube(validation = Rule::new("self.scope == 'deploy' || !has(self.app)").message("app is only valid for deploy tokens"))]
 pub struct TokenSpec {
     /// Name of the token (unique in the organization).
-    #[schemars(
-        length(min = 1, max = 63),
-        regex(pattern = DNS_LABEL)
-    )]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL))]
     pub name: String,
     /// org or deploy.
     pub scope: TokenScope,
     /// App the deploy token is limited to (deploy scope only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(min = 1, max = 63),
-        regex(pattern = DNS_LABEL)
-    )]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL))]
     pub app: Option<String>,
     /// Lifetime of each minted token, as a Go duration (e.g. 720h). The token
     /// is rotated when less than a fifth of it remains.

@@ -139,15 +139,7 @@ where
                 // A crash after the create: the object is there, so finish
                 // the bookkeeping instead of creating again. Also records
                 // the external name of an adopted object.
-                record(
-                    api,
-                    obj,
-                    &[
-                        (ANNOTATION_CREATE_PENDING, None),
-                        (ANNOTATION_EXTERNAL_NAME, Some(external_name)),
-                    ],
-                )
-                .await?;
+                record(api, obj, &created(external_name)).await?;
             } else if !has_finalizer(obj) {
                 // Something exists at the provider, so deleting the object
                 // must go through cleanup.
@@ -187,6 +179,15 @@ where
     }
 }
 
+/// The bookkeeping of a finished create: the external name recorded and
+/// no create pending.
+fn created(external_name: &str) -> [(&'static str, Option<&str>); 2] {
+    [
+        (ANNOTATION_EXTERNAL_NAME, Some(external_name)),
+        (ANNOTATION_CREATE_PENDING, None),
+    ]
+}
+
 /// [`MissingStep::Create`]: create-pending, create, bookkeeping, Event.
 async fn create<K, C>(
     managed: &Managed<'_>,
@@ -212,10 +213,7 @@ where
     let before_name = external_name;
     let now = Timestamp::now().to_string();
     let before: &[(&str, Option<&str>)] = if deterministic {
-        &[
-            (ANNOTATION_EXTERNAL_NAME, Some(external_name)),
-            (ANNOTATION_CREATE_PENDING, None),
-        ]
+        &created(external_name)
     } else {
         &[(ANNOTATION_CREATE_PENDING, Some(&now))]
     };
@@ -239,15 +237,7 @@ where
     let external_name = recorded_name(external_name, chosen.as_deref());
     if !deterministic || external_name != before_name {
         // The finalizer is on the object now: only the annotations change.
-        annotate(
-            api,
-            name,
-            &[
-                (ANNOTATION_CREATE_PENDING, None),
-                (ANNOTATION_EXTERNAL_NAME, Some(external_name)),
-            ],
-        )
-        .await?;
+        annotate(api, name, &created(external_name)).await?;
     }
     info!(object = %name, external_name, "created external object");
     publish(

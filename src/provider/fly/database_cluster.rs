@@ -291,33 +291,29 @@ impl FlyManagedPostgres {
     }
 
     async fn databases(&self, id: &str) -> Result<Vec<String>, ProviderError> {
-        let data = self
-            .fly
-            .rest(Rest::get(
-                &format!("/v1/postgres/{}/databases", segment(id)),
-                "Postgres_databases_list",
-            ))
+        let list: Vec<DatabaseEntry> = self
+            .listed(id, "databases", "Postgres_databases_list")
             .await?;
-        let list: NamedList<DatabaseEntry> =
-            serde_json::from_value(data).map_err(|e| unexpected("Postgres_databases_list", e))?;
-        Ok(list.data.into_iter().map(|d| d.name).collect())
+        Ok(list.into_iter().map(|d| d.name).collect())
     }
 
     async fn users(&self, id: &str) -> Result<Vec<(String, String)>, ProviderError> {
-        let data = self
-            .fly
-            .rest(Rest::get(
-                &format!("/v1/postgres/{}/users", segment(id)),
-                "Postgres_users_list",
-            ))
-            .await?;
-        let list: NamedList<UserEntry> =
-            serde_json::from_value(data).map_err(|e| unexpected("Postgres_users_list", e))?;
-        Ok(list
-            .data
-            .into_iter()
-            .map(|u| (u.username, u.role))
-            .collect())
+        let list: Vec<UserEntry> = self.listed(id, "users", "Postgres_users_list").await?;
+        Ok(list.into_iter().map(|u| (u.username, u.role)).collect())
+    }
+
+    /// One of a cluster's lists (`/v1/postgres/{id}/<what>`).
+    async fn listed<T: serde::de::DeserializeOwned>(
+        &self,
+        id: &str,
+        what: &str,
+        operation: &'static str,
+    ) -> Result<Vec<T>, ProviderError> {
+        let path = format!("/v1/postgres/{}/{what}", segment(id));
+        let data = self.fly.rest(Rest::get(&path, operation)).await?;
+        let list: NamedList<T> =
+            serde_json::from_value(data).map_err(|e| unexpected(operation, e))?;
+        Ok(list.data)
     }
 
     /// What differs between the cluster's databases and users and the spec

@@ -290,6 +290,20 @@ impl FlyFlexPostgres {
         format!("/v1/apps/{}{rest}", super::percent_encode(&d.external_name))
     }
 
+    /// POSTs `body` to one of the app's paths (not retried: see [`Rest`]).
+    async fn post_to_app(
+        &self,
+        d: &DesiredDatabaseCluster,
+        path: &str,
+        body: &Value,
+        operation: &'static str,
+    ) -> Result<Value, CallError> {
+        let path = Self::app_path(d, path);
+        self.fly
+            .rest(Rest::post(&path, Some(body), operation))
+            .await
+    }
+
     /// The app, if it exists, checked to be this organization's and on the
     /// Environment's network.
     async fn app(&self, d: &DesiredDatabaseCluster) -> Result<Option<AppAnswer>, ProviderError> {
@@ -370,12 +384,7 @@ impl FlyFlexPostgres {
             if let Some(network) = &d.network {
                 body["network"] = json!(network);
             }
-            self.fly
-                .rest(Rest::post(
-                    &Self::app_path(d, "/ip_assignments"),
-                    Some(&body),
-                    "App_IPAssignments_create",
-                ))
+            self.post_to_app(d, "/ip_assignments", &body, "App_IPAssignments_create")
                 .await?;
         }
         self.set_missing_secrets(d, &c.secrets).await?;
@@ -423,12 +432,7 @@ impl FlyFlexPostgres {
                     "region": region(d),
                     "config": machine_config(d, &image, &volume, major(d)),
                 });
-                self.fly
-                    .rest(Rest::post(
-                        &Self::app_path(d, "/machines"),
-                        Some(&body),
-                        "Machines_create",
-                    ))
+                self.post_to_app(d, "/machines", &body, "Machines_create")
                     .await?;
                 info!(app = %d.external_name, machine = %name, "created flex Postgres node");
             }
@@ -468,12 +472,7 @@ impl FlyFlexPostgres {
         });
         let created: VolumeEntry = parse(
             "Volumes_create",
-            self.fly
-                .rest(Rest::post(
-                    &Self::app_path(d, "/volumes"),
-                    Some(&body),
-                    "Volumes_create",
-                ))
+            self.post_to_app(d, "/volumes", &body, "Volumes_create")
                 .await?,
         )?;
         Ok(created.id)

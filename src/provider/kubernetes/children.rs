@@ -254,7 +254,9 @@ impl OwnedChild {
     }
 }
 
-fn merge(into: &mut Value, from: Value) {
+/// Merges `from` into `into`, objects key by key (any other value
+/// replaces what was there).
+pub fn merge(into: &mut Value, from: Value) {
     match (into, from) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in b {

@@ -183,15 +183,6 @@ impl KubernetesEnvironments {
                 }
             }
         }
-        for (role, subjects) in grants {
-            out.push(role_binding(
-                d,
-                ns,
-                &format!("bulkhead-access-{}", role.as_str()),
-                role,
-                subjects,
-            ));
-        }
         let mut members: BTreeMap<EnvironmentRole, Vec<Value>> = BTreeMap::new();
         for m in &d.members {
             members
@@ -201,14 +192,11 @@ impl KubernetesEnvironments {
                     "kind": "User", "name": m.email, "apiGroup": "rbac.authorization.k8s.io",
                 }));
         }
-        for (role, subjects) in members {
-            out.push(role_binding(
-                d,
-                ns,
-                &format!("bulkhead-members-{}", role.as_str()),
-                role,
-                subjects,
-            ));
+        for (prefix, bindings) in [("bulkhead-access", grants), ("bulkhead-members", members)] {
+            for (role, subjects) in bindings {
+                let name = format!("{prefix}-{}", role.as_str());
+                out.push(role_binding(d, ns, &name, role, subjects));
+            }
         }
 
         // The private network: the organization's namespaces, and the

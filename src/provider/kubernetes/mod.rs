@@ -8,6 +8,6 @@ pub mod children;
 pub mod environment;
 pub mod organization;
 
-pub use children::{Child, Children, LABEL_OWNER_UID, is_owned_by};
+pub use children::{Child, Children, LABEL_OWNER_UID, is_owned_by, merge};
 pub use environment::KubernetesEnvironments;
 pub use organization::KubernetesOrganizations;

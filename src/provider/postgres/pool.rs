@@ -387,19 +387,6 @@ impl Session {
         .await
     }
 
-    pub async fn query_one(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Row, tokio_postgres::Error> {
-        self.run(async {
-            let client = self.client()?;
-            let statement = client.prepare_cached(sql).await?;
-            client.query_one(&statement, params).await
-        })
-        .await
-    }
-
     /// A statement with parameters, not cached (run rarely).
     pub async fn execute(
         &self,
