@@ -1572,6 +1572,16 @@ fn per(n: u64, d: usize) -> f64 {
     if d == 0 { 0.0 } else { n as f64 / d as f64 }
 }
 
+/// "N writes (x/object), N reads (x/object)": the same wording for the
+/// operator's and the baseline's traffic so the two lines compare at a glance.
+fn traffic(writes: u64, reads: u64, objects: usize) -> String {
+    format!(
+        "{writes} writes ({:.2}/object), {reads} reads ({:.2}/object)",
+        per(writes, objects),
+        per(reads, objects)
+    )
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
@@ -1665,11 +1675,8 @@ fn report(what: &str, unit: &str, c: &Compared, timeout: Duration) -> Row {
         }
     }
     println!(
-        "  {} writes ({:.2}/object), {} reads ({:.2}/object), {} watches; {} failed (5xx){}",
-        ot.writes,
-        per(ot.writes, c.objects),
-        ot.reads,
-        per(ot.reads, c.objects),
+        "  {}, {} watches; {} failed (5xx){}",
+        traffic(ot.writes, ot.reads, c.objects),
         ot.watches,
         op.window.failed,
         throttled(&op.window)
@@ -1723,11 +1730,8 @@ fn report(what: &str, unit: &str, c: &Compared, timeout: Duration) -> Row {
         }
     );
     println!(
-        "  {} writes ({:.2}/object), {} reads ({:.2}/object); the baseline client sent {} writes, {} reads{}",
-        bt.writes,
-        per(bt.writes, c.objects),
-        bt.reads,
-        per(bt.reads, c.objects),
+        "  {}; the baseline client sent {} writes, {} reads{}",
+        traffic(bt.writes, bt.reads, c.objects),
         ct.writes,
         ct.reads,
         if bt.writes == ct.writes && bt.reads == ct.reads {
